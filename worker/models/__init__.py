@@ -1,0 +1,28 @@
+"""The First Order Motion Model networks and the checkpoint loader: the engine's public API."""
+
+from worker.models.checkpoint import (
+    AnimationModel,
+    CheckpointError,
+    build_model,
+    infer_config,
+    load_checkpoint,
+    save_checkpoint,
+)
+from worker.models.dense_motion import DenseMotion
+from worker.models.generator import Generator, SourceFeatures
+from worker.models.keypoint_detector import KeypointDetector
+from worker.models.motion_transfer import normalize_kp
+
+__all__ = [
+    "AnimationModel",
+    "CheckpointError",
+    "DenseMotion",
+    "Generator",
+    "KeypointDetector",
+    "SourceFeatures",
+    "build_model",
+    "infer_config",
+    "load_checkpoint",
+    "normalize_kp",
+    "save_checkpoint",
+]
