@@ -4,7 +4,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.models.blocks import AntiAliasDownsample, Hourglass, coordinate_grid, gaussian_heatmaps, warp
+from worker.models.blocks import (
+    AntiAliasDownsample,
+    Hourglass,
+    coordinate_grid,
+    gaussian_heatmaps,
+    warp,
+)
 
 
 class DenseMotion(nn.Module):
@@ -44,7 +50,11 @@ class DenseMotion(nn.Module):
         return self.down(source) if self.scale_factor != 1 else source
 
     def sparse_motions(
-        self, kp_driving: dict[str, torch.Tensor], kp_source: dict[str, torch.Tensor], h: int, w: int
+        self,
+        kp_driving: dict[str, torch.Tensor],
+        kp_source: dict[str, torch.Tensor],
+        h: int,
+        w: int,
     ) -> torch.Tensor:
         """(N, K+1, h, w, 2) sampling grids into the source, background first."""
         n = kp_driving["value"].shape[0]
@@ -68,9 +78,9 @@ class DenseMotion(nn.Module):
         n, c, h, w = small.shape
         k1 = self.num_kp + 1
 
-        heatmaps = gaussian_heatmaps(kp_driving["value"], h, w, self.kp_variance) - gaussian_heatmaps(
-            kp_source["value"], h, w, self.kp_variance
-        )
+        heatmaps = gaussian_heatmaps(
+            kp_driving["value"], h, w, self.kp_variance
+        ) - gaussian_heatmaps(kp_source["value"], h, w, self.kp_variance)
         heatmaps = torch.cat([heatmaps.new_zeros(n, 1, h, w), heatmaps], dim=1).unsqueeze(2)
 
         motions = self.sparse_motions(kp_driving, kp_source, h, w)  # (N, K+1, h, w, 2)

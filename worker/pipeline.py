@@ -1,0 +1,369 @@
+"""The rendering pipeline: one source image, one driving video, one MP4 out.
+
+Decoding (an ffmpeg process fed by a reader thread), the model (this thread) and encoding (an
+ffmpeg process fed by a writer thread) overlap, with small bounded queues between them so memory
+does not grow with the video's length.
+"""
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from worker.errors import RenderCanceled, RenderError, StorageError
+from worker.models import AnimationModel, normalize_kp
+from worker.models.motion_transfer import convex_hull_area
+from worker.video_io import Mp4Writer, VideoInfo, probe_video, read_frames, resize_image
+
+ProgressCallback = Callable[[int, int], None]
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class RenderOptions:
+    mode: Literal["relative", "absolute"] = "relative"
+    adapt_scale: bool = True
+    driving_start: int | Literal["best"] = 0
+    size: int | None = None  # output side in pixels; the model's resolution when None
+    batch_size: int = 4
+    audio: bool = True
+    device: str = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    def validate(self) -> None:
+        if self.mode not in ("relative", "absolute"):
+            raise RenderError(
+                f"mode must be relative or absolute, not {self.mode!r}", "invalid_option"
+            )
+        if self.driving_start != "best" and (
+            not isinstance(self.driving_start, int) or self.driving_start < 0
+        ):
+            raise RenderError(
+                "driving_start must be a frame index >= 0 or 'best'", "invalid_option"
+            )
+        if self.size is not None and not (16 <= self.size <= 2048 and self.size % 2 == 0):
+            raise RenderError(
+                "size must be an even number of pixels from 16 to 2048", "invalid_option"
+            )
+        if not 1 <= self.batch_size <= 256:
+            raise RenderError("batch_size must be from 1 to 256", "invalid_option")
+        if self.precision not in PRECISIONS:
+            raise RenderError(f"precision must be one of {', '.join(PRECISIONS)}", "invalid_option")
+
+
+@dataclass
+class RenderResult:
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio: bool
+    driving_start: int
+    precision: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def to_tensor(frames: np.ndarray, device: str) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float().div_(255)
+
+
+def to_frames(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
+    return (
+        images.float()
+        .clamp_(0, 1)
+        .mul_(255)
+        .round_()
+        .to(torch.uint8)
+        .permute(0, 2, 3, 1)
+        .cpu()
+        .numpy()
+    )
+
+
+def _normalized_shape(kp: np.ndarray) -> np.ndarray:
+    """Keypoints (K, 2) centred and scaled by their hull, so only their arrangement is compared."""
+    centred = kp - kp.mean(axis=0)
+    area = convex_hull_area(kp)
+    return centred / np.sqrt(area) if area > 0 else centred
+
+
+def best_start_frame(kp_source: np.ndarray, kp_driving: np.ndarray) -> int:
+    """Index of the driving frame whose keypoint arrangement is closest to the source's."""
+    target = _normalized_shape(kp_source)
+    errors = [((_normalized_shape(kp) - target) ** 2).sum() for kp in kp_driving]
+    return int(np.argmin(errors))
+
+
+class _Stage:
+    """Accumulates the wall time spent blocked in one pipeline stage."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def timed(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _prefetch(batches: Iterator[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
+    """Run a batch iterator in a thread, `depth` batches ahead; errors re-raised in the caller."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        slots.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put(exc)
+
+    thread = threading.Thread(target=produce, name="decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                slots.get_nowait()
+        thread.join(timeout=5)
+
+
+def _batched(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+class _BackgroundWriter:
+    """Feeds an Mp4Writer from a thread so encoding overlaps the next batch's inference."""
+
+    def __init__(self, writer: Mp4Writer):
+        self.writer = writer
+        self.slots: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="encode", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while (batch := self.slots.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                for frame in batch:
+                    self.writer.write(frame)
+            except BaseException as exc:  # reported by put() or finish()
+                self.error = exc
+
+    def put(self, batch: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.slots.put(batch)
+
+    def finish(self) -> None:
+        self.slots.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.slots.put(None)
+        self.thread.join(timeout=10)
+        with contextlib.suppress(RenderError, OSError):
+            self.writer.close()
+
+
+class Renderer:
+    """Holds a loaded model and renders jobs with it; one instance per worker process."""
+
+    def __init__(self, model: AnimationModel, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.device = device
+
+    @torch.inference_mode()
+    def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.kp_detector(frames)
+
+    @torch.inference_mode()
+    def _driving_keypoints(self, path: Path, h: int, w: int, batch_size: int, stop_at: int | None):
+        """Keypoints (T, K, 2) and jacobians of the driving frames, up to and including stop_at."""
+        values, jacobians = [], []
+        seen = 0
+        for batch in _batched(read_frames(path, h, w), batch_size):
+            kp = self.keypoints(to_tensor(batch, self.device))
+            values.append(kp["value"])
+            if "jacobian" in kp:
+                jacobians.append(kp["jacobian"])
+            seen += len(batch)
+            if stop_at is not None and seen > stop_at:
+                break
+        out = {"value": torch.cat(values)}
+        if jacobians:
+            out["jacobian"] = torch.cat(jacobians)
+        return out
+
+    @torch.inference_mode()
+    def render(
+        self,
+        source_image: np.ndarray,
+        driving_path: str | Path,
+        out_path: str | Path,
+        options: RenderOptions | None = None,
+        on_progress: ProgressCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        info: VideoInfo | None = None,
+    ) -> RenderResult:
+        """Animate `source_image` ((H, W, 3) uint8) by the video at `driving_path` into `out_path`.
+
+        The MP4 appears at `out_path` only when complete; on any failure nothing is left there.
+        """
+        options = options or RenderOptions()
+        options.validate()
+        started = time.perf_counter()
+        driving_path, out_path = Path(driving_path), Path(out_path)
+        info = info or probe_video(driving_path)
+        h, w = self.model.frame_shape
+        dtype = PRECISIONS[options.precision]
+        autocast = torch.autocast(
+            device_type=torch.device(self.device).type, dtype=dtype, enabled=dtype != torch.float32
+        )
+        decode, infer, encode = _Stage(), _Stage(), _Stage()
+
+        with infer.timed():
+            source = to_tensor(resize_image(source_image, h, w)[None], self.device)
+            kp_source = self.keypoints(source)
+            with autocast:
+                features = self.model.generator.encode_source(source)
+
+        start = options.driving_start if options.mode == "relative" else 0
+        kp_initial = None  # for start 0, taken from the first batch below
+        if start != 0:
+            if start == "best":
+                with decode.timed():
+                    kp_all = self._driving_keypoints(driving_path, h, w, options.batch_size, None)
+                start = best_start_frame(
+                    kp_source["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy()
+                )
+            elif start > 0:
+                with decode.timed():
+                    kp_all = self._driving_keypoints(driving_path, h, w, options.batch_size, start)
+                if start >= len(kp_all["value"]):
+                    raise RenderError(
+                        f"driving_start {start} is past the last frame ({len(kp_all['value']) - 1})",
+                        "invalid_option",
+                    )
+            kp_initial = {k: v[start : start + 1] for k, v in kp_all.items()}
+
+        audio = options.audio and info.has_audio
+        out_size = (options.size, options.size) if options.size else None
+        tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial.mp4")
+        try:
+            writer = _BackgroundWriter(
+                Mp4Writer(tmp_path, w, h, info.fps, driving_path if audio else None, out_size)
+            )
+        except RenderError:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        done = 0
+        total = info.frames
+        try:
+            batches = _prefetch(_batched(read_frames(driving_path, h, w), options.batch_size))
+            while True:
+                with decode.timed():
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                if should_cancel is not None and should_cancel():
+                    raise RenderCanceled("the job was canceled")
+                with infer.timed():
+                    frames = to_tensor(batch, self.device)
+                    kp_driving = self.keypoints(frames)
+                    if kp_initial is None:
+                        kp_initial = {k: v[:1] for k, v in kp_driving.items()}
+                    kp_norm = normalize_kp(
+                        kp_source,
+                        kp_driving,
+                        kp_initial,
+                        adapt_movement_scale=options.adapt_scale and options.mode == "relative",
+                        use_relative_movement=options.mode == "relative",
+                        use_relative_jacobian=options.mode == "relative",
+                    )
+                    n = len(batch)
+                    kp_src = {k: v.expand(n, *v.shape[1:]) for k, v in kp_source.items()}
+                    with autocast:
+                        out = self.model.generator.animate(
+                            features.expand(n), kp_src, kp_norm, maps=False
+                        )
+                    rendered = to_frames(out["prediction"])
+                with encode.timed():
+                    writer.put(rendered)
+                done += n
+                total = max(total, done)
+                if on_progress is not None:
+                    on_progress(done, total)
+            if done == 0:
+                raise RenderError(f"{driving_path.name} has no decodable frame", "invalid_video")
+            with encode.timed():
+                writer.finish()
+            try:
+                tmp_path.replace(out_path)
+            except OSError as exc:
+                raise StorageError(f"cannot write {out_path}: {exc}") from exc
+        except BaseException:
+            writer.abort()
+            tmp_path.unlink(missing_ok=True)
+            raise
+
+        return RenderResult(
+            frames=done,
+            fps=info.fps,
+            width=options.size or w,
+            height=options.size or h,
+            audio=audio,
+            driving_start=start,
+            precision=options.precision,
+            timings={
+                "decode": round(decode.seconds, 4),
+                "inference": round(infer.seconds, 4),
+                "encode": round(encode.seconds, 4),
+                "total": round(time.perf_counter() - started, 4),
+            },
+        )

@@ -1,0 +1,36 @@
+"""A one-line terminal progress bar (frames, fps, ETA), silent when stderr is not a terminal."""
+
+import sys
+import time
+from typing import TextIO
+
+
+class ProgressBar:
+    def __init__(self, label: str, stream: TextIO = sys.stderr, min_interval: float = 0.2):
+        self.label = label
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.min_interval = min_interval
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < self.min_interval and done < total):
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-9)
+        fps = done / elapsed
+        eta = (total - done) / fps if fps > 0 else 0.0
+        width = 30
+        filled = int(width * done / total) if total else 0
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(
+            f"\r{self.label} [{bar}] {done}/{total} frames  {fps:5.1f} fps  ETA {eta:5.1f}s"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
