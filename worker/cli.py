@@ -23,9 +23,7 @@ def _start_frame(value: str) -> int | str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="animate", description="Animate a still image by a video."
-    )
+    parser = argparse.ArgumentParser(prog="animate", description="Animate a still image by a video.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     render = commands.add_parser("render", help="animate an image by a driving video into an MP4")
@@ -33,9 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--driving", required=True, help="driving video")
     render.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
     render.add_argument("--out", required=True, help="output MP4")
-    render.add_argument(
-        "--config", help="YAML in the published config format overriding the inferred one"
-    )
+    render.add_argument("--config", help="YAML in the published config format overriding the inferred one")
     render.add_argument("--mode", choices=["relative", "absolute"], default="relative")
     render.add_argument("--adapt-scale", action=argparse.BooleanOptionalAction, default=True)
     render.add_argument("--driving-start", type=_start_frame, default=0, metavar="N|best")
@@ -88,9 +84,7 @@ def _render(args: argparse.Namespace) -> int:
         image = load_image(args.source)
         info = probe_video(args.driving)
         model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
-        result = Renderer(model, args.device).render(
-            image, args.driving, out, options, bar, info=info
-        )
+        result = Renderer(model, args.device).render(image, args.driving, out, options, bar, info=info)
     except (RenderError, CheckpointError) as exc:
         bar.close() if bar.last else None
         return _fail(str(exc))

@@ -40,19 +40,13 @@ class RenderOptions:
 
     def validate(self) -> None:
         if self.mode not in ("relative", "absolute"):
-            raise RenderError(
-                f"mode must be relative or absolute, not {self.mode!r}", "invalid_option"
-            )
+            raise RenderError(f"mode must be relative or absolute, not {self.mode!r}", "invalid_option")
         if self.driving_start != "best" and (
             not isinstance(self.driving_start, int) or self.driving_start < 0
         ):
-            raise RenderError(
-                "driving_start must be a frame index >= 0 or 'best'", "invalid_option"
-            )
+            raise RenderError("driving_start must be a frame index >= 0 or 'best'", "invalid_option")
         if self.size is not None and not (16 <= self.size <= 2048 and self.size % 2 == 0):
-            raise RenderError(
-                "size must be an even number of pixels from 16 to 2048", "invalid_option"
-            )
+            raise RenderError("size must be an even number of pixels from 16 to 2048", "invalid_option")
         if not 1 <= self.batch_size <= 256:
             raise RenderError("batch_size must be from 1 to 256", "invalid_option")
         if self.precision not in PRECISIONS:
@@ -81,16 +75,7 @@ def to_tensor(frames: np.ndarray, device: str) -> torch.Tensor:
 
 def to_frames(images: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
-    return (
-        images.float()
-        .clamp_(0, 1)
-        .mul_(255)
-        .round_()
-        .to(torch.uint8)
-        .permute(0, 2, 3, 1)
-        .cpu()
-        .numpy()
-    )
+    return images.float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _normalized_shape(kp: np.ndarray) -> np.ndarray:
@@ -279,9 +264,7 @@ class Renderer:
             if start == "best":
                 with decode.timed():
                     kp_all = self._driving_keypoints(driving_path, h, w, options.batch_size, None)
-                start = best_start_frame(
-                    kp_source["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy()
-                )
+                start = best_start_frame(kp_source["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy())
             elif start > 0:
                 with decode.timed():
                     kp_all = self._driving_keypoints(driving_path, h, w, options.batch_size, start)
@@ -329,9 +312,7 @@ class Renderer:
                     n = len(batch)
                     kp_src = {k: v.expand(n, *v.shape[1:]) for k, v in kp_source.items()}
                     with autocast:
-                        out = self.model.generator.animate(
-                            features.expand(n), kp_src, kp_norm, maps=False
-                        )
+                        out = self.model.generator.animate(features.expand(n), kp_src, kp_norm, maps=False)
                     rendered = to_frames(out["prediction"])
                 with encode.timed():
                     writer.put(rendered)

@@ -25,9 +25,7 @@ class ProgressBar:
         width = 30
         filled = int(width * done / total) if total else 0
         bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(
-            f"\r{self.label} [{bar}] {done}/{total} frames  {fps:5.1f} fps  ETA {eta:5.1f}s"
-        )
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} frames  {fps:5.1f} fps  ETA {eta:5.1f}s")
         self.stream.flush()
 
     def close(self) -> None:

@@ -44,9 +44,7 @@ def load_image(path: str | Path, max_pixels: int = 40_000_000) -> np.ndarray:
                 img = Image.alpha_composite(white, rgba)
             return np.array(img.convert("RGB"))
     except Image.DecompressionBombError as exc:
-        raise InvalidImage(
-            f"{Path(path).name}: image too large ({exc})", "image_too_large"
-        ) from exc
+        raise InvalidImage(f"{Path(path).name}: image too large ({exc})", "image_too_large") from exc
     except FileNotFoundError as exc:
         raise InvalidImage(f"image not found: {path}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -101,9 +99,7 @@ def read_frames(path: str | Path, height: int, width: int) -> Iterator[np.ndarra
         for raw in reader:
             yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
     except (OSError, RuntimeError) as exc:
-        raise VideoDecodeError(
-            f"{Path(path).name}: decoding failed ({str(exc).splitlines()[0]})"
-        ) from exc
+        raise VideoDecodeError(f"{Path(path).name}: decoding failed ({str(exc).splitlines()[0]})") from exc
     finally:
         reader.close()
 

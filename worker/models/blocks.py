@@ -17,7 +17,7 @@ def coordinate_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor
 
 
 def warp(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Sample `image` (N, C, H, W) at `grid` (N, h, w, 2); the checkpoints were trained with corners aligned."""
+    """Sample `image` (N, C, H, W) at `grid` (N, h, w, 2); trained with corners aligned."""
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 

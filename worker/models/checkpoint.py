@@ -30,9 +30,7 @@ class CheckpointError(ValueError):
 class AnimationModel(nn.Module):
     """A keypoint detector and a generator that belong together, with the frame size they expect."""
 
-    def __init__(
-        self, kp_detector: KeypointDetector, generator: Generator, config: dict, frame_shape
-    ):
+    def __init__(self, kp_detector: KeypointDetector, generator: Generator, config: dict, frame_shape):
         super().__init__()
         self.kp_detector = kp_detector
         self.generator = generator
@@ -48,9 +46,7 @@ def _count(state: dict, pattern: str) -> int:
     regex = re.compile(pattern)
     indices = {int(m.group(1)) for key in state if (m := regex.fullmatch(key))}
     if indices != set(range(len(indices))):
-        raise CheckpointError(
-            f"blocks matching {pattern!r} are not numbered 0..n-1: {sorted(indices)}"
-        )
+        raise CheckpointError(f"blocks matching {pattern!r} are not numbered 0..n-1: {sorted(indices)}")
     return len(indices)
 
 
@@ -73,9 +69,7 @@ def _antialias_scale(kernel: torch.Tensor) -> float:
     sigma = math.sqrt(-1 / (2 * math.log(ratio)))
     inverse = 2 * sigma + 1
     if abs(inverse - round(inverse)) > 1e-3:
-        raise CheckpointError(
-            f"the anti-aliasing kernel implies a non-integer factor 1/{inverse:.3f}"
-        )
+        raise CheckpointError(f"the anti-aliasing kernel implies a non-integer factor 1/{inverse:.3f}")
     return 1 / round(inverse)
 
 
@@ -83,9 +77,7 @@ def _hourglass_params(state: dict, prefix: str) -> dict:
     num_blocks = _count(state, re.escape(prefix) + r"encoder\.down_blocks\.(\d+)\.conv\.weight")
     if num_blocks == 0:
         raise CheckpointError(f"no hourglass found under {prefix!r}")
-    widths = [
-        _shape(state, f"{prefix}encoder.down_blocks.{i}.conv.weight")[0] for i in range(num_blocks)
-    ]
+    widths = [_shape(state, f"{prefix}encoder.down_blocks.{i}.conv.weight")[0] for i in range(num_blocks)]
     last_up = f"{prefix}decoder.up_blocks.{num_blocks - 1}.conv.weight"
     return {
         "num_blocks": num_blocks,
@@ -107,25 +99,19 @@ def infer_config(kp_state: dict, gen_state: dict) -> dict:
         "block_expansion": hourglass["block_expansion"],
         "max_features": hourglass["max_features"],
         "num_blocks": hourglass["num_blocks"],
-        "scale_factor": _antialias_scale(kp_state["down.weight"])
-        if "down.weight" in kp_state
-        else 1,
+        "scale_factor": _antialias_scale(kp_state["down.weight"]) if "down.weight" in kp_state else 1,
         "kernel_size": kernel,
     }
     estimate_jacobian = "jacobian.weight" in kp_state
     if estimate_jacobian:
         maps = _shape(kp_state, "jacobian.weight")[0]
         if maps not in (4, 4 * num_kp):
-            raise CheckpointError(
-                f"kp_detector: {maps} jacobian channels fit neither 4 nor 4 x {num_kp}"
-            )
+            raise CheckpointError(f"kp_detector: {maps} jacobian channels fit neither 4 nor 4 x {num_kp}")
         kp_params["single_jacobian_map"] = maps == 4 and num_kp != 1
 
     first_out, first_in, _, _ = _shape(gen_state, "first.conv.weight")
     num_down = _count(gen_state, r"down_blocks\.(\d+)\.conv\.weight")
-    widths = [first_out] + [
-        _shape(gen_state, f"down_blocks.{i}.conv.weight")[0] for i in range(num_down)
-    ]
+    widths = [first_out] + [_shape(gen_state, f"down_blocks.{i}.conv.weight")[0] for i in range(num_down)]
     gen_params: dict = {
         "block_expansion": first_out,
         "max_features": max(widths),
@@ -204,9 +190,7 @@ def _load_file(path: Path) -> dict:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({reason})") from exc
     if not isinstance(data, dict):
-        raise CheckpointError(
-            f"{path.name} holds a {type(data).__name__}, not a dict of state dicts"
-        )
+        raise CheckpointError(f"{path.name} holds a {type(data).__name__}, not a dict of state dicts")
     for part in ("kp_detector", "generator"):
         state = data.get(part)
         if not isinstance(state, dict):
@@ -230,9 +214,7 @@ def _load_state(module: nn.Module, state: dict, part: str) -> None:
     if missing:
         problems.append(f"missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
     if unexpected:
-        problems.append(
-            f"unexpected {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "")
-        )
+        problems.append(f"unexpected {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else ""))
     if wrong:
         problems.append(f"wrong shape {', '.join(wrong[:5])}")
     if problems:

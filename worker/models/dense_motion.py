@@ -78,9 +78,9 @@ class DenseMotion(nn.Module):
         n, c, h, w = small.shape
         k1 = self.num_kp + 1
 
-        heatmaps = gaussian_heatmaps(
-            kp_driving["value"], h, w, self.kp_variance
-        ) - gaussian_heatmaps(kp_source["value"], h, w, self.kp_variance)
+        heatmaps = gaussian_heatmaps(kp_driving["value"], h, w, self.kp_variance) - gaussian_heatmaps(
+            kp_source["value"], h, w, self.kp_variance
+        )
         heatmaps = torch.cat([heatmaps.new_zeros(n, 1, h, w), heatmaps], dim=1).unsqueeze(2)
 
         motions = self.sparse_motions(kp_driving, kp_source, h, w)  # (N, K+1, h, w, 2)

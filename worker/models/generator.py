@@ -20,18 +20,14 @@ class SourceFeatures:
 
     def expand(self, n: int) -> "SourceFeatures":
         """The same source repeated to a batch of n frames, without copying memory."""
-        return SourceFeatures(
-            *(t.expand(n, *t.shape[1:]) for t in (self.image, self.encoded, self.small))
-        )
+        return SourceFeatures(*(t.expand(n, *t.shape[1:]) for t in (self.image, self.encoded, self.small)))
 
 
 def resize_flow(deformation: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Resize a (N, h', w', 2) flow to (N, h, w, 2) bilinearly, as the published generator does."""
     if deformation.shape[1:3] == (h, w):
         return deformation
-    flow = F.interpolate(
-        deformation.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=False
-    )
+    flow = F.interpolate(deformation.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=False)
     return flow.permute(0, 2, 3, 1)
 
 
@@ -64,9 +60,7 @@ class Generator(nn.Module):
         def width(level: int) -> int:
             return min(max_features, block_expansion * 2**level)
 
-        self.down_blocks = nn.ModuleList(
-            DownBlock2d(width(i), width(i + 1)) for i in range(num_down_blocks)
-        )
+        self.down_blocks = nn.ModuleList(DownBlock2d(width(i), width(i + 1)) for i in range(num_down_blocks))
         self.up_blocks = nn.ModuleList(
             UpBlock2d(width(num_down_blocks - i), width(num_down_blocks - i - 1))
             for i in range(num_down_blocks)
@@ -81,11 +75,7 @@ class Generator(nn.Module):
         encoded = self.first(source)
         for block in self.down_blocks:
             encoded = block(encoded)
-        small = (
-            source
-            if self.dense_motion_network is None
-            else self.dense_motion_network.downscale(source)
-        )
+        small = source if self.dense_motion_network is None else self.dense_motion_network.downscale(source)
         return SourceFeatures(source, encoded, small)
 
     def animate(
@@ -102,9 +92,7 @@ class Generator(nn.Module):
         out: dict[str, torch.Tensor] = {}
         encoded = features.encoded
         if self.dense_motion_network is not None:
-            motion = self.dense_motion_network(
-                features.image, kp_driving, kp_source, features.small
-            )
+            motion = self.dense_motion_network(features.image, kp_driving, kp_source, features.small)
             out.update(motion)
             deformation = motion["deformation"]
             encoded = warp(encoded, resize_flow(deformation, *encoded.shape[2:]))
@@ -116,9 +104,7 @@ class Generator(nn.Module):
                     )
                 encoded = encoded * occlusion
             if maps:
-                out["deformed"] = warp(
-                    features.image, resize_flow(deformation, *features.image.shape[2:])
-                )
+                out["deformed"] = warp(features.image, resize_flow(deformation, *features.image.shape[2:]))
         decoded = self.bottleneck(encoded)
         for block in self.up_blocks:
             decoded = block(decoded)

@@ -39,9 +39,7 @@ class KeypointDetector(nn.Module):
             )
             nn.init.zeros_(self.jacobian.weight)
             with torch.no_grad():
-                self.jacobian.bias.copy_(
-                    torch.tensor([1.0, 0.0, 0.0, 1.0] * self.num_jacobian_maps)
-                )
+                self.jacobian.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 1.0] * self.num_jacobian_maps))
         self.temperature = temperature
         self.scale_factor = scale_factor
         if scale_factor != 1:

@@ -28,9 +28,7 @@ def convex_hull_area(points: np.ndarray) -> float:
     return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
 
 
-def movement_scale(
-    kp_source: dict[str, torch.Tensor], kp_driving_initial: dict[str, torch.Tensor]
-) -> float:
+def movement_scale(kp_source: dict[str, torch.Tensor], kp_driving_initial: dict[str, torch.Tensor]) -> float:
     """sqrt(source hull area / initial driving hull area): a small face driven by a big one moves less."""
     source_area = convex_hull_area(kp_source["value"][0].detach().cpu().double().numpy())
     driving_area = convex_hull_area(kp_driving_initial["value"][0].detach().cpu().double().numpy())
@@ -55,9 +53,7 @@ def normalize_kp(
     scale = movement_scale(kp_source, kp_driving_initial) if adapt_movement_scale else 1.0
     kp_new = dict(kp_driving)
     if use_relative_movement:
-        kp_new["value"] = (kp_driving["value"] - kp_driving_initial["value"]) * scale + kp_source[
-            "value"
-        ]
+        kp_new["value"] = (kp_driving["value"] - kp_driving_initial["value"]) * scale + kp_source["value"]
         if use_relative_jacobian and "jacobian" in kp_driving:
             change = kp_driving["jacobian"] @ torch.inverse(kp_driving_initial["jacobian"])
             kp_new["jacobian"] = change @ kp_source["jacobian"]
