@@ -37,6 +37,8 @@ class RenderOptions:
     audio: bool = True
     device: str = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    crop: str = "none"  # "auto", "none" or "x,y,w,h" in source pixels
+    paste_back: bool = False
 
     def validate(self) -> None:
         if self.mode not in ("relative", "absolute"):
@@ -49,6 +51,8 @@ class RenderOptions:
             raise RenderError("size must be an even number of pixels from 16 to 2048", "invalid_option")
         if not 1 <= self.batch_size <= 256:
             raise RenderError("batch_size must be from 1 to 256", "invalid_option")
+        if self.crop != "none" or self.paste_back:
+            raise RenderError("cropping is not available yet", "invalid_option")
         if self.precision not in PRECISIONS:
             raise RenderError(f"precision must be one of {', '.join(PRECISIONS)}", "invalid_option")
 

@@ -1,0 +1,43 @@
+"""Shared fixtures. Real media and reference outputs come from ../shared and are never copied in."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FOMM = SHARED / "fomm"
+MEDIA = SHARED / "media"
+
+
+def need_shared(path: Path) -> Path:
+    """Skip the calling test, saying why, when a file from ../shared is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test needs the shared fixtures next to the project")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """The published-layout small checkpoint re-saved in our format with its 64x64 frame size."""
+    from worker.models import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(need_shared(FOMM / "fomm-small.pth.tar"))
+    model.frame_shape = (64, 64)
+    path = tmp_path_factory.mktemp("weights") / "small.pth.tar"
+    save_checkpoint(path, model)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip() -> Path:
+    """A real talking-head clip with audio (d3: 512x512, 30 fps, 11.8 s)."""
+    return need_shared(MEDIA / "clips" / "d3.mp4")
+
+
+@pytest.fixture(scope="session")
+def portrait() -> Path:
+    images = sorted((MEDIA / "images").glob("*.jpg")) if MEDIA.exists() else []
+    if not images:
+        pytest.skip(f"{MEDIA / 'images'} is absent: this test needs the shared portraits")
+    return images[0]
