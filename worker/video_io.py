@@ -6,6 +6,9 @@ video from reading other files or reaching the network.
 """
 
 import logging
+import re
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -85,23 +88,35 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 
 def read_frames(path: str | Path, height: int, width: int) -> Iterator[np.ndarray]:
-    """Frames as (height, width, 3) uint8 RGB, resized by ffmpeg (area filter) as they are decoded."""
-    reader = imageio_ffmpeg.read_frames(
-        str(path),
-        input_params=SAFE_INPUT,
-        output_params=["-vf", f"scale={width}:{height}:flags=area", "-an"],
-    )
-    try:
-        meta = next(reader)
-        out_w, out_h = meta["size"]
-        if (out_w, out_h) != (width, height):
-            raise VideoDecodeError(f"decoder produced {out_w}x{out_h}, expected {width}x{height}")
-        for raw in reader:
-            yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
-    except (OSError, RuntimeError) as exc:
-        raise VideoDecodeError(f"{Path(path).name}: decoding failed ({str(exc).splitlines()[0]})") from exc
-    finally:
-        reader.close()
+    """Frames as (height, width, 3) uint8 RGB, resized by ffmpeg (area filter) as they are decoded.
+
+    `-xerror` makes ffmpeg stop at the first corrupt packet and the exit status is checked, so a
+    video that breaks halfway fails instead of silently yielding a shorter clip.
+    """
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", *SAFE_INPUT, "-i", str(path),
+        "-xerror", "-an", "-vf", f"scale={width}:{height}:flags=area",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+    ]  # fmt: skip
+    frame_bytes = height * width * 3
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+        try:
+            while raw := process.stdout.read(frame_bytes):
+                if len(raw) < frame_bytes:
+                    break
+                yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+            status = process.wait()
+            if status != 0 or (raw and len(raw) < frame_bytes):
+                log.seek(0)
+                lines = log.read().decode(errors="replace").strip().splitlines()
+                reason = re.sub(r"^\[[^]]*\]\s*", "", lines[0]) if lines else f"ffmpeg status {status}"
+                raise VideoDecodeError(f"{Path(path).name}: decoding failed ({reason})")
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()
 
 
 class Mp4Writer:

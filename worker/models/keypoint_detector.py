@@ -7,6 +7,12 @@ from torch import nn
 from worker.models.blocks import AntiAliasDownsample, Hourglass, coordinate_grid
 
 
+def expected_coordinates(heatmap: torch.Tensor) -> torch.Tensor:
+    """Mean (x, y) in [-1, 1] under each normalized heatmap: (N, K, h, w) -> (N, K, 2)."""
+    grid = coordinate_grid(*heatmap.shape[2:], heatmap)  # (h, w, 2)
+    return (heatmap.unsqueeze(-1) * grid).sum(dim=(2, 3))
+
+
 class KeypointDetector(nn.Module):
     """Hourglass over a downscaled frame; one heatmap per keypoint, softmax over space.
 
@@ -53,8 +59,7 @@ class KeypointDetector(nn.Module):
         logits = self.kp(features)  # (N, K, h, w)
         n, k, h, w = logits.shape
         heatmap = F.softmax(logits.view(n, k, -1) / self.temperature, dim=2).view(n, k, h, w)
-        grid = coordinate_grid(h, w, heatmap)  # (h, w, 2)
-        out = {"value": (heatmap.unsqueeze(-1) * grid).sum(dim=(2, 3))}
+        out = {"value": expected_coordinates(heatmap)}
         if self.num_jacobian_maps:
             maps = self.jacobian(features).view(n, self.num_jacobian_maps, 4, h, w)
             jacobian = (heatmap.unsqueeze(2) * maps).view(n, k, 4, -1).sum(dim=-1)
