@@ -1,4 +1,4 @@
-"""The `animate` command: render locally, inspect a checkpoint.
+"""The `animate` command: render locally, inspect a checkpoint, train and evaluate models.
 
 Errors about inputs print one line on stderr and exit with status 2; no output file is left behind.
 """
@@ -44,6 +44,23 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="print a checkpoint's inferred architecture")
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
+
+    train = commands.add_parser("train", help="train a model on a folder of videos (self-supervised)")
+    train.add_argument("--config", required=True, help="training YAML (dataset_params, model_params, ...)")
+    train.add_argument("--data", required=True, help="folder of videos and/or folders of frames")
+    train.add_argument("--out", required=True, help="run folder: log, pictures, checkpoints, model")
+    train.add_argument("--vgg19", help="torchvision VGG-19 weights for the perceptual loss (else L1)")
+    train.add_argument("--resume", help="continue from a checkpoint of an earlier run")
+    train.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    train.add_argument("--steps", type=int, help="stop after this many steps (default: the config's epochs)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+    evaluate = commands.add_parser("eval", help="reconstruction L1 against the copy-the-source baseline")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--data", required=True, help="folder of held-out videos and/or frame folders")
+    evaluate.add_argument("--config")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -120,9 +137,64 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from worker.models.vgg19 import Vgg19Error
+    from worker.train.dataset import DataError
+    from worker.train.trainer import Trainer, TrainingError, read_training_config
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _fail("--device cuda: no CUDA device is available")
+    if args.steps is not None and args.steps < 1:
+        return _fail("--steps must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            return _fail("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    try:
+        trainer = Trainer(read_training_config(args.config), args.data, args.out, args.vgg19, args.device)
+        if args.resume:
+            trainer.resume(args.resume)
+        result = trainer.train(args.steps)
+    except (TrainingError, DataError, Vgg19Error) as exc:
+        return _fail(str(exc))
+    summary = " ".join(f"{k}={v:.4f}" for k, v in result["losses"].items())
+    print(f"trained to step {result['steps']} in {result['seconds']:.0f}s: {summary}", file=sys.stderr)
+    print(f"model: {Path(args.out) / 'model.pth.tar'}", file=sys.stderr)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from worker.models import CheckpointError, load_checkpoint
+    from worker.train.dataset import DataError
+    from worker.train.evaluate import evaluate, model_reconstructor
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return _fail("--device cuda: no CUDA device is available")
+    try:
+        model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
+        report = evaluate(model_reconstructor(model, args.device), args.data, model.frame_shape)
+    except (CheckpointError, DataError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"{'video':<24} {'frames':>6} {'model L1':>9} {'copy L1':>9}")
+    for v in report.videos:
+        print(f"{v.name:<24} {v.frames:>6} {v.model_l1:>9.5f} {v.baseline_l1:>9.5f}")
+    print(f"{'overall':<24} {report.frames:>6} {report.model_l1:>9.5f} {report.baseline_l1:>9.5f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"render": _render, "inspect": _inspect}
+    handlers = {"render": _render, "inspect": _inspect, "train": _train, "eval": _evaluate}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

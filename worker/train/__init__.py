@@ -1,0 +1,1 @@
+"""Self-supervised training of the animation model: data, random warps, losses, the loop, evaluation."""

@@ -1,0 +1,159 @@
+"""Training data: pairs of frames from the same video, decoded once and kept in memory as uint8.
+
+A data folder holds videos (any container ffmpeg reads) and/or folders of frames (PNG/JPEG, sorted
+by name). Each video is decoded once at the training size; an epoch visits every video
+`num_repeats` times, each visit drawing two random frames of it.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from worker.errors import RenderError
+from worker.video_io import load_image, read_frames, resize_image
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
+FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+class DataError(ValueError):
+    """The data folder cannot be used for training or evaluation; the message says why."""
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes applied identically to both frames of a pair (time flip swaps them)."""
+
+    horizontal_flip: bool = True
+    time_flip: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.1
+
+    @classmethod
+    def from_config(cls, params: dict | None) -> "Augmentation":
+        """From the published `augmentation_params` (flip_param, jitter_param); None disables all."""
+        if params is None:
+            return cls(False, False, 0.0, 0.0, 0.0, 0.0)
+        flip = params.get("flip_param", {})
+        jitter = params.get("jitter_param", {})
+        return cls(
+            horizontal_flip=bool(flip.get("horizontal_flip", False)),
+            time_flip=bool(flip.get("time_flip", False)),
+            brightness=float(jitter.get("brightness", 0.0)),
+            contrast=float(jitter.get("contrast", 0.0)),
+            saturation=float(jitter.get("saturation", 0.0)),
+            hue=float(jitter.get("hue", 0.0)),
+        )
+
+
+def list_sequences(root: str | Path) -> list[Path]:
+    """The videos and frame folders directly inside `root`, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    found = []
+    for entry in sorted(root.iterdir()):
+        if (
+            entry.is_file()
+            and entry.suffix.lower() in VIDEO_SUFFIXES
+            or entry.is_dir()
+            and any(p.suffix.lower() in FRAME_SUFFIXES for p in entry.iterdir())
+        ):
+            found.append(entry)
+    if not found:
+        raise DataError(f"no videos or frame folders in {root}")
+    return found
+
+
+def decode_sequence(path: Path, height: int, width: int) -> np.ndarray:
+    """(T, height, width, 3) uint8 frames of a video file or a folder of frames."""
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+            frames = [resize_image(load_image(p), height, width) for p in files]
+        else:
+            frames = list(read_frames(path, height, width))
+    except RenderError as exc:
+        raise DataError(f"{path.name}: {exc}") from exc
+    if len(frames) < 2:
+        raise DataError(f"{path.name}: needs at least 2 frames, has {len(frames)}")
+    return np.stack(frames)
+
+
+def _to_tensor(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float() / 255
+
+
+def _grayscale(image: torch.Tensor) -> torch.Tensor:
+    weights = image.new_tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    return (image * weights).sum(dim=0, keepdim=True)
+
+
+def _rotate_hue(image: torch.Tensor, turns: float) -> torch.Tensor:
+    """Rotate chroma in YIQ space by `turns` of a full circle (luma is kept)."""
+    to_yiq = image.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    angle = 2 * math.pi * turns
+    c, s = math.cos(angle), math.sin(angle)
+    rotation = image.new_tensor([[1, 0, 0], [0, c, -s], [0, s, c]])
+    matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
+    return torch.einsum("ij,jhw->ihw", matrix, image)
+
+
+class FramePairs(Dataset):
+    """Items are {"source", "driving"}: (3, H, W) float tensors in [0, 1] from one random video."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        frame_shape: tuple[int, int],
+        num_repeats: int = 1,
+        augmentation: Augmentation | None = None,
+        seed: int = 0,
+    ):
+        self.paths = list_sequences(root)
+        height, width = frame_shape
+        self.videos = [decode_sequence(p, height, width) for p in self.paths]
+        self.num_repeats = num_repeats
+        self.augmentation = augmentation or Augmentation.from_config(None)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.num_repeats
+
+    def _jitter(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
+        aug, rng = self.augmentation, self.rng
+        brightness = rng.uniform(1 - aug.brightness, 1 + aug.brightness)
+        contrast = rng.uniform(1 - aug.contrast, 1 + aug.contrast)
+        saturation = rng.uniform(1 - aug.saturation, 1 + aug.saturation)
+        hue = rng.uniform(-aug.hue, aug.hue)
+        out = []
+        for image in frames:
+            image = image * brightness
+            mean = _grayscale(image).mean()
+            image = (image - mean) * contrast + mean
+            gray = _grayscale(image)
+            image = (image - gray) * saturation + gray
+            if hue:
+                image = _rotate_hue(image, hue)
+            out.append(image.clamp(0, 1))
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        video = self.videos[index % len(self.videos)]
+        first, second = np.sort(self.rng.choice(len(video), size=2, replace=True))
+        frames = [video[first], video[second]]
+        aug = self.augmentation
+        if aug.horizontal_flip and self.rng.random() < 0.5:
+            frames = [f[:, ::-1] for f in frames]
+        if aug.time_flip and self.rng.random() < 0.5:
+            frames = frames[::-1]
+        tensors = [_to_tensor(f) for f in frames]
+        if aug.brightness or aug.contrast or aug.saturation or aug.hue:
+            tensors = self._jitter(tensors)
+        return {"source": tensors[0], "driving": tensors[1]}
