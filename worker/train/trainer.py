@@ -59,6 +59,8 @@ DEFAULT_TRAIN_PARAMS = {
     },
 }
 MODEL_SECTIONS = ("common_params", "kp_detector_params", "generator_params")
+# VGG-19 pools four times before relu5_1, so smaller images leave it nothing to see.
+VGG_MIN_SIDE = 16
 
 
 class TrainingError(ValueError):
@@ -167,6 +169,12 @@ class Trainer:
             }
             self.discriminator = MultiScaleDiscriminator(**disc_params).to(self.device).train()
         self.vgg = load_vgg19(vgg19, str(self.device)) if vgg19 else None
+        smallest = min(frame_shape) * min(self.params["scales"])
+        if self.vgg is not None and smallest < VGG_MIN_SIDE:
+            raise TrainingError(
+                f"the perceptual loss needs every pyramid level >= {VGG_MIN_SIDE} px; the smallest is "
+                f"{smallest:g} px (drop the smallest scales or train without --vgg19)"
+            )
         self.pyramid = ImagePyramid(self.params["scales"], model_config["common_params"]["num_channels"])
         self.pyramid.to(self.device)
         self.dataset = FramePairs(

@@ -1,0 +1,285 @@
+"""Training pipeline: warps, losses, a tiny real training run, checkpoints, resume and evaluation."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from worker.models import build_model, load_checkpoint
+from worker.models.discriminator import MultiScaleDiscriminator
+from worker.models.vgg19 import Vgg19Error, Vgg19Features, load_vgg19
+from worker.train.dataset import FramePairs
+from worker.train.evaluate import evaluate, model_reconstructor, score_video
+from worker.train.losses import equivariance_losses
+from worker.train.trainer import Trainer, read_training_config
+from worker.train.transforms import RandomWarp
+from worker.video_io import probe_video, read_frames
+
+ANIMATE = [sys.executable, "-m", "worker.cli"]
+TINY_MODEL = {
+    "common_params": {"num_kp": 5, "num_channels": 3, "estimate_jacobian": True},
+    "kp_detector_params": {
+        "temperature": 0.1, "block_expansion": 8, "max_features": 32, "scale_factor": 0.5, "num_blocks": 2,
+    },
+    "generator_params": {
+        "block_expansion": 8, "max_features": 32, "num_down_blocks": 1, "num_bottleneck_blocks": 1,
+        "estimate_occlusion_map": True,
+        "dense_motion_params": {
+            "block_expansion": 8, "max_features": 32, "num_blocks": 2, "scale_factor": 0.5,
+        },
+    },
+    "discriminator_params": {
+        "scales": [1], "block_expansion": 8, "max_features": 32, "num_blocks": 3, "sn": True,
+    },
+}  # fmt: skip
+
+
+def tiny_config(**train_params) -> dict:
+    return {
+        "dataset_params": {
+            "frame_shape": [32, 32, 3],
+            "augmentation_params": {
+                "flip_param": {"horizontal_flip": True, "time_flip": True},
+                "jitter_param": {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.1},
+            },
+        },
+        "model_params": copy.deepcopy(TINY_MODEL),
+        "train_params": {
+            "num_epochs": 1, "num_repeats": 40, "batch_size": 4, "scales": [1, 0.5, 0.25],
+            "lr_generator": 1e-3, "lr_kp_detector": 1e-3, "lr_discriminator": 1e-3,
+            "log_every": 1, "checkpoint_every": 5, "picture_every": 5, **train_params,
+        },
+    }  # fmt: skip
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_animate(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([*ANIMATE, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def data_dir(clip, tmp_path_factory) -> Path:
+    """A short real clip, plus the same clip's first second as a folder of PNG frames."""
+    root = tmp_path_factory.mktemp("data")
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    subprocess.run([ffmpeg, "-v", "error", "-i", str(clip), "-t", "1.5", str(root / "talk.mp4")], check=True)
+    frames = root / "talk-frames"
+    frames.mkdir()
+    for i, frame in enumerate(read_frames(root / "talk.mp4", 48, 48)):
+        if i < 25:
+            Image.fromarray(frame).save(frames / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_dir, tmp_path_factory) -> Path:
+    """20 steps of real training at 32 px through the CLI."""
+    run = tmp_path_factory.mktemp("run")
+    config = write_config(run.parent / "tiny.yaml", tiny_config())
+    result = run_animate(
+        "train", "--config", config, "--data", data_dir, "--out", run, "--steps", "20", "--threads", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_zero_parameter_warp_is_the_identity():
+    warp = RandomWarp.random(3, sigma_affine=0.0, sigma_tps=0.0, points_tps=5)
+    points = torch.rand(3, 7, 2) * 2 - 1
+    assert torch.allclose(warp.warp_coordinates(points), points, atol=1e-6)
+    assert torch.allclose(warp.jacobian(points), torch.eye(2).expand(3, 7, 2, 2), atol=1e-5)
+    frame = torch.rand(3, 3, 24, 20)
+    assert torch.allclose(warp.warp_frame(frame), frame, atol=1e-5)
+    identity = RandomWarp.identity(3)
+    assert torch.equal(identity.theta, warp.theta) and torch.equal(
+        identity.control_params, warp.control_params
+    )
+
+
+def test_random_warp_jacobian_matches_finite_differences():
+    torch.manual_seed(0)
+    warp = RandomWarp.random(2, sigma_affine=0.1, sigma_tps=0.05, points_tps=5)
+    points = (torch.rand(2, 4, 2) * 1.6 - 0.8).double()
+    warp.theta, warp.control_params = warp.theta.double(), warp.control_params.double()
+    warp.control_points = warp.control_points.double()
+    eps = 1e-6
+    numeric = torch.stack(
+        [
+            (warp.warp_coordinates(points + eps * d) - warp.warp_coordinates(points - eps * d)) / (2 * eps)
+            for d in torch.eye(2, dtype=torch.float64)
+        ],
+        dim=-1,
+    )  # (N, M, 2 outputs, 2 inputs)
+    assert torch.allclose(warp.jacobian(points), numeric, atol=1e-5)
+    assert not torch.allclose(numeric, torch.eye(2, dtype=torch.float64).expand_as(numeric), atol=1e-3)
+
+
+def test_equivariance_loss_is_zero_for_the_identity_and_not_for_a_warp():
+    torch.manual_seed(0)
+    detector = build_model(TINY_MODEL, (32, 32)).kp_detector.eval()
+    with torch.no_grad():
+        detector.jacobian.weight.normal_(std=0.05)  # jacobians that differ from the identity
+    frame = torch.rand(2, 3, 32, 32)
+    kp = detector(frame)
+    identity = RandomWarp.identity(2)
+    value, jacobian = equivariance_losses(kp, detector(identity.warp_frame(frame)), identity, 10, 10)
+    assert float(value.detach()) < 1e-5 and float(jacobian.detach()) < 1e-5
+    warp = RandomWarp.random(2, sigma_affine=0.1, sigma_tps=0.01, points_tps=5)
+    value, jacobian = equivariance_losses(kp, detector(warp.warp_frame(frame)), warp, 10, 10)
+    assert float(value.detach()) > 1e-3 and float(jacobian.detach()) > 1e-3
+
+
+def test_dataset_decodes_videos_and_frame_folders_once_as_uint8(data_dir):
+    dataset = FramePairs(data_dir, (32, 32), num_repeats=3, seed=1)
+    assert [p.name for p in dataset.paths] == ["talk-frames", "talk.mp4"]
+    assert [v.shape for v in dataset.videos] == [
+        (25, 32, 32, 3),
+        (probe_video(data_dir / "talk.mp4").frames, 32, 32, 3),
+    ]
+    assert all(v.dtype == np.uint8 for v in dataset.videos)
+    assert len(dataset) == 6
+    item = dataset[1]
+    assert item["source"].shape == item["driving"].shape == (3, 32, 32)
+    assert float(item["source"].min()) >= 0 and float(item["driving"].max()) <= 1
+
+
+def test_tiny_training_run_lowers_the_loss(tiny_run):
+    lines = (tiny_run / "log.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    totals = [float(line.split("\t")[header.index("total")]) for line in lines[1:]]
+    assert len(totals) == 20
+    assert {"reconstruction", "equivariance_value", "equivariance_jacobian"} <= set(header)
+    assert np.mean(totals[-5:]) < 0.8 * np.mean(totals[:5])
+    assert sorted(p.name for p in (tiny_run / "pictures").iterdir()) == [
+        f"step-{s:07d}.png" for s in (5, 10, 15, 20)
+    ]
+    assert Image.open(tiny_run / "pictures" / "step-0000020.png").size == (4 * 32, 4 * 32)
+
+
+def test_trained_checkpoint_loads_in_the_engine_and_renders(tiny_run, data_dir, portrait, tmp_path):
+    model = load_checkpoint(tiny_run / "model.pth.tar")
+    assert model.frame_shape == (32, 32) and model.num_kp == 5
+    assert model.config["generator_params"]["num_down_blocks"] == 1
+    step = load_checkpoint(tiny_run / "checkpoints" / "step-0000020.pth.tar")
+    for a, b in zip(model.state_dict().values(), step.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    out = tmp_path / "out.mp4"
+    result = run_animate(
+        "render", "--source", portrait, "--driving", data_dir / "talk.mp4",
+        "--checkpoint", tiny_run / "model.pth.tar", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rendered = probe_video(out)
+    assert (rendered.width, rendered.height) == (32, 32)
+    assert rendered.frames == probe_video(data_dir / "talk.mp4").frames
+
+
+def test_resume_continues_from_the_saved_step(tiny_run, data_dir, tmp_path):
+    trainer = Trainer(
+        read_training_config(write_config(tmp_path / "c.yaml", tiny_config())), data_dir, tmp_path / "r"
+    )
+    trainer.resume(tiny_run / "checkpoints" / "step-0000015.pth.tar")
+    saved = torch.load(tiny_run / "checkpoints" / "step-0000015.pth.tar", weights_only=True)
+    assert trainer.step == 15
+    assert torch.equal(trainer.model.kp_detector.kp.weight, saved["kp_detector"]["kp.weight"])
+    assert trainer.optimizers["generator"].state_dict()["state"]  # Adam moments came back
+    result = trainer.train(17)
+    assert result["steps"] == 17
+    assert (tmp_path / "r" / "checkpoints" / "step-0000017.pth.tar").is_file()
+
+
+def test_eval_of_a_model_that_copies_the_source_is_the_baseline(data_dir):
+    frames = np.stack(list(read_frames(data_dir / "talk.mp4", 32, 32)))
+    score = score_video("talk", frames, lambda source, driving: source.expand_as(driving), batch_size=7)
+    assert score.model_l1 == score.baseline_l1
+    expected = np.abs(frames.astype(np.float64) / 255 - frames[:1].astype(np.float64) / 255).mean()
+    assert score.baseline_l1 == pytest.approx(expected, rel=1e-6)
+    assert score.baseline_l1 > 0 and score.frames == len(frames)
+
+
+def test_eval_cli_reports_model_and_baseline_per_video(tiny_run, data_dir):
+    result = run_animate("eval", "--checkpoint", tiny_run / "model.pth.tar", "--data", data_dir, "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    report = json.loads(result.stdout)
+    assert [v["name"] for v in report["videos"]] == ["talk-frames", "talk"]
+    model = load_checkpoint(tiny_run / "model.pth.tar")
+    direct = evaluate(model_reconstructor(model), data_dir, model.frame_shape)
+    assert report["model_l1"] == pytest.approx(direct.model_l1, rel=1e-5)
+    assert report["baseline_l1"] == pytest.approx(direct.baseline_l1, rel=1e-9)
+    assert report["model_l1"] != report["baseline_l1"]
+
+
+def test_adversarial_training_writes_the_published_discriminator_layout(data_dir, tmp_path):
+    config = tiny_config(loss_weights={"generator_gan": 1, "feature_matching": [10, 10, 10]})
+    trainer = Trainer(
+        read_training_config(write_config(tmp_path / "adv.yaml", config)), data_dir, tmp_path / "r"
+    )
+    result = trainer.train(2)
+    assert {"generator_gan", "feature_matching", "discriminator_gan"} <= set(result["losses"])
+    saved = torch.load(tmp_path / "r" / "checkpoints" / "step-0000002.pth.tar", weights_only=True)
+    assert "discs.1.down_blocks.0.conv.weight_orig" in saved["discriminator"]
+    assert "discs.1.conv.weight_orig" in saved["discriminator"]
+    fresh = MultiScaleDiscriminator(**TINY_MODEL["common_params"], **TINY_MODEL["discriminator_params"])
+    fresh.load_state_dict(saved["discriminator"])
+
+
+def test_vgg19_loads_a_torchvision_layout_file_and_trains(data_dir, tmp_path):
+    torch.manual_seed(0)
+    state = {key: torch.randn_like(t) * 0.05 for key, t in Vgg19Features().state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(4, 4)  # torchvision files also hold the classifier
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    vgg = load_vgg19(path)
+    assert torch.equal(vgg.features[28].weight, state["features.28.weight"])
+    assert [f.shape[1] for f in vgg(torch.rand(1, 3, 32, 32))] == [64, 128, 256, 512, 512]
+    config = tiny_config(scales=[1, 0.5])
+    trainer = Trainer(
+        read_training_config(write_config(tmp_path / "c.yaml", config)), data_dir, tmp_path / "r", vgg19=path
+    )
+    assert trainer.train(1)["losses"]["reconstruction"] > 0
+    del state["features.0.bias"]
+    torch.save(state, path)
+    with pytest.raises(Vgg19Error, match="features.0.bias"):
+        load_vgg19(path)
+
+
+def test_bad_training_inputs_exit_2_with_one_line(data_dir, tmp_path):
+    good = write_config(tmp_path / "good.yaml", tiny_config())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_params: [1, 2]\n")
+    big_batch = write_config(tmp_path / "big.yaml", tiny_config(batch_size=1000))
+    junk = tmp_path / "junk.pth.tar"
+    junk.write_bytes(b"not a checkpoint")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        ("train", "--config", bad, "--data", data_dir, "--out", tmp_path / "o1"),
+        ("train", "--config", tmp_path / "missing.yaml", "--data", data_dir, "--out", tmp_path / "o2"),
+        ("train", "--config", good, "--data", tmp_path / "nowhere", "--out", tmp_path / "o3"),
+        ("train", "--config", good, "--data", empty, "--out", tmp_path / "o4"),
+        ("train", "--config", big_batch, "--data", data_dir, "--out", tmp_path / "o5"),
+        ("train", "--config", good, "--data", data_dir, "--out", tmp_path / "o6", "--resume", junk),
+        ("train", "--config", good, "--data", data_dir, "--out", tmp_path / "o7", "--vgg19", junk),
+        ("train", "--config", good, "--data", data_dir, "--out", tmp_path / "o8", "--steps", "0"),
+        ("eval", "--checkpoint", junk, "--data", data_dir),
+        ("eval", "--checkpoint", junk, "--data", empty),
+    ]
+    for args in cases:
+        result = run_animate(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("animate: error: "), (args, result.stderr)
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))
