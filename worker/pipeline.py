@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from worker.errors import RenderCanceled, RenderError, StorageError
-from worker.models import AnimationModel, normalize_kp
+from worker.models import AnimationModel, SourceFeatures, normalize_kp
 from worker.models.motion_transfer import convex_hull_area
+from worker.optimize import prepare_for_inference
 from worker.video_io import Mp4Writer, VideoInfo, probe_video, read_frames, resize_image
 
 ProgressCallback = Callable[[int, int], None]
@@ -200,16 +201,77 @@ class _BackgroundWriter:
             self.writer.close()
 
 
+@dataclass
+class SourceState:
+    """What a job computes once from its source image, then reuses for every driving frame."""
+
+    features: SourceFeatures
+    kp_source: dict[str, torch.Tensor]
+    precision: str = "fp32"
+    relative: bool = True
+    adapt_scale: bool = True
+    kp_initial: dict[str, torch.Tensor] | None = None  # taken from the first frame when None
+
+
 class Renderer:
-    """Holds a loaded model and renders jobs with it; one instance per worker process."""
+    """Holds a loaded model, prepared for inference, and renders jobs with it.
+
+    One instance per worker process. It takes ownership of `model`: batch norm is folded into the
+    convolutions and the weights are made channels-last, in place.
+    """
 
     def __init__(self, model: AnimationModel, device: str = "cpu"):
-        self.model = model.to(device).eval()
+        self.model = prepare_for_inference(model, device)
         self.device = device
+
+    def _autocast(self, precision: str):
+        dtype = PRECISIONS[precision]
+        device_type = torch.device(self.device).type
+        return torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def _input(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.to(self.device).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model.kp_detector(frames)
+        """Keypoints of (N, 3, H, W) frames, always in float32: softmax heatmaps need the range."""
+        return self.model.kp_detector(self._input(frames))
+
+    @torch.inference_mode()
+    def prepare_source(
+        self,
+        source: torch.Tensor,
+        precision: str = "fp32",
+        relative: bool = True,
+        adapt_scale: bool = True,
+        kp_initial: dict[str, torch.Tensor] | None = None,
+    ) -> SourceState:
+        """Source keypoints and encoder features for a (1, 3, H, W) source in [0, 1]."""
+        source = self._input(source)
+        kp_source = self.model.kp_detector(source)
+        with self._autocast(precision):
+            features = self.model.generator.encode_source(source)
+        return SourceState(features, kp_source, precision, relative, adapt_scale, kp_initial)
+
+    @torch.inference_mode()
+    def animate_batch(self, state: SourceState, frames: torch.Tensor) -> torch.Tensor:
+        """Animated frames (N, 3, H, W) in [0, 1] for driving frames (N, 3, H, W) in [0, 1]."""
+        kp_driving = self.keypoints(frames)
+        if state.kp_initial is None:
+            state.kp_initial = {k: v[:1] for k, v in kp_driving.items()}
+        kp_norm = normalize_kp(
+            state.kp_source,
+            kp_driving,
+            state.kp_initial,
+            adapt_movement_scale=state.adapt_scale and state.relative,
+            use_relative_movement=state.relative,
+            use_relative_jacobian=state.relative,
+        )
+        n = frames.shape[0]
+        kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
+        with self._autocast(state.precision):
+            out = self.model.generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
+        return out["prediction"]
 
     @torch.inference_mode()
     def _driving_keypoints(self, path: Path, h: int, w: int, batch_size: int, stop_at: int | None):
@@ -250,34 +312,32 @@ class Renderer:
         driving_path, out_path = Path(driving_path), Path(out_path)
         info = info or probe_video(driving_path)
         h, w = self.model.frame_shape
-        dtype = PRECISIONS[options.precision]
-        autocast = torch.autocast(
-            device_type=torch.device(self.device).type, dtype=dtype, enabled=dtype != torch.float32
-        )
         decode, infer, encode = _Stage(), _Stage(), _Stage()
-
-        with infer.timed():
-            source = to_tensor(resize_image(source_image, h, w)[None], self.device)
-            kp_source = self.keypoints(source)
-            with autocast:
-                features = self.model.generator.encode_source(source)
+        source = to_tensor(resize_image(source_image, h, w)[None], "cpu")
 
         start = options.driving_start if options.mode == "relative" else 0
-        kp_initial = None  # for start 0, taken from the first batch below
+        kp_initial = None
         if start != 0:
+            with decode.timed():
+                stop_at = None if start == "best" else start
+                kp_all = self._driving_keypoints(driving_path, h, w, options.batch_size, stop_at)
             if start == "best":
-                with decode.timed():
-                    kp_all = self._driving_keypoints(driving_path, h, w, options.batch_size, None)
-                start = best_start_frame(kp_source["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy())
-            elif start > 0:
-                with decode.timed():
-                    kp_all = self._driving_keypoints(driving_path, h, w, options.batch_size, start)
-                if start >= len(kp_all["value"]):
-                    raise RenderError(
-                        f"driving_start {start} is past the last frame ({len(kp_all['value']) - 1})",
-                        "invalid_option",
-                    )
+                with infer.timed():
+                    source_kp = self.keypoints(source)
+                start = best_start_frame(source_kp["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy())
+            elif start >= len(kp_all["value"]):
+                last = len(kp_all["value"]) - 1
+                raise RenderError(f"driving_start {start} is past the last frame ({last})", "invalid_option")
             kp_initial = {k: v[start : start + 1] for k, v in kp_all.items()}
+
+        with infer.timed():
+            state = self.prepare_source(
+                source,
+                precision=options.precision,
+                relative=options.mode == "relative",
+                adapt_scale=options.adapt_scale,
+                kp_initial=kp_initial,
+            )
 
         audio = options.audio and info.has_audio
         out_size = (options.size, options.size) if options.size else None
@@ -301,26 +361,10 @@ class Renderer:
                 if should_cancel is not None and should_cancel():
                     raise RenderCanceled("the job was canceled")
                 with infer.timed():
-                    frames = to_tensor(batch, self.device)
-                    kp_driving = self.keypoints(frames)
-                    if kp_initial is None:
-                        kp_initial = {k: v[:1] for k, v in kp_driving.items()}
-                    kp_norm = normalize_kp(
-                        kp_source,
-                        kp_driving,
-                        kp_initial,
-                        adapt_movement_scale=options.adapt_scale and options.mode == "relative",
-                        use_relative_movement=options.mode == "relative",
-                        use_relative_jacobian=options.mode == "relative",
-                    )
-                    n = len(batch)
-                    kp_src = {k: v.expand(n, *v.shape[1:]) for k, v in kp_source.items()}
-                    with autocast:
-                        out = self.model.generator.animate(features.expand(n), kp_src, kp_norm, maps=False)
-                    rendered = to_frames(out["prediction"])
+                    rendered = to_frames(self.animate_batch(state, to_tensor(batch, "cpu")))
                 with encode.timed():
                     writer.put(rendered)
-                done += n
+                done += len(batch)
                 total = max(total, done)
                 if on_progress is not None:
                     on_progress(done, total)

@@ -1,0 +1,245 @@
+"""Engine benchmark at the published vox-256 widths (random weights) on 256x256 frames.
+
+Each measurement runs in its own process so its peak memory is its own. Prints a Markdown table:
+seconds per frame, frames per second, GFLOP per frame, achieved GFLOP/s against this machine's
+measured matmul peak, and peak resident memory; then the whole `animate render` process on a
+60-frame clip against the plain per-frame float32 loop (the published demo's way).
+
+    .venv/bin/python bench/engine.py [--frames 16] [--quick]
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VOX_256 = {
+    "common_params": {"num_kp": 10, "num_channels": 3, "estimate_jacobian": True},
+    "kp_detector_params": {
+        "temperature": 0.1,
+        "block_expansion": 32,
+        "max_features": 1024,
+        "scale_factor": 0.25,
+        "num_blocks": 5,
+    },
+    "generator_params": {
+        "block_expansion": 64,
+        "max_features": 512,
+        "num_down_blocks": 2,
+        "num_bottleneck_blocks": 6,
+        "estimate_occlusion_map": True,
+        "dense_motion_params": {
+            "block_expansion": 64,
+            "max_features": 1024,
+            "num_blocks": 5,
+            "scale_factor": 0.25,
+        },
+    },
+}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def vox_model():
+    import torch
+
+    from worker.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(VOX_256, (256, 256)).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, as in a trained model
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def measure_matmul_peak() -> dict:
+    import torch
+
+    out = {}
+    n = 2048
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        reps = 5
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        out[name] = 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+    return out
+
+
+def gflop_per_frame(model) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    source = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        kp_source = model.kp_detector(source)
+        features = model.generator.encode_source(source)
+        with FlopCounterMode(display=False) as counter:
+            kp = model.kp_detector(torch.rand(1, 3, 256, 256))
+            model.generator.animate(features, kp_source, kp, maps=False)
+    return counter.get_total_flops() / 1e9
+
+
+def run_plain_loop(frames: int) -> dict:
+    """The published demo's loop: one frame at a time, float32, the whole generator every frame."""
+    import torch
+
+    from worker.models import normalize_kp
+
+    torch.manual_seed(1)
+    model = vox_model()
+    source = torch.rand(1, 3, 256, 256)
+    driving = torch.rand(frames + 1, 3, 256, 256)
+    with torch.no_grad():
+        kp_source = model.kp_detector(source)
+        kp_initial = model.kp_detector(driving[:1])
+        model.generator(source, kp_source=kp_source, kp_driving=kp_initial)  # warm-up
+        start = time.perf_counter()
+        for t in range(1, frames + 1):
+            kp = model.kp_detector(driving[t : t + 1])
+            kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
+            model.generator(source, kp_source=kp_source, kp_driving=kp_norm)
+        seconds = time.perf_counter() - start
+    return {"seconds_per_frame": seconds / frames, "peak_mb": peak_rss_mb()}
+
+
+def run_engine(frames: int, batch: int, precision: str) -> dict:
+    """Our path: source encoded once, frames in batches, the Renderer's inference step."""
+    import torch
+
+    from worker.pipeline import Renderer
+
+    torch.manual_seed(1)
+    renderer = Renderer(vox_model(), "cpu", precision=precision)
+    source = torch.rand(1, 3, 256, 256)
+    state = renderer.prepare_source(source)
+    batches = max(1, frames // batch)
+    driving = torch.rand(batch, 3, 256, 256)
+    with torch.inference_mode():
+        renderer.animate_batch(state, driving)  # warm-up (and the initial frame)
+        start = time.perf_counter()
+        for _ in range(batches):
+            renderer.animate_batch(state, driving)
+        seconds = time.perf_counter() - start
+    return {"seconds_per_frame": seconds / (batches * batch), "peak_mb": peak_rss_mb()}
+
+
+def child(args: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--child", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def make_clip(path: Path, frames: int) -> None:
+    import imageio_ffmpeg
+    import numpy as np
+
+    writer = imageio_ffmpeg.write_frames(str(path), (256, 256), fps=25, macro_block_size=1)
+    writer.send(None)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    for t in range(frames):
+        writer.send(np.roll(base, t, axis=1).copy())
+    writer.close()
+
+
+def whole_process(precision: str, workdir: Path) -> float:
+    checkpoint, clip, image = workdir / "vox.pth.tar", workdir / "clip.mp4", workdir / "source.png"
+    cmd = [
+        sys.executable, "-m", "worker.cli", "render", "--source", str(image), "--driving", str(clip),
+        "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{precision}.mp4"),
+        "--precision", precision,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--child", nargs="+")
+    parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if args.child:
+        kind, *rest = args.child
+        if kind == "plain":
+            result = run_plain_loop(int(rest[0]))
+        elif kind == "engine":
+            result = run_engine(int(rest[0]), int(rest[1]), rest[2])
+        elif kind == "static":
+            import torch
+
+            result = {"gflop": gflop_per_frame(vox_model()), "peak": measure_matmul_peak()}
+            result["threads"] = torch.get_num_threads()
+        print(json.dumps(result))
+        return
+
+    static = child(["static"])
+    gflop, peak = static["gflop"], static["peak"]
+    print(
+        f"# Engine benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch threads {static['threads']}"
+    )
+    print(
+        f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
+        f"model {gflop:.1f} GFLOP per frame (our path)\n"
+    )
+    print("| path | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    plain = child(["plain", str(args.frames)])
+    rate = 1 / plain["seconds_per_frame"]
+    print(
+        f"| plain per-frame loop | 1 | fp32 | {plain['seconds_per_frame']:.3f} | {rate:.2f} | - | - "
+        f"| {plain['peak_mb']:.0f} |"
+    )
+    batches = (1, 4) if args.quick else (1, 4, 16)
+    precisions = ("fp32",) if args.quick else ("fp32", "bf16")
+    for precision in precisions:
+        for batch in batches:
+            r = child(["engine", str(max(args.frames, batch)), str(batch), precision])
+            spf = r["seconds_per_frame"]
+            achieved = gflop / spf
+            print(
+                f"| engine | {batch} | {precision} | {spf:.3f} | {1 / spf:.2f} | {achieved:.0f} | "
+                f"{100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
+            )
+    print(f"\nin-run baseline: plain loop {plain['seconds_per_frame']:.3f} s/frame")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        import numpy as np
+        from PIL import Image
+
+        from worker.models import save_checkpoint
+
+        save_checkpoint(workdir / "vox.pth.tar", vox_model())
+        make_clip(workdir / "clip.mp4", 60)
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
+            workdir / "source.png"
+        )
+        print("\n| whole `animate render` process, 60 frames 256x256 | seconds | vs plain loop x 60 |")
+        print("|---|---|---|")
+        for precision in precisions:
+            seconds = whole_process(precision, workdir)
+            ratio = plain["seconds_per_frame"] * 60 / seconds
+            print(f"| --precision {precision} | {seconds:.1f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
