@@ -1,0 +1,61 @@
+"""The FastAPI application factory: `uvicorn service.app:create_app --factory`.
+
+This package is HTTP only and never imports torch: renders happen in worker processes, reached
+through the Redis queue, and the models they loaded are read from what they publish there.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service.cleanup import sweep
+from service.context import ServiceContext
+from service.errors import install_error_handlers
+from service.routes import router
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """
+Animate a still image by the motion of a driving video (First Order Motion Model).
+
+1. `POST /animate` with a `source` image and a `driving` video (multipart); the answer is 202 with
+   the job and `Location: /jobs/{id}`.
+2. Poll `GET /jobs/{id}` for `status` and `progress` until `succeeded` (or `failed`, `canceled`).
+3. Download `GET /jobs/{id}/result` (an MP4; Range requests supported).
+
+Errors are always `{"error": {"code": "...", "message": "..."}}`.
+"""
+
+
+async def _sweep_forever(ctx: ServiceContext) -> None:
+    while True:
+        try:
+            await run_in_threadpool(sweep, ctx.store, ctx.queue, ctx.settings.result_ttl)
+        except redis.exceptions.RedisError as exc:
+            log.warning("expired-job sweep skipped: %s", exc)
+        await asyncio.sleep(ctx.settings.cleanup_interval)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    ctx = ServiceContext.from_settings(settings or Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_sweep_forever(ctx))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        ctx.redis.close()
+
+    app = FastAPI(title="animate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.context = ctx
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

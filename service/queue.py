@@ -1,0 +1,100 @@
+"""The job queue as both sides see it: RQ on Redis, plus the few keys of our own beside it.
+
+Job arguments and metadata go through RQ's JSON serializer, not its default pickle: whoever can write
+to Redis could otherwise make every worker run code of their choosing when it unpickles a job, and
+JSON keeps the payload readable from any language. So a job carries only plain data: the job id, the
+model name and the options; the files themselves stay in the job's folder.
+
+Beside RQ's own keys:
+- `animate:cancel:<id>`: a cancel request, read by the worker between frame batches (a SimpleWorker
+  runs the job in its own process, so RQ cannot kill it);
+- `animate:worker:<name>`: a worker's presence and its loaded models, refreshed while it lives,
+  so the API can answer /readyz and /models without loading any model itself.
+"""
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from rq import Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+QUEUE_NAME = "animate"
+JOB_FUNCTION = "worker.jobs.render_job"  # by name: the API never imports the engine
+CANCEL_PREFIX = "animate:cancel:"
+WORKER_PREFIX = "animate:worker:"
+WAITING = {JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+def connect(url: str) -> Redis:
+    """A client that fails fast while Redis is down (one quick retry), so callers can answer 503."""
+    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, retry=Retry(NoBackoff(), 1))
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, job_timeout: int, result_ttl: int):
+        self.redis = redis
+        self.queue = Queue(QUEUE_NAME, connection=redis, serializer=JSONSerializer)
+        self.job_timeout = job_timeout
+        self.result_ttl = result_ttl
+
+    def enqueue(self, job_id: str, request: dict[str, Any], meta: dict[str, Any]) -> Job:
+        """Queue a render; it waits in the queue for as long as it takes (ttl=None)."""
+        return self.queue.enqueue_call(
+            JOB_FUNCTION,
+            args=(job_id, request),
+            job_id=job_id,
+            timeout=self.job_timeout,
+            result_ttl=self.result_ttl,
+            failure_ttl=self.result_ttl,
+            ttl=None,
+            meta=meta,
+            description=f"render {job_id}",
+        )
+
+    def fetch(self, job_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None
+
+    def waiting(self) -> int:
+        return self.queue.count
+
+    def request_cancel(self, job: Job) -> None:
+        """Flag the job for its worker and take it off the queue if no worker has it yet."""
+        self.redis.set(CANCEL_PREFIX + job.id, "1", ex=self.job_timeout + 3600)
+        if job.get_status() in WAITING:
+            try:
+                job.cancel()
+            except InvalidJobOperation:
+                return
+            job.meta["canceled_at"] = datetime.now(UTC).isoformat()  # no worker writes to it any more
+            job.save_meta()
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.redis.exists(CANCEL_PREFIX + job_id))
+
+    def forget(self, job: Job) -> None:
+        self.redis.delete(CANCEL_PREFIX + job.id)
+        job.delete()
+
+
+def publish_worker(redis: Redis, name: str, info: dict[str, Any], ttl: int) -> None:
+    redis.set(WORKER_PREFIX + name, json.dumps(info), ex=ttl)
+
+
+def withdraw_worker(redis: Redis, name: str) -> None:
+    redis.delete(WORKER_PREFIX + name)
+
+
+def live_workers(redis: Redis) -> list[dict[str, Any]]:
+    """What every worker alive now published: name, device and loaded models."""
+    keys = sorted(redis.scan_iter(match=WORKER_PREFIX + "*", count=100))
+    values = redis.mget(keys) if keys else []
+    return [json.loads(value) for value in values if value is not None]

@@ -1,0 +1,164 @@
+"""The HTTP routes; each one only translates between HTTP and the modules that do the work."""
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from service.context import ServiceContext, get_context
+from service.errors import ApiError
+from service.jobs import TERMINAL, describe, job_status
+from service.queue import live_workers
+from service.schemas import ErrorBody, Health, JobResource, ModelInfo, ModelList, Readiness
+from service.storage import InvalidJobId, parse_job_id
+from service.submission import submit
+from service.uploads import MAX_FIELD_BYTES
+
+router = APIRouter()
+Context = Depends(get_context)
+
+
+def _errors(*statuses: int) -> dict:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+ANIMATE_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["source", "driving"],
+                    "properties": {
+                        "source": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"},
+                        "driving": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "MP4, MOV, WebM or MKV",
+                        },
+                        "model": {"type": "string", "description": "a loaded model; default DEFAULT_MODEL"},
+                        "mode": {"type": "string", "enum": ["relative", "absolute"], "default": "relative"},
+                        "adapt_scale": {"type": "boolean", "default": True},
+                        "driving_start": {
+                            "type": "string",
+                            "default": "0",
+                            "description": "a frame index or best",
+                        },
+                        "audio": {"type": "boolean", "default": True},
+                        "crop": {"type": "string", "description": "none, auto, face, body or x,y,w,h"},
+                        "paste_back": {"type": "boolean"},
+                    },
+                },
+                "encoding": {"source": {"contentType": "image/png, image/jpeg, image/webp"}},
+            }
+        },
+        "description": f"Files stream to disk; each plain field is at most {MAX_FIELD_BYTES} bytes.",
+    }
+}
+
+
+def _job(ctx: ServiceContext, job_id: str):
+    try:
+        job_id = parse_job_id(job_id)
+    except InvalidJobId:
+        raise ApiError(404, "job_not_found", "no such job: job ids are UUID4s") from None
+    job = ctx.queue.fetch(job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id} (unknown, or expired after RESULT_TTL)")
+    return job
+
+
+@router.post(
+    "/animate",
+    status_code=202,
+    response_model=JobResource,
+    summary="Queue an animation of a source image by a driving video",
+    openapi_extra=ANIMATE_FORM,
+    responses={
+        202: {"headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}}},
+        **_errors(400, 413, 415, 422, 429, 503),
+    },
+)
+async def animate(request: Request, response: Response, ctx: ServiceContext = Context) -> JobResource:
+    job = await submit(request, ctx)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return job
+
+
+@router.get(
+    "/jobs/{job_id}", response_model=JobResource, responses=_errors(404, 503), summary="A job's state"
+)
+def get_job(job_id: str, ctx: ServiceContext = Context) -> JobResource:
+    return describe(_job(ctx, job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"video/mp4": {}}, "description": "the MP4; Range requests answer 206"},
+        **_errors(404, 409, 503),
+    },
+    summary="Download the finished MP4",
+)
+def get_result(job_id: str, ctx: ServiceContext = Context) -> FileResponse:
+    job = _job(ctx, job_id)
+    status = job_status(job)
+    if status in ("queued", "started"):
+        raise ApiError(409, "result_not_ready", f"job {job.id} is {status}; poll /jobs/{job.id}")
+    if status != "succeeded":
+        raise ApiError(409, "result_unavailable", f"job {job.id} {status}: there is no result")
+    path = ctx.store.result_path(job.id)
+    if not path.is_file():
+        raise ApiError(404, "result_expired", f"the result of job {job.id} is no longer stored")
+    return FileResponse(
+        path, media_type="video/mp4", filename=f"{job.id}.mp4", content_disposition_type="inline"
+    )
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=202,
+    response_model=JobResource,
+    responses={204: {"description": "a finished job and its files were deleted"}, **_errors(404, 503)},
+    summary="Cancel a job, or delete a finished one",
+)
+def delete_job(job_id: str, ctx: ServiceContext = Context):
+    job = _job(ctx, job_id)
+    if job_status(job) in TERMINAL:
+        ctx.queue.forget(job)
+        ctx.store.remove(job.id)
+        return Response(status_code=204)
+    ctx.queue.request_cancel(job)
+    return describe(_job(ctx, job.id))
+
+
+@router.get(
+    "/models", response_model=ModelList, responses=_errors(503), summary="The models the workers have loaded"
+)
+def get_models(ctx: ServiceContext = Context) -> ModelList:
+    found: dict[str, ModelInfo] = {}
+    for worker in live_workers(ctx.redis):
+        for model in worker.get("models", []):
+            if model["name"] in found:
+                found[model["name"]].workers += 1
+            else:
+                found[model["name"]] = ModelInfo(**model, device=worker.get("device", "cpu"), workers=1)
+    return ModelList(default=ctx.settings.default_model, models=sorted(found.values(), key=lambda m: m.name))
+
+
+@router.get("/healthz", response_model=Health, summary="The process answers")
+def healthz() -> Health:
+    return Health()
+
+
+@router.get(
+    "/readyz", response_model=Readiness, responses=_errors(503), summary="Redis reachable, a worker alive"
+)
+def readyz(ctx: ServiceContext = Context):
+    ctx.redis.ping()
+    workers = len(live_workers(ctx.redis))
+    if workers == 0:
+        return JSONResponse(
+            {"error": {"code": "no_worker", "message": "no worker is alive to render jobs"}}, status_code=503
+        )
+    return Readiness(workers=workers, queued=ctx.queue.waiting())

@@ -1,0 +1,132 @@
+"""Request options and response bodies of the API (pydantic v2); they are also the OpenAPI docs."""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+JobStatusName = Literal["queued", "started", "succeeded", "failed", "canceled"]
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class AnimateOptions(BaseModel):
+    """The plain form fields of POST /animate, validated from their text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["relative", "absolute"] = Field(
+        "relative", description="relative: the source keeps its pose and follows the driving motion"
+    )
+    adapt_scale: bool = Field(True, description="scale the motion by the ratio of the faces' sizes")
+    driving_start: NonNegativeInt | Literal["best"] = Field(
+        0, description="the driving frame matched to the source's pose: an index, or best to search"
+    )
+    audio: bool = Field(True, description="copy the driving video's audio into the result")
+    crop: str | None = Field(
+        None,
+        pattern=r"^(none|auto|face|body|\d{1,5},\d{1,5},\d{1,5},\d{1,5})$",
+        description="framing of the subject: none, auto, face, body or x,y,w,h; unset: the engine's default",
+    )
+    paste_back: bool | None = Field(
+        None, description="paste the animated crop back into the full source; unset: the engine's default"
+    )
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["job_not_found"])
+    message: str = Field(examples=["no job 2c7c3b8e-9d1a-4a41-9a5e-0e1f3d6b2a10"])
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Progress(BaseModel):
+    frames_done: int = 0
+    frames_total: int | None = None
+    percent: float = 0.0
+
+
+class SourceSummary(BaseModel):
+    format: str
+    width: int
+    height: int
+    bytes: int
+
+
+class DrivingSummary(BaseModel):
+    format: str
+    width: int
+    height: int
+    fps: float
+    duration: float
+    frames: int
+    audio: bool
+    bytes: int
+
+
+class JobInputs(BaseModel):
+    source: SourceSummary
+    driving: DrivingSummary
+    model: str
+    options: AnimateOptions
+
+
+class JobTimings(BaseModel):
+    """Seconds: waiting in the queue, then the engine's stages (they overlap) and the whole render."""
+
+    queue_wait: float | None = None
+    decode: float | None = None
+    inference: float | None = None
+    encode: float | None = None
+    render: float | None = None
+
+
+class JobResult(BaseModel):
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio: bool
+    driving_start: int
+    precision: str
+
+
+class JobResource(BaseModel):
+    id: str
+    status: JobStatusName
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress
+    eta_seconds: float | None = None
+    error: ErrorDetail | None = None
+    result_url: str | None = None
+    result: JobResult | None = None
+    inputs: JobInputs | None = None
+    timings: JobTimings
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(examples=["starter"])
+    frame_size: tuple[int, int] = Field(
+        description="height, width the model animates at", examples=[[256, 256]]
+    )
+    num_kp: int = Field(description="keypoints the model detects", examples=[10])
+    device: str = Field(examples=["cuda"])
+    workers: int = Field(description="live workers that have it loaded")
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    workers: int
+    queued: int

@@ -1,0 +1,146 @@
+"""Streaming multipart/form-data straight into a job's folder, with the size limit enforced as it streams.
+
+Starlette's own form parsing reads the whole body before the route runs, so a limit could only be
+checked afterwards; here each chunk is counted as it arrives and the request is answered 413 as soon
+as the total passes the limit, without reading the rest. File parts go to disk chunk by chunk, never
+whole into memory; text fields are small and capped.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from service.errors import ApiError
+
+MAX_FIELD_BYTES = 1024
+
+
+@dataclass
+class ReceivedForm:
+    files: dict[str, Path] = field(default_factory=dict)  # field name -> the file written
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the request body exceeds {limit / 1024 / 1024:g} MB")
+
+
+class _FormWriter:
+    """python-multipart callbacks writing file parts to `folder` and collecting text fields."""
+
+    def __init__(self, folder: Path, file_fields: set[str], text_fields: set[str]):
+        self.folder = folder
+        self.file_fields = file_fields
+        self.text_fields = text_fields
+        self.form = ReceivedForm()
+        self.header_name = b""
+        self.header_value = b""
+        self.disposition = b""
+        self.name = ""
+        self.file: BinaryIO | None = None
+        self.text = bytearray()
+        self.finished = False
+
+    def on_part_begin(self) -> None:
+        self.disposition = b""
+        self.name = ""
+        self.text = bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self.header_name.lower() == b"content-disposition":
+            self.disposition = self.header_value
+        self.header_name = self.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.disposition)
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if not name:
+            raise ApiError(400, "bad_request", "a multipart part has no field name")
+        if name in self.form.files or name in self.form.fields:
+            raise ApiError(422, "duplicate_field", f"field {name!r} is given more than once")
+        is_file = b"filename" in options
+        if name in self.file_fields:
+            if not is_file:
+                raise ApiError(422, "invalid_field", f"field {name!r} must be a file upload")
+            path = self.folder / f"{name}.upload"
+            self.file = path.open("xb")
+            self.form.files[name] = path
+        elif name in self.text_fields:
+            if is_file:
+                raise ApiError(422, "invalid_field", f"field {name!r} must be a plain value, not a file")
+        else:
+            raise ApiError(422, "unknown_field", f"unknown field {name!r:.40}")
+        self.name = name
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.file is not None:
+            self.file.write(data[start:end])
+            return
+        self.text += data[start:end]
+        if len(self.text) > MAX_FIELD_BYTES:
+            raise ApiError(
+                422, "invalid_field", f"field {self.name!r} is longer than {MAX_FIELD_BYTES} bytes"
+            )
+
+    def on_part_end(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        else:
+            self.form.fields[self.name] = self.text.decode("utf-8", "replace")
+
+    def on_end(self) -> None:
+        self.finished = True
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def callbacks(self) -> dict:
+        names = ("part_begin", "header_field", "header_value", "header_end", "headers_finished")
+        names += ("part_data", "part_end", "end")
+        return {f"on_{name}": getattr(self, f"on_{name}") for name in names}
+
+
+async def receive_form(
+    request: Request, folder: Path, file_fields: set[str], text_fields: set[str], limit: int
+) -> ReceivedForm:
+    """Parse the request body into `folder`; ApiError (400, 413, 415, 422) for anything amiss."""
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    if content_type != b"multipart/form-data":
+        raise ApiError(415, "unsupported_media_type", "the request must be multipart/form-data")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "bad_request", "the multipart Content-Type has no boundary")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+
+    writer = _FormWriter(folder, file_fields, text_fields)
+    try:
+        parser = MultipartParser(boundary, writer.callbacks())
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise too_large(limit)
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise ApiError(400, "bad_request", f"malformed multipart body ({exc})") from None
+    finally:
+        writer.close()
+    if not writer.finished:
+        raise ApiError(400, "bad_request", "the multipart body ended before its closing boundary")
+    return writer.form

@@ -1,0 +1,173 @@
+"""The RQ entry point: `render_job` renders one queued job with a model loaded when the worker started.
+
+RQ calls it by name with JSON arguments (job id, {model, options}); the files are found in the job's
+folder, never taken from the payload. What the API shows is written into the job's meta: progress (at
+most PROGRESS_INTERVAL apart), timings, the result summary, and on failure the RenderError's code.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rq import get_current_job
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from service.queue import JobQueue
+from service.settings import Settings
+from service.storage import DRIVING, SOURCE, JobStore
+from worker.catalog import LoadedModel
+from worker.errors import InvalidVideo, RenderCanceled, RenderError
+from worker.pipeline import RenderOptions
+from worker.video_io import load_image, probe_video
+
+PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
+CANCEL_POLL_INTERVAL = 0.2  # seconds between reads of the cancel flag
+OPTION_NAMES = ("mode", "adapt_scale", "driving_start", "audio", "crop", "paste_back")
+log = logging.getLogger("worker")
+
+
+class WorkerStopping(Exception):
+    """The worker was asked to stop mid-render; the job goes back to the queue, not to failed."""
+
+
+@dataclass
+class Engine:
+    """What a worker process holds between jobs."""
+
+    models: dict[str, LoadedModel]
+    settings: Settings
+    queue: JobQueue
+    stopping: threading.Event = field(default_factory=threading.Event)
+    interrupted: set[str] = field(default_factory=set)  # ids of jobs to hand back to the queue
+
+
+_engine: Engine | None = None
+
+
+def install(engine: Engine) -> None:
+    global _engine
+    _engine = engine
+
+
+class JobReporter:
+    """Progress into the job's meta, throttled; cancel requests and worker shutdown polled between batches."""
+
+    def __init__(self, job: Job, engine: Engine):
+        self.job = job
+        self.engine = engine
+        self.started = time.monotonic()
+        self.last_write = 0.0
+        self.last_poll = 0.0
+        self.canceled = False
+
+    def save(self, **notes: Any) -> None:
+        """Best effort: a Redis hiccup must not fail a render that is going well."""
+        self.job.meta.update(notes)
+        try:
+            self.job.save_meta()
+        except redis.exceptions.RedisError as exc:
+            log.warning("job %s: could not save its progress: %s", self.job.id, exc)
+
+    def progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_write < PROGRESS_INTERVAL and done < total:
+            return
+        self.last_write = now
+        fps = done / max(now - self.started, 1e-6)
+        self.save(progress={"frames_done": done, "frames_total": total, "fps": round(fps, 2)})
+
+    def should_cancel(self) -> bool:
+        if self.engine.stopping.is_set():
+            return True
+        now = time.monotonic()
+        if now - self.last_poll >= CANCEL_POLL_INTERVAL:
+            self.last_poll = now
+            try:
+                self.canceled = self.engine.queue.cancel_requested(self.job.id)
+            except redis.exceptions.RedisError:
+                self.canceled = False
+        return self.canceled
+
+
+def _options(request: dict[str, Any], settings: Settings) -> RenderOptions:
+    given = request.get("options") or {}
+    return RenderOptions(
+        **{name: given[name] for name in OPTION_NAMES if given.get(name) is not None},
+        batch_size=settings.batch_size,
+        device=settings.worker_device,
+        precision="bf16" if settings.worker_device == "cuda" else "fp32",
+    )
+
+
+def _render(job_id: str, request: dict[str, Any], engine: Engine, reporter: JobReporter) -> dict[str, Any]:
+    settings = engine.settings
+    store = JobStore(settings.data_dir)
+    name = request.get("model") or settings.default_model
+    if name not in engine.models:
+        raise RenderError(f"model {name!r} is not loaded by this worker", "unknown_model")
+    source = store.input_path(job_id, SOURCE)
+    driving = store.input_path(job_id, DRIVING)
+    if source is None or driving is None:
+        raise RenderError("the job's input files are missing", "inputs_missing")
+    options = _options(request, settings)
+    options.validate()
+    image = load_image(source, settings.max_pixels)
+    info = probe_video(driving)
+    if info.duration > settings.max_driving_seconds:
+        raise InvalidVideo(f"driving lasts {info.duration:.1f} s; at most {settings.max_driving_seconds:g} s")
+    renderer = engine.models[name].renderer
+    result = renderer.render(
+        image, driving, store.result_path(job_id), options, reporter.progress, reporter.should_cancel, info
+    )
+    return result.to_dict()
+
+
+def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Render job `job_id`; the MP4 lands in its folder as result.mp4. Returns the result summary."""
+    if _engine is None:
+        raise RuntimeError("no models are loaded in this process: run workers with `python -m worker.run`")
+    engine = _engine
+    job = get_current_job()
+    reporter = JobReporter(job, engine)
+    queue_wait = (datetime.now(UTC) - job.enqueued_at).total_seconds() if job.enqueued_at else None
+    reporter.save(
+        progress={}, timings={"queue_wait": round(queue_wait, 4) if queue_wait is not None else None}
+    )
+    try:
+        summary = _render(job_id, request, engine, reporter)
+    except RenderCanceled as exc:
+        if engine.stopping.is_set():
+            engine.interrupted.add(job_id)
+            reporter.save(progress={}, timings={})
+            raise WorkerStopping(f"job {job_id} interrupted by a worker shutdown") from exc
+        reporter.save(error={"code": exc.code, "message": "the job was canceled"})
+        raise
+    except RenderError as exc:
+        reporter.save(error={"code": exc.code, "message": str(exc)})
+        raise
+    except JobTimeoutException:
+        reporter.save(error={"code": "timeout", "message": "the render took longer than JOB_TIMEOUT"})
+        raise
+    except Exception as exc:
+        reporter.save(
+            error={"code": "internal_error", "message": f"the render failed ({type(exc).__name__})"}
+        )
+        raise
+    timings = summary.pop("timings")
+    reporter.save(
+        result=summary,
+        progress={"frames_done": summary["frames"], "frames_total": summary["frames"]},
+        timings={
+            **job.meta.get("timings", {}),
+            "decode": timings["decode"],
+            "inference": timings["inference"],
+            "encode": timings["encode"],
+            "render": timings["total"],
+        },
+    )
+    return {**summary, "timings": timings}

@@ -1,0 +1,174 @@
+"""Run one worker: load every model once, then render queued jobs until asked to stop.
+
+Why RQ's SimpleWorker: the default `Worker` forks a work horse for every job and `SpawnWorker` starts
+a new interpreter for every job. Either way the job runs in a process that does not have the model
+the worker loaded (a spawned one must load it again, per job), and CUDA cannot be used in a child
+forked after the parent initialised it. SimpleWorker runs each job in this very process, so the
+weights stay loaded, on the GPU where there is one, from one job to the next. Two consequences are
+handled here: it does not refresh its heartbeat while a job runs, so every job is enqueued with an
+explicit `job_timeout` (which also bounds the heartbeat TTL RQ sets at the job's start); and it
+cannot kill a running job, so cancellation is our own Redis flag, read between frame batches.
+
+SIGINT or SIGTERM stops the worker within a frame batch: the job it was rendering goes back to the
+front of the queue for the next worker instead of failing.
+"""
+
+import argparse
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import redis
+from rq import SimpleWorker
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+
+from service.queue import QUEUE_NAME, WORKER_PREFIX, JobQueue, connect, publish_worker, withdraw_worker
+from service.settings import Settings
+from worker import jobs
+from worker.catalog import load_models
+
+PRESENCE_INTERVAL = 10  # seconds between refreshes of the worker's presence key
+PRESENCE_TTL = 30
+log = logging.getLogger("worker")
+
+
+class ModelWorker(SimpleWorker):
+    """A SimpleWorker that interrupts its render on shutdown and hands that job back to the queue."""
+
+    max_connection_wait_time = 5.0  # back in service within seconds of Redis returning
+
+    def __init__(self, *args, engine: jobs.Engine, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.engine = engine
+
+    def request_stop(self, signum, frame):
+        self.engine.stopping.set()
+        super().request_stop(signum, frame)
+
+    def execute_job(self, job: Job, queue: Queue):
+        super().execute_job(job, queue)
+        if job.id in self.engine.interrupted:
+            self.engine.interrupted.discard(job.id)
+            queue.failed_job_registry.requeue(job.id, at_front=True)
+            self.log.info("job %s interrupted by shutdown: back in the queue", job.id)
+
+
+class Presence(threading.Thread):
+    """Keeps `animate:worker:<name>` alive while the process lives; the API reads it for /readyz, /models."""
+
+    def __init__(self, client: redis.Redis, name: str, info: dict):
+        super().__init__(name="presence", daemon=True)
+        self.client = client
+        self.worker_name = name
+        self.info = info
+        self.done = threading.Event()
+
+    def publish(self) -> None:
+        try:
+            publish_worker(self.client, self.worker_name, self.info, PRESENCE_TTL)
+        except redis.exceptions.RedisError as exc:
+            log.warning("could not publish presence: %s", exc)
+
+    def run(self) -> None:
+        while not self.done.wait(PRESENCE_INTERVAL):
+            self.publish()
+
+    def stop(self) -> None:
+        self.done.set()
+        try:
+            withdraw_worker(self.client, self.worker_name)
+        except redis.exceptions.RedisError:
+            return
+
+
+def _wait_for_redis(client: redis.Redis, stopping: threading.Event) -> bool:
+    delay = 0.5
+    while not stopping.is_set():
+        try:
+            client.ping()
+            return True
+        except redis.exceptions.RedisError as exc:
+            log.warning("waiting for Redis: %s", exc)
+            stopping.wait(delay)
+            delay = min(delay * 2, 5.0)
+    return False
+
+
+def _healthcheck(settings: Settings) -> int:
+    """Exit 0 when a worker of this host has published its presence (the container's health check)."""
+    try:
+        keys = list(connect(settings.queue_url).scan_iter(match=f"{WORKER_PREFIX}{socket.gethostname()}.*"))
+    except redis.exceptions.RedisError:
+        return 1
+    return 0 if keys else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.run", description="Run one animation worker.")
+    parser.add_argument("--healthcheck", action="store_true", help="exit 0 if this host's worker is alive")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.healthcheck:
+        return _healthcheck(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+
+    if settings.worker_device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("worker: error: WORKER_DEVICE=cuda but no CUDA device is available", file=sys.stderr)
+            return 2
+    models = load_models(settings.checkpoints(), settings.worker_device)
+    if not models:
+        print(
+            f"worker: error: no usable checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}",
+            file=sys.stderr,
+        )
+        return 2
+
+    client = connect(settings.queue_url)
+    engine = jobs.Engine(models, settings, JobQueue(client, settings.job_timeout, settings.result_ttl))
+    jobs.install(engine)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # until RQ installs its own handlers in work()
+        signal.signal(signum, lambda *_: engine.stopping.set())
+
+    name = f"{socket.gethostname()}.{os.getpid()}"
+    info = {"name": name, "device": settings.worker_device, "models": [m.describe() for m in models.values()]}
+    presence = Presence(client, name, info)
+    try:
+        for incarnation in itertools.count():
+            if not _wait_for_redis(client, engine.stopping):
+                break
+            presence.publish()
+            if not presence.is_alive():
+                presence.start()
+            worker = ModelWorker(
+                [QUEUE_NAME],
+                name=f"{name}.{incarnation}",  # RQ refuses a name whose previous owner did not sign off
+                connection=client,
+                serializer=JSONSerializer,
+                engine=engine,
+                worker_ttl=60,
+            )
+            try:
+                worker.work(logging_level="INFO")
+            except redis.exceptions.RedisError as exc:
+                log.warning("lost Redis: %s", exc)
+            if worker._stop_requested or engine.stopping.is_set():
+                break
+            time.sleep(1)  # RQ gave up on an error it logged; start over once Redis answers
+    finally:
+        presence.stop()
+    log.info("worker %s stopped", name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
