@@ -40,6 +40,26 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
     render.add_argument("--size", type=int, help="output side in pixels (default: the model's)")
     render.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
+    render.add_argument(
+        "--crop",
+        default="auto",
+        metavar="auto|face|body|none|X,Y,W,H",
+        help="frame the subject like the training data (default: auto; see worker/subject/framing.py)",
+    )
+    render.add_argument(
+        "--paste-back",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="composite the animated crop back into the full source image (default: off)",
+    )
+
+    crop = commands.add_parser("crop", help="crop a video to a square that follows its subject")
+    crop.add_argument("--in", dest="input", required=True, help="input video")
+    crop.add_argument("--out", required=True, help="output MP4, square")
+    crop.add_argument("--boxes", help="also write the boxes as JSON: one [x, y, w, h] per input frame")
+    crop.add_argument("--kind", choices=["auto", "face", "body"], default="auto", help="framing")
+    crop.add_argument("--size", type=int, default=512, help="output side in pixels (default: 512)")
+    crop.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
 
     inspect = commands.add_parser("inspect", help="print a checkpoint's inferred architecture")
     inspect.add_argument("checkpoint")
@@ -94,6 +114,8 @@ def _render(args: argparse.Namespace) -> int:
         audio=args.audio,
         device=args.device,
         precision=precision,
+        crop=args.crop,
+        paste_back=args.paste_back,
     )
     bar = ProgressBar("rendering")
     try:
@@ -112,6 +134,29 @@ def _render(args: argparse.Namespace) -> int:
         f"{result.fps:g} fps, audio {'on' if result.audio else 'off'}) in {t['total']:.1f}s",
         file=sys.stderr,
     )
+    return 0
+
+
+def _crop(args: argparse.Namespace) -> int:
+    from worker.errors import RenderError
+    from worker.progress import ProgressBar
+    from worker.subject.cropvideo import crop_video
+
+    out = Path(args.out)
+    for path in (out, Path(args.boxes)) if args.boxes else (out,):
+        if not path.parent.is_dir():
+            return _fail(f"output folder does not exist: {path.parent}")
+    if not (16 <= args.size <= 2048 and args.size % 2 == 0):
+        return _fail("--size must be an even number of pixels from 16 to 2048")
+    bar = ProgressBar("cropping")
+    try:
+        plan = crop_video(args.input, out, args.boxes, args.kind, args.size, args.audio, bar)
+    except RenderError as exc:
+        bar.close() if bar.last else None
+        return _fail(str(exc))
+    bar.close()
+    framing = f"{plan.kind} framing" if plan.kind != "none" else "no subject found: centre squares"
+    print(f"wrote {out} ({len(plan.boxes)} frames, {args.size}x{args.size}, {framing})", file=sys.stderr)
     return 0
 
 
@@ -194,7 +239,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"render": _render, "inspect": _inspect, "train": _train, "eval": _evaluate}
+    handlers = {"render": _render, "crop": _crop, "inspect": _inspect, "train": _train, "eval": _evaluate}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

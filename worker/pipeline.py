@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from worker.errors import RenderCanceled, RenderError, StorageError
-from worker.models import AnimationModel, SourceFeatures, normalize_kp
+from worker.models import AnimationModel, Generator, SourceFeatures, normalize_kp
 from worker.models.motion_transfer import convex_hull_area
-from worker.optimize import prepare_for_inference
-from worker.video_io import Mp4Writer, VideoInfo, probe_video, read_frames, resize_image
+from worker.optimize import low_precision_generator, prepare_for_inference
+from worker.subject.framing import DEFAULT_CROP, check_framing, plan_framing
+from worker.video_io import Mp4Writer, VideoInfo, probe_video
 
 ProgressCallback = Callable[[int, int], None]
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,7 +39,7 @@ class RenderOptions:
     audio: bool = True
     device: str = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    crop: str = "none"  # "auto", "none" or "x,y,w,h" in source pixels
+    crop: str = DEFAULT_CROP  # "auto", "face", "body", "none" or "x,y,w,h": see worker/subject/framing.py
     paste_back: bool = False
 
     def validate(self) -> None:
@@ -52,8 +53,10 @@ class RenderOptions:
             raise RenderError("size must be an even number of pixels from 16 to 2048", "invalid_option")
         if not 1 <= self.batch_size <= 256:
             raise RenderError("batch_size must be from 1 to 256", "invalid_option")
-        if self.crop != "none" or self.paste_back:
-            raise RenderError("cropping is not available yet", "invalid_option")
+        try:
+            check_framing(self.crop, self.paste_back, self.size)
+        except ValueError as exc:
+            raise RenderError(str(exc), "invalid_option") from None
         if self.precision not in PRECISIONS:
             raise RenderError(f"precision must be one of {', '.join(PRECISIONS)}", "invalid_option")
 
@@ -223,11 +226,13 @@ class Renderer:
     def __init__(self, model: AnimationModel, device: str = "cpu"):
         self.model = prepare_for_inference(model, device)
         self.device = device
+        self._generators = {"fp32": self.model.generator}
 
-    def _autocast(self, precision: str):
-        dtype = PRECISIONS[precision]
-        device_type = torch.device(self.device).type
-        return torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32)
+    def generator(self, precision: str) -> Generator:
+        """The generator for a precision; a lowered copy is made on first use and kept."""
+        if precision not in self._generators:
+            self._generators[precision] = low_precision_generator(self.model.generator, PRECISIONS[precision])
+        return self._generators[precision]
 
     def _input(self, frames: torch.Tensor) -> torch.Tensor:
         return frames.to(self.device).contiguous(memory_format=torch.channels_last)
@@ -249,8 +254,7 @@ class Renderer:
         """Source keypoints and encoder features for a (1, 3, H, W) source in [0, 1]."""
         source = self._input(source)
         kp_source = self.model.kp_detector(source)
-        with self._autocast(precision):
-            features = self.model.generator.encode_source(source)
+        features = self.generator(precision).encode_source(source)
         return SourceState(features, kp_source, precision, relative, adapt_scale, kp_initial)
 
     @torch.inference_mode()
@@ -269,16 +273,16 @@ class Renderer:
         )
         n = frames.shape[0]
         kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
-        with self._autocast(state.precision):
-            out = self.model.generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
+        generator = self.generator(state.precision)
+        out = generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
         return out["prediction"]
 
     @torch.inference_mode()
-    def _driving_keypoints(self, path: Path, h: int, w: int, batch_size: int, stop_at: int | None):
+    def _driving_keypoints(self, frames: Iterator[np.ndarray], batch_size: int, stop_at: int | None):
         """Keypoints (T, K, 2) and jacobians of the driving frames, up to and including stop_at."""
         values, jacobians = [], []
         seen = 0
-        for batch in _batched(read_frames(path, h, w), batch_size):
+        for batch in _batched(frames, batch_size):
             kp = self.keypoints(to_tensor(batch, self.device))
             values.append(kp["value"])
             if "jacobian" in kp:
@@ -312,15 +316,19 @@ class Renderer:
         driving_path, out_path = Path(driving_path), Path(out_path)
         info = info or probe_video(driving_path)
         h, w = self.model.frame_shape
-        decode, infer, encode = _Stage(), _Stage(), _Stage()
-        source = to_tensor(resize_image(source_image, h, w)[None], "cpu")
+        decode, infer, encode, crop = _Stage(), _Stage(), _Stage(), _Stage()
+        with crop.timed():
+            framing = plan_framing(
+                source_image, driving_path, info, options.crop, options.paste_back, should_cancel
+            )
+        source = to_tensor(framing.source_input(h, w)[None], "cpu")
 
         start = options.driving_start if options.mode == "relative" else 0
         kp_initial = None
         if start != 0:
             with decode.timed():
                 stop_at = None if start == "best" else start
-                kp_all = self._driving_keypoints(driving_path, h, w, options.batch_size, stop_at)
+                kp_all = self._driving_keypoints(framing.driving_frames(h, w), options.batch_size, stop_at)
             if start == "best":
                 with infer.timed():
                     source_kp = self.keypoints(source)
@@ -341,10 +349,11 @@ class Renderer:
 
         audio = options.audio and info.has_audio
         out_size = (options.size, options.size) if options.size else None
+        out_w, out_h = framing.output_size(w, h)
         tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial.mp4")
         try:
             writer = _BackgroundWriter(
-                Mp4Writer(tmp_path, w, h, info.fps, driving_path if audio else None, out_size)
+                Mp4Writer(tmp_path, out_w, out_h, info.fps, driving_path if audio else None, out_size)
             )
         except RenderError:
             tmp_path.unlink(missing_ok=True)
@@ -352,7 +361,7 @@ class Renderer:
         done = 0
         total = info.frames
         try:
-            batches = _prefetch(_batched(read_frames(driving_path, h, w), options.batch_size))
+            batches = _prefetch(_batched(framing.driving_frames(h, w), options.batch_size))
             while True:
                 with decode.timed():
                     batch = next(batches, None)
@@ -363,7 +372,7 @@ class Renderer:
                 with infer.timed():
                     rendered = to_frames(self.animate_batch(state, to_tensor(batch, "cpu")))
                 with encode.timed():
-                    writer.put(rendered)
+                    writer.put(framing.finish(rendered))
                 done += len(batch)
                 total = max(total, done)
                 if on_progress is not None:
@@ -384,8 +393,8 @@ class Renderer:
         return RenderResult(
             frames=done,
             fps=info.fps,
-            width=options.size or w,
-            height=options.size or h,
+            width=options.size or out_w,
+            height=options.size or out_h,
             audio=audio,
             driving_start=start,
             precision=options.precision,
@@ -393,6 +402,7 @@ class Renderer:
                 "decode": round(decode.seconds, 4),
                 "inference": round(infer.seconds, 4),
                 "encode": round(encode.seconds, 4),
+                "crop": round(crop.seconds, 4),
                 "total": round(time.perf_counter() - started, 4),
             },
         )

@@ -1,0 +1,72 @@
+"""Writing a square copy of a video that follows its subject, and the boxes it was cut at."""
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from worker.errors import RenderError, StorageError
+from worker.subject.autocrop import CropPlan, Kind, video_crop
+from worker.subject.cutout import cut_out
+from worker.video_io import Mp4Writer, probe_video, read_frames
+
+
+def crop_video(
+    in_path: str | Path,
+    out_path: str | Path,
+    boxes_path: str | Path | None = None,
+    kind: Kind = "auto",
+    size: int = 512,
+    audio: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CropPlan:
+    """Crops every frame of `in_path` to its box and writes a size x size MP4 to `out_path`.
+
+    `boxes_path` gets a JSON list with one [x, y, w, h] per input frame, in integer input pixels
+    (a body crop may reach outside the frame; that part is filled with the frame's edge). Both
+    files appear only when complete.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    info = probe_video(in_path)
+    total = 2 * info.frames  # analysis pass, then the writing pass
+
+    def analysed(index: int) -> None:
+        if on_progress is not None:
+            on_progress(index + 1, max(total, index + 1))
+
+    plan = video_crop(in_path, info, kind, analysed)
+    tmp_video = _partial(out_path)
+    tmp_boxes = _partial(Path(boxes_path)) if boxes_path else None
+    boxes_written = False
+    try:
+        writer = Mp4Writer(tmp_video, size, size, info.fps, in_path if audio and info.has_audio else None)
+        try:
+            for index, frame in enumerate(read_frames(in_path, info.height, info.width)):
+                writer.write(cut_out(frame, plan.box(index), size, size))
+                analysed(len(plan.boxes) + index)
+        except BaseException:
+            with contextlib.suppress(RenderError):
+                writer.close()
+            raise
+        writer.close()
+        if tmp_boxes is not None:
+            boxes = [list(plan.box(i).rounded()) for i in range(len(plan.boxes))]
+            tmp_boxes.write_text(json.dumps(boxes) + "\n")
+            tmp_boxes.replace(boxes_path)
+            boxes_written = True
+        tmp_video.replace(out_path)
+    except OSError as exc:
+        if boxes_written:
+            Path(boxes_path).unlink(missing_ok=True)
+        raise StorageError(f"cannot write {out_path}: {exc}") from exc
+    finally:
+        tmp_video.unlink(missing_ok=True)
+        if tmp_boxes is not None:
+            tmp_boxes.unlink(missing_ok=True)
+    return plan
+
+
+def _partial(path: Path) -> Path:
+    """A hidden temporary name next to `path`, renamed onto it once complete."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
