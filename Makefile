@@ -24,5 +24,21 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/engine.py
 
+serve: setup
+	$(BIN)/python -m service.launcher
+
+DEMO_STAMP := $(VENV)/.demo-installed
+
+$(DEMO_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: setup $(DEMO_STAMP)
+	$(BIN)/python -m service.demo
+
+.PHONY: bench-service
+bench-service: setup
+	$(BIN)/python bench/service.py
+
 clean:
 	rm -rf $(VENV) out .pytest_cache

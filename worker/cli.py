@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from service.client import add_submit_arguments, submit
+
 EXIT_BAD_INPUT = 2
 
 
@@ -64,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="print a checkpoint's inferred architecture")
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
+
+    add_submit_arguments(commands.add_parser("submit", help="animate through a running service, over HTTP"))
 
     train = commands.add_parser("train", help="train a model on a folder of videos (self-supervised)")
     train.add_argument("--config", required=True, help="training YAML (dataset_params, model_params, ...)")
@@ -239,7 +243,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"render": _render, "crop": _crop, "inspect": _inspect, "train": _train, "eval": _evaluate}
+    handlers = {
+        "render": _render,
+        "crop": _crop,
+        "inspect": _inspect,
+        "train": _train,
+        "eval": _evaluate,
+        "submit": submit,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
