@@ -1,9 +1,12 @@
 """Inference-only rewrites of a loaded model that keep its function (to float rounding)."""
 
+import copy
+
 import torch
 from torch import nn
 
 from worker.models.blocks import SameBlock2d
+from worker.models.generator import Generator
 
 
 @torch.no_grad()
@@ -32,3 +35,34 @@ def prepare_for_inference(model: nn.Module, device: str) -> nn.Module:
     model.eval()
     fold_batch_norm(model)
     return model.to(device=device, memory_format=torch.channels_last)
+
+
+class LowPrecision(nn.Module):
+    """Runs a convolution stack in bfloat16/float16 with its weights stored in that type.
+
+    Autocast would re-cast every weight on every call; storing them once saves that copy. Inputs
+    are cast in and outputs back to float32, so the geometry around it (keypoints, flows,
+    sampling) stays in float32.
+    """
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.module = module.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.dtype)).float()
+
+
+def low_precision_generator(generator: Generator, dtype: torch.dtype) -> Generator:
+    """A copy of `generator` whose convolution stacks run in `dtype`; keypoint geometry stays fp32."""
+    lowered = copy.deepcopy(generator)
+    lowered.first = LowPrecision(lowered.first, dtype)
+    lowered.down_blocks = nn.ModuleList(LowPrecision(b, dtype) for b in lowered.down_blocks)
+    lowered.bottleneck = LowPrecision(lowered.bottleneck, dtype)
+    lowered.up_blocks = nn.ModuleList(LowPrecision(b, dtype) for b in lowered.up_blocks)
+    lowered.final = LowPrecision(lowered.final, dtype)
+    if lowered.dense_motion_network is not None:
+        motion = lowered.dense_motion_network
+        motion.hourglass = LowPrecision(motion.hourglass, dtype)
+    return lowered
