@@ -124,9 +124,9 @@ def run_engine(frames: int, batch: int, precision: str) -> dict:
     from worker.pipeline import Renderer
 
     torch.manual_seed(1)
-    renderer = Renderer(vox_model(), "cpu", precision=precision)
+    renderer = Renderer(vox_model(), "cpu")
     source = torch.rand(1, 3, 256, 256)
-    state = renderer.prepare_source(source)
+    state = renderer.prepare_source(source, precision=precision)
     batches = max(1, frames // batch)
     driving = torch.rand(batch, 3, 256, 256)
     with torch.inference_mode():
@@ -162,7 +162,7 @@ def whole_process(precision: str, workdir: Path) -> float:
     cmd = [
         sys.executable, "-m", "worker.cli", "render", "--source", str(image), "--driving", str(clip),
         "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{precision}.mp4"),
-        "--precision", precision,
+        "--precision", precision, "--crop", "none",
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
