@@ -68,12 +68,7 @@ def _check_and_queue(
     driving, driving_kind = _sniffed(files[DRIVING], DRIVING, sniff_video)
     image = probe_image(source, source_kind, settings.max_pixels)
     video = probe_video(driving, driving_kind, settings.max_driving_seconds)
-    request = {
-        "model": model,
-        "source": source.name,
-        "driving": driving.name,
-        "options": options.model_dump(),
-    }
+    request = {"model": model, "options": options.model_dump()}  # the worker finds the files by the job id
     job = ctx.queue.enqueue(
         job_id, request, {"inputs": {"source": image.to_dict(), "driving": video.to_dict()}}
     )

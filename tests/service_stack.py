@@ -1,0 +1,137 @@
+"""A real service for the tests: redis-server on a free port, a worker process and uvicorn, over HTTP."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import imageio_ffmpeg
+import redis
+
+from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until
+from service.queue import live_workers
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTING_NAMES = {name.upper() for name in Settings.model_fields}
+START_TIMEOUT = 120.0
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The test process's environment without any service setting of its own, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if k.upper() not in SETTING_NAMES}
+    return {**env, **settings}
+
+
+def cut_clip(source: Path, out: Path, *args: str) -> Path:
+    """Re-encode (part of) a real clip with ffmpeg, e.g. cut_clip(clip, out, "-t", "2")."""
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    command = [
+        ffmpeg,
+        "-v",
+        "error",
+        "-y",
+        "-i",
+        str(source),
+        *args,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+    ]
+    subprocess.run([*command, "-c:a", "aac", str(out)], check=True)
+    return out
+
+
+class ServiceStack:
+    def __init__(self, folder: Path, weights_dir: Path, **settings: str):
+        self.folder = folder
+        self.data_dir = folder / "data"
+        self.redis = EmbeddedRedis(folder / "redis")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = clean_env(
+            REDIS_URL=self.redis.url,
+            DATA_DIR=str(self.data_dir),
+            WEIGHTS_DIR=str(weights_dir),
+            DEFAULT_MODEL="small",
+            **settings,
+        )
+        self.worker: subprocess.Popen | None = None
+        self.api: subprocess.Popen | None = None
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def redis_client(self) -> redis.Redis:
+        return redis.Redis(port=self.redis.port, socket_connect_timeout=1)
+
+    def start(self) -> "ServiceStack":
+        self.redis.start()
+        self.start_worker()
+        self.start_api()
+        return self
+
+    def start_api(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.app:create_app",
+            "--factory",
+            "--port",
+            str(self.port),
+        ]
+        log = (self.folder / "api.log").open("ab")
+        self.api = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._answers, START_TIMEOUT, "the API", self.api)
+
+    def _answers(self) -> bool:
+        try:
+            return self.http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_worker(self) -> None:
+        log = (self.folder / "worker.log").open("ab")
+        command = [sys.executable, "-m", "worker.run"]
+        self.worker = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        pid = self.worker.pid
+        wait_until(lambda: self._worker_published(pid), START_TIMEOUT, "the worker", self.worker)
+
+    def _worker_published(self, pid: int) -> bool:
+        try:
+            return any(w["name"].endswith(f".{pid}") for w in live_workers(self.redis_client()))
+        except redis.exceptions.RedisError:
+            return False
+
+    def stop_worker(self) -> int:
+        status = stop_process(self.worker)
+        self.worker = None
+        return status
+
+    def close(self) -> None:
+        self.http.close()
+        for process in (self.api, self.worker):
+            if process is not None:
+                stop_process(process)
+        self.redis.stop()
+
+    def post(self, source: Path, driving: Path, **fields: str) -> httpx.Response:
+        with source.open("rb") as image, driving.open("rb") as video:
+            return self.http.post("/animate", files={"source": image, "driving": video}, data=fields)
+
+    def wait_for(self, job_id: str, done, timeout: float = 300.0) -> dict:
+        """Poll the job until done(job) holds; returns that job resource."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.http.get(f"/jobs/{job_id}").json()
+            if done(job):
+                return job
+            assert time.monotonic() < deadline, f"job {job_id} stuck at {job}"
+            time.sleep(0.05)
+
+    def wait_finished(self, job_id: str, timeout: float = 300.0) -> dict:
+        return self.wait_for(
+            job_id, lambda job: job["status"] in ("succeeded", "failed", "canceled"), timeout
+        )
