@@ -109,7 +109,9 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen:
 
 def _serve(settings: Settings, stop: threading.Event) -> int:
     if not settings.checkpoints():
-        raise LaunchError(f"no checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}: the worker has no model")
+        raise LaunchError(
+            f"no checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}: the worker has no model"
+        )
     private = EmbeddedRedis(settings.data_dir / "redis") if settings.redis_url is None else None
     children: list[subprocess.Popen] = []
     try:
@@ -120,7 +122,10 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
         worker = start_worker(env)
         children = [api, worker]
         where = f"http://{settings.host}:{settings.port}"
-        print(f"serve: API on {where} (docs: {where}/docs), one worker, Redis {env['REDIS_URL']}", file=sys.stderr)
+        print(
+            f"serve: API on {where} (docs: {where}/docs), one worker, Redis {env['REDIS_URL']}",
+            file=sys.stderr,
+        )
         print("serve: Ctrl-C stops everything", file=sys.stderr)
         while not stop.wait(0.5):
             for child, name in ((api, "API"), (worker, "worker")):
