@@ -20,7 +20,7 @@ import numpy as np
 
 from worker.subject.body import person_box
 from worker.subject.box import Box, fit_square
-from worker.subject.face import FaceDetector
+from worker.subject.face import FRONTAL_ALT, FaceDetector
 from worker.subject.head import HeadTracker
 from worker.subject.skin import SkinSegmenter
 from worker.subject.smoothing import steady_camera
@@ -117,7 +117,10 @@ def image_crop(image: np.ndarray, kind: Kind = "auto") -> tuple[Literal["face", 
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (width, height) else image
     fx, fy = width / size[0], height / size[1]
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    face = FaceDetector().best(gray, min_side=max(20.0, min(gray.shape) / 20))
+    faces = FaceDetector().confirmed(
+        gray, FaceDetector(FRONTAL_ALT), min_side=max(20.0, min(gray.shape) / 20)
+    )
+    face = faces[0] if faces else None
     if face is None:
         return "none", centre_square(width, height)
     chosen = choose_kind(kind, face.h * fy, height)

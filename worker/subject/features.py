@@ -126,6 +126,8 @@ class FeatureTracker:
 
     def _correlations(self, before: np.ndarray, after: np.ndarray, p0: np.ndarray, p1: np.ndarray):
         """Normalised cross-correlation of the patches around each point pair, (N,) in [-1, 1]."""
+        if len(p0) == 0:
+            return np.empty(0, np.float32)
         size = (self.patch, self.patch)
         pa = np.array([cv2.getRectSubPix(before, size, (float(x), float(y))) for x, y in p0], np.float32)
         pb = np.array([cv2.getRectSubPix(after, size, (float(x), float(y))) for x, y in p1], np.float32)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from worker.subject.box import Box
-from worker.subject.face import FaceDetector
+from worker.subject.face import FRONTAL_ALT, FaceDetector
 from worker.subject.features import FeatureTracker
 from worker.subject.skin import Blob, BlobTracker, SkinSegmenter, pick_head_and_hands
 
@@ -41,6 +41,7 @@ class HeadTracker:
         max_unconfirmed: int = 60,
     ):
         self.detector = detector or FaceDetector()
+        self.check = FaceDetector(FRONTAL_ALT)  # confirms whole-frame detections
         self.features = features or FeatureTracker()
         self.skin = skin or SkinSegmenter()
         self.blobs = BlobTracker()
@@ -64,15 +65,7 @@ class HeadTracker:
         predicted = motion.apply(self.head) if motion is not None else self.head
         face = None
         if motion is None or index % self.check_every == 0:
-            face = self.detector.best(
-                gray,
-                near=predicted,
-                region=predicted.grown(2.0),
-                min_side=predicted.w * 0.6,
-                max_side=predicted.w * 1.6,
-            )
-            if face is not None and abs(face.cx - predicted.cx) + abs(face.cy - predicted.cy) > predicted.w:
-                face = None
+            face = self._detect_near(gray, predicted)
         if face is not None:
             self.head = _blend(predicted, face, self.correction)
             self.skin.learn(frame, face)
@@ -96,12 +89,28 @@ class HeadTracker:
             self.features.replenish(gray, self.head)
         return HeadState(self.head, cue, blobs)
 
+    def _detect_near(self, gray: np.ndarray, expected: Box) -> Box | None:
+        """The face in a window around `expected`, of a similar size. Always searched this way,
+        so that the detector's grid of positions and sizes, hence its bias, stays the same."""
+        face = self.detector.best(
+            gray,
+            near=expected,
+            region=expected.grown(2.0),
+            min_side=expected.w * 0.6,
+            max_side=expected.w * 1.6,
+        )
+        if face is not None and abs(face.cx - expected.cx) + abs(face.cy - expected.cy) > expected.w:
+            return None
+        return face
+
     def _acquire(self, frame: np.ndarray, gray: np.ndarray, index: int) -> Box | None:
-        """Whole-frame search, every search_every frames while no head is known."""
+        """Whole-frame search, every search_every frames while no head is known; two cascades
+        must agree, since nothing else yet vouches for the face."""
         self.features.previous = gray
         if index % self.search_every != 0:
             return None
-        face = self.detector.best(gray, min_side=max(20.0, min(gray.shape) / 20))
+        faces = self.detector.confirmed(gray, self.check, min_side=max(20.0, min(gray.shape) / 20))
+        face = self._detect_near(gray, faces[0]) or faces[0] if faces else None
         if face is not None:
             self.head = face
             self._unconfirmed = 0

@@ -49,9 +49,9 @@ def dead_band(track: np.ndarray, band: np.ndarray) -> np.ndarray:
 def steady_camera(
     track: np.ndarray,
     fps: float,
-    noise_seconds: float = 0.2,
+    noise_seconds: float = 0.15,
     ease_seconds: float = 0.1,
-    band: tuple[float, float, float] = (0.02, 0.02, 0.03),
+    band: tuple[float, float, float] = (0.01, 0.01, 0.015),
 ) -> np.ndarray:
     """(T, 3) centre x, centre y, side per frame (NaN where unknown) -> the smoothed camera path."""
     path = fill_gaps(track)
