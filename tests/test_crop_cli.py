@@ -142,3 +142,22 @@ def test_render_rejects_bad_framing_options(args, message, small_checkpoint, s32
     )  # fmt: skip
     assert_one_line_error(result, message)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_phone_clip_stored_sideways_is_cropped_upright(s32_short, tmp_path):
+    """Phones store portrait video sideways with a rotation tag; ffmpeg turns it upright on decoding."""
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    sideways, phone = tmp_path / "sideways.mp4", tmp_path / "phone.mp4"
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-i", str(s32_short), "-vf", "transpose=2", str(sideways)], check=True
+    )
+    tag = [ffmpeg, "-v", "error", "-display_rotation", "-90", "-i", str(sideways), "-c", "copy", str(phone)]
+    subprocess.run(tag, check=True)
+    info = probe_video(phone)
+    assert (info.width, info.height) == (1280, 720), "the size as shown, not as stored"
+    out = tmp_path / "cropped.mp4"
+    result = run_animate("crop", "--in", phone, "--out", out, "--size", "128")
+    assert result.returncode == 0, result.stderr
+    assert "face framing" in result.stderr
+    face = REFERENCE.best(cv2.cvtColor(first_frame(out), cv2.COLOR_RGB2GRAY), min_side=30)
+    assert face is not None and abs(face.cx - 64) < 0.08 * 128

@@ -79,7 +79,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         frames = 0
     fps = float(meta.get("fps") or 0)
     duration = float(meta.get("duration") or 0)
-    width, height = meta.get("source_size") or meta.get("size") or (0, 0)
+    width, height = meta.get("size") or meta.get("source_size") or (0, 0)  # size: after autorotation
     if frames <= 0 and fps > 0:
         frames = round(duration * fps)
     if fps <= 0 or width <= 0 or height <= 0 or frames <= 0:
