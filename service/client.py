@@ -117,12 +117,14 @@ def _post(client: httpx.Client, source: Path, driving: Path, fields: dict[str, s
     return response.json()
 
 
-def _wait(client: httpx.Client, job: dict[str, Any], timeout: float, on_update: Callable) -> dict[str, Any]:
+def _wait(
+    client: httpx.Client, job: dict[str, Any], timeout: float, on_update: Callable, poll_interval: float
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while job["status"] in ("queued", "started"):
         if time.monotonic() > deadline:
             raise SubmitError(f"job {job['id']} did not finish within {timeout:g} s")
-        time.sleep(POLL_INTERVAL)
+        time.sleep(poll_interval)
         response = client.get(f"/jobs/{job['id']}")
         if response.status_code == 503:
             continue  # the queue is briefly unreachable; the job is still there
@@ -156,6 +158,7 @@ def submit_job(
     fields: dict[str, str],
     timeout: float = 3600,
     progress: ProgressLine | None = None,
+    poll_interval: float = POLL_INTERVAL,
 ) -> dict[str, Any]:
     """The whole client flow; returns the finished job resource. SubmitError says what went wrong."""
     for role, path in (("source", source), ("driving", driving)):
@@ -171,7 +174,7 @@ def submit_job(
             print(f"job {job['id']} queued on {server}", file=sys.stderr)
             progress.update(job)
             try:
-                job = _wait(client, job, timeout, progress.update)
+                job = _wait(client, job, timeout, progress.update, poll_interval)
             except KeyboardInterrupt:
                 with contextlib.suppress(httpx.HTTPError):
                     client.delete(f"/jobs/{job['id']}")
