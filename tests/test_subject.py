@@ -18,9 +18,10 @@ from worker.subject.autocrop import analysis_size, follow_subject, image_crop, v
 from worker.subject.box import Box, fit_square, parse_box
 from worker.subject.cutout import cut_out
 from worker.subject.face import FaceDetector
+from worker.subject.features import FeatureTracker
 from worker.subject.head import HeadTracker
 from worker.subject.paste import Paster
-from worker.subject.skin import SkinSegmenter, pick_head_and_hands
+from worker.subject.skin import BlobTracker, SkinSegmenter, pick_head_and_hands
 from worker.subject.smoothing import steady_camera
 from worker.video_io import load_image, probe_video, read_frames
 
@@ -280,3 +281,35 @@ def test_render_options_default_to_auto_crop_without_paste_back():
     options = RenderOptions()
     assert (options.crop, options.paste_back) == ("auto", False)
     options.validate()
+
+
+@pytest.mark.parametrize("angle, scale", [(3.0, 1.0), (0.0, 1.08), (-2.0, 0.95)])
+def test_features_measure_the_heads_rotation_and_scale(angle, scale):
+    """Within a frame's worth of motion. Lucas-Kanade's windows only translate, so they read a
+    rotation about a tenth short; the box is upright and the detector corrects drift anyway."""
+    clip, _, faces = analysed("s32")
+    frame = cv2.cvtColor(clip.frames[0], cv2.COLOR_RGB2GRAY)
+    face = faces[0].scaled(1 / clip.scale)
+    # cv2 angles are counter-clockwise in an image whose y points down: the similarity's is clockwise
+    warp = cv2.getRotationMatrix2D((face.cx, face.cy), -angle, scale)
+    moved = cv2.warpAffine(frame, warp, frame.shape[::-1], borderMode=cv2.BORDER_REPLICATE)
+    features = FeatureTracker()
+    assert features.replenish(frame, face) >= 40
+    motion = features.track(moved)
+    assert motion is not None and motion.inliers >= 20
+    assert motion.angle == pytest.approx(angle, abs=0.15 * abs(angle) + 0.1)
+    assert motion.scale == pytest.approx(scale, abs=0.01)
+    assert motion.apply(face).cx == pytest.approx(face.cx, abs=1.0)
+
+
+def test_blob_tracker_keeps_the_heads_identity_from_frame_to_frame():
+    clip, _, faces = analysed("s20")
+    skin = SkinSegmenter()
+    skin.learn(clip.frames[0], faces[0].scaled(1 / clip.scale))
+    tracker = BlobTracker()
+    ids = set()
+    for i in range(0, 20, 2):
+        near = faces[i].scaled(1 / clip.scale) if faces[i] else None
+        head, _ = pick_head_and_hands(tracker.update(skin.blobs(clip.frames[i])), near=near)
+        ids.add(head.id)
+    assert len(ids) == 1

@@ -10,6 +10,7 @@ left as they are.
 Analysis runs on frames scaled to about ANALYSIS_SIDE pixels; boxes are in full-frame pixels.
 """
 
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ def follow_subject(
     (to report progress or raise to cancel).
     """
     width, height = frame_size
-    faces, people = [], []  # per frame (cx, cy, side) and (x, y, w, h) in frame pixels, or NaN
+    faces, people = array("d"), array("d")  # per frame cx, cy, side and x, y, w, h; NaN: unseen
     tracker = HeadTracker()
     for index, frame in enumerate(frames):
         if every is not None:
@@ -156,24 +157,24 @@ def follow_subject(
         fx, fy = width / frame.shape[1], height / frame.shape[0]
         state = tracker.update(frame)
         if state.head is None:
-            faces.append((np.nan,) * 3)
-            people.append((np.nan,) * 4)
+            faces.extend((np.nan,) * 3)
+            people.extend((np.nan,) * 4)
             continue
         head = state.head.scaled(fx, fy)
-        faces.append((head.cx, head.cy, head.w))
+        faces.extend((head.cx, head.cy, head.w))
         person = person_box(state.head, state.skin, frame.shape[1], frame.shape[0]).scaled(fx, fy)
-        people.append((person.x, person.y, person.w, person.h))
-    face_track = np.array(faces, np.float64).reshape(-1, 3)
+        people.extend((person.x, person.y, person.w, person.h))
+    face_track = np.frombuffer(faces, np.float64).reshape(-1, 3)
     if np.isnan(face_track).all():
         whole = centre_square(width, height)
-        boxes = np.tile([whole.x, whole.y, whole.w, whole.h], (len(faces), 1))
+        boxes = np.tile([whole.x, whole.y, whole.w, whole.h], (len(face_track), 1))
         return CropPlan("none", boxes.reshape(-1, 4), width, height)
 
     chosen = choose_kind(kind, float(np.nanmedian(face_track[:, 2])), height)
     if chosen == "face":
         wanted = [face_square(Box.around(cx, cy, s)) for cx, cy, s in face_track]
     else:
-        wanted = [body_square(Box(*p)) for p in people]
+        wanted = [body_square(Box(*p)) for p in np.frombuffer(people, np.float64).reshape(-1, 4)]
     path = steady_camera(np.array(wanted, np.float64), fps)
     boxes = [place_square(cx, cy, side, width, height, chosen) for cx, cy, side in path]
     return CropPlan(chosen, np.array([[b.x, b.y, b.w, b.h] for b in boxes]), width, height)

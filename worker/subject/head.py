@@ -18,7 +18,7 @@ import numpy as np
 
 from worker.subject.box import Box
 from worker.subject.face import FRONTAL_ALT, FaceDetector
-from worker.subject.features import FeatureTracker
+from worker.subject.features import FeatureTracker, Similarity
 from worker.subject.skin import Blob, BlobTracker, SkinSegmenter, pick_head_and_hands
 
 
@@ -27,6 +27,7 @@ class HeadState:
     head: Box | None  # None while no head is known
     cue: str  # what placed it this frame: "face", "features", "skin", "held" or "none"
     skin: tuple[Blob, ...] = ()  # skin blobs of this frame, ids stable across frames
+    motion: Similarity | None = None  # the head's motion since the previous frame, from its features
 
 
 class HeadTracker:
@@ -87,7 +88,7 @@ class HeadTracker:
             return HeadState(None, "none", blobs)
         if len(self.features) < self.features.max_points // 2:
             self.features.replenish(gray, self.head)
-        return HeadState(self.head, cue, blobs)
+        return HeadState(self.head, cue, blobs, motion)
 
     def _detect_near(self, gray: np.ndarray, expected: Box) -> Box | None:
         """The face in a window around `expected`, of a similar size. Always searched this way,
