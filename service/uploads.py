@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import ApiError
 
@@ -139,6 +139,8 @@ async def receive_form(
         parser.finalize()
     except FormParserError as exc:
         raise ApiError(400, "bad_request", f"malformed multipart body ({exc})") from None
+    except ClientDisconnect:
+        raise ApiError(400, "bad_request", "the client disconnected during the upload") from None
     finally:
         writer.close()
     if not writer.finished:

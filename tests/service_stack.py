@@ -28,20 +28,8 @@ def clean_env(**settings: str) -> dict[str, str]:
 def cut_clip(source: Path, out: Path, *args: str) -> Path:
     """Re-encode (part of) a real clip with ffmpeg, e.g. cut_clip(clip, out, "-t", "2")."""
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    command = [
-        ffmpeg,
-        "-v",
-        "error",
-        "-y",
-        "-i",
-        str(source),
-        *args,
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-    ]
-    subprocess.run([*command, "-c:a", "aac", str(out)], check=True)
+    codecs = [] if "-c:v" in args else ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"]
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(source), *args, *codecs, str(out)], check=True)
     return out
 
 

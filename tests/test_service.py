@@ -122,6 +122,15 @@ def test_two_jobs_at_once(stack, portrait, short_clip, tmp_path):
         assert probe_video(path).frames == probe_video(short_clip).frames
 
 
+def test_webm_driving_is_accepted(stack, portrait, short_clip, tmp_path):
+    webm = cut_clip(
+        short_clip, tmp_path / "d3.webm", "-t", "1", "-c:v", "libvpx-vp9", "-b:v", "300k", "-c:a", "libopus"
+    )
+    job = _submit(stack, portrait, webm)
+    assert job["inputs"]["driving"]["format"] == "webm" and job["inputs"]["driving"]["audio"] is True
+    assert stack.wait_finished(job["id"])["status"] == "succeeded"
+
+
 def test_unknown_job_is_404(stack):
     for path in (f"/jobs/{uuid.uuid4()}", f"/jobs/{uuid.uuid4()}/result", "/jobs/..%2F..%2Fetc", "/jobs/ABC"):
         response = stack.http.get(path)

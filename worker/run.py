@@ -21,7 +21,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 
 import redis
 from rq import SimpleWorker
@@ -136,14 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     client = connect(settings.queue_url)
     engine = jobs.Engine(models, settings, JobQueue(client, settings.job_timeout, settings.result_ttl))
     jobs.install(engine)
-    for signum in (signal.SIGINT, signal.SIGTERM):  # until RQ installs its own handlers in work()
-        signal.signal(signum, lambda *_: engine.stopping.set())
+
+    def stop_between_jobs(signum, frame) -> None:  # RQ installs its own handlers while work() runs
+        engine.stopping.set()
 
     name = f"{socket.gethostname()}.{os.getpid()}"
     info = {"name": name, "device": settings.worker_device, "models": [m.describe() for m in models.values()]}
     presence = Presence(client, name, info)
     try:
         for incarnation in itertools.count():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, stop_between_jobs)
             if not _wait_for_redis(client, engine.stopping):
                 break
             presence.publish()
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("lost Redis: %s", exc)
             if worker._stop_requested or engine.stopping.is_set():
                 break
-            time.sleep(1)  # RQ gave up on an error it logged; start over once Redis answers
+            engine.stopping.wait(1)  # RQ gave up on an error it logged; start over once Redis answers
     finally:
         presence.stop()
     log.info("worker %s stopped", name)
