@@ -5,28 +5,36 @@ import copy
 import torch
 from torch import nn
 
-from worker.models.blocks import SameBlock2d
+from worker.models.blocks import ResBlock2d, SameBlock2d
 from worker.models.generator import Generator
+
+
+def _fold_into(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    """conv followed by eval-mode norm becomes one conv: W' = W * s, b' = (b - mean) * s + beta."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (C_out,)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+    conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias)
 
 
 @torch.no_grad()
 def fold_batch_norm(model: nn.Module) -> int:
-    """Fold eval-mode batch norm into the convolution before it, in place; returns how many.
+    """Fold every eval-mode batch norm that directly follows a convolution into it, in place.
 
-    Every conv -> norm -> ReLU block becomes conv -> ReLU, one pass over the activations fewer.
-    Pre-activation residual blocks (norm before conv) are left as they are.
+    conv -> norm -> ReLU blocks become conv -> ReLU, and in the pre-activation residual blocks the
+    second norm folds into the first conv; their first norm, which also feeds the skip path, stays.
+    Returns how many were folded.
     """
     folded = 0
     for block in model.modules():
-        if not isinstance(block, SameBlock2d) or not isinstance(block.norm, nn.BatchNorm2d):
-            continue
-        conv, norm = block.conv, block.norm
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (C_out,)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-        conv.weight.mul_(scale.view(-1, 1, 1, 1))
-        conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias)
-        block.norm = nn.Identity()
-        folded += 1
+        if isinstance(block, SameBlock2d) and isinstance(block.norm, nn.BatchNorm2d):
+            _fold_into(block.conv, block.norm)
+            block.norm = nn.Identity()
+            folded += 1
+        elif isinstance(block, ResBlock2d) and isinstance(block.norm2, nn.BatchNorm2d):
+            _fold_into(block.conv1, block.norm2)
+            block.norm2 = nn.Identity()
+            folded += 1
     return folded
 
 
