@@ -92,7 +92,34 @@ class JobResult(BaseModel):
     precision: str
 
 
+JOB_EXAMPLE = {
+    "id": "2c7c3b8e-9d1a-4a41-9a5e-0e1f3d6b2a10",
+    "status": "started",
+    "created_at": "2026-11-25T12:44:06.749Z",
+    "started_at": "2026-11-25T12:44:06.757Z",
+    "finished_at": None,
+    "progress": {"frames_done": 120, "frames_total": 250, "percent": 48.0},
+    "eta_seconds": 3.1,
+    "error": None,
+    "result_url": None,
+    "result": None,
+    "inputs": {
+        "source": {"format": "jpeg", "width": 720, "height": 720, "bytes": 98910},
+        "driving": {
+            "format": "mp4", "width": 512, "height": 512, "fps": 25.0, "duration": 10.0, "frames": 250,
+            "audio": True, "bytes": 1430968,
+        },
+        "model": "starter",
+        "options": {"mode": "relative", "adapt_scale": True, "driving_start": 0, "audio": True, "crop": None,
+                    "paste_back": None},
+    },
+    "timings": {"queue_wait": 0.004, "decode": None, "inference": None, "encode": None, "render": None},
+}  # fmt: skip
+
+
 class JobResource(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
+
     id: str
     status: JobStatusName
     created_at: datetime | None = None
