@@ -21,7 +21,7 @@ from worker.subject.face import FaceDetector
 from worker.subject.features import FeatureTracker
 from worker.subject.head import HeadTracker
 from worker.subject.paste import Paster
-from worker.subject.skin import BlobTracker, SkinSegmenter, pick_head_and_hands
+from worker.subject.skin import BlobTracker, SkinSegmenter, pick_head_and_hands, region_box
 from worker.subject.smoothing import steady_camera
 from worker.video_io import load_image, probe_video, read_frames
 
@@ -204,6 +204,8 @@ def test_skin_blobs_find_the_head_and_hands_and_grow_over_the_face():
     core = face.grown(0.6).scaled(factor)
     inside = grown[int(core.y) : int(core.bottom), int(core.x) : int(core.right)]
     assert inside.mean() / 255 > 0.8, "the grown region should cover the face's centre"
+    region = region_box(grown, factor)
+    assert region.contains(face.grown(0.6)) and abs(region.cx - face.cx) < 0.25 * face.w
 
 
 def test_paste_back_keeps_the_size_and_leaves_the_background_untouched():

@@ -52,7 +52,7 @@ class CropPlan:
     def whole_frame(self) -> bool:
         """True when every box is the whole (square) frame: cropping would change nothing."""
         full = np.array([0, 0, self.width, self.height], np.float64)
-        return bool(len(self.boxes)) and bool(np.all(np.abs(self.boxes - full) < 0.5))
+        return bool(np.all(np.abs(self.boxes - full) < 0.5))
 
     def box(self, index: int) -> Box:
         """The box of frame `index`; past the end (a decoder that finds one more frame), the last."""

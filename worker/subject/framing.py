@@ -36,7 +36,7 @@ DEFAULT_CROP = "auto"
 
 
 def parse_crop(value: str) -> str | Box:
-    """ "auto", "face", "body", "none" or a Box; ValueError with a message for the user."""
+    """The crop option parsed: one of CROPS, or a Box; ValueError with a message for the user."""
     if not isinstance(value, str):
         raise ValueError(f"crop must be one of {', '.join(CROPS)} or x,y,w,h, not {value!r}")
     if value in CROPS:

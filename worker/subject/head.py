@@ -19,7 +19,7 @@ import numpy as np
 from worker.subject.box import Box
 from worker.subject.face import FRONTAL_ALT, FaceDetector
 from worker.subject.features import FeatureTracker, Similarity
-from worker.subject.skin import Blob, BlobTracker, SkinSegmenter, pick_head_and_hands
+from worker.subject.skin import Blob, BlobTracker, SkinSegmenter, pick_head_and_hands, region_box
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,9 @@ class HeadTracker:
             cue = "features"
         else:
             head_blob, _ = pick_head_and_hands(list(blobs), near=predicted)
-            if head_blob is not None:
-                self.head = Box.around(head_blob.box.cx, predicted.cy, predicted.w, predicted.h)
+            region = region_box(*self.skin.grow(frame, head_blob)) if head_blob is not None else None
+            if region is not None:  # the whole head's skin: its middle, across, is the face's
+                self.head = Box.around(region.cx, predicted.cy, predicted.w, predicted.h)
                 cue = "skin"
             else:
                 cue = "held"

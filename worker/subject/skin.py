@@ -111,7 +111,7 @@ class SkinSegmenter:
     def grow(self, frame: np.ndarray, blob: Blob, reach: float = 0.25) -> tuple[np.ndarray, float]:
         """The blob grown through neighbouring pixels of similar colour; (h, w) mask at work size.
 
-        Growth is by colour distance to the blob's own mean colour (luma weighted down, so shading
+        Growth is by colour distance to the blob's own mean colour (luma may vary more, so shading
         does not stop it) and limited to `reach` times the blob's size, so it cannot leak far into a
         background of the same colour.
         """
@@ -136,6 +136,15 @@ class SkinSegmenter:
                 break
             grown = wider | seed
         return grown, factor
+
+
+def region_box(mask: np.ndarray, factor: float) -> Box | None:
+    """Bounding box, in frame pixels, of a work-size mask from `grow`; None when it is empty."""
+    points = cv2.findNonZero(mask)
+    if points is None:
+        return None
+    x, y, w, h = cv2.boundingRect(points)
+    return Box(float(x), float(y), float(w), float(h)).scaled(1 / factor)
 
 
 def pick_head_and_hands(blobs: list[Blob], near: Box | None = None) -> tuple[Blob | None, list[Blob]]:
