@@ -80,10 +80,12 @@ def discriminator_gan_loss(real_scores: dict, fake_scores: dict, weight: float) 
 
 def feature_matching_loss(real_scores: dict, fake_scores: dict, weights: list[float]) -> torch.Tensor:
     """L1 between the discriminator's feature maps for real and generated frames, per layer."""
-    total = 0.0
-    for scale, (real_features, _) in real_scores.items():
-        fake_features = fake_scores[scale][0]
-        for weight, real, fake in zip(weights, real_features, fake_features, strict=False):
-            if weight:
-                total = total + weight * (real.detach() - fake).abs().mean()
-    return torch.as_tensor(total) if not isinstance(total, torch.Tensor) else total
+    terms = [
+        weight * (real.detach() - fake).abs().mean()
+        for scale, (real_features, _) in real_scores.items()
+        for weight, real, fake in zip(weights, real_features, fake_scores[scale][0], strict=False)
+        if weight
+    ]
+    if not terms:
+        return next(iter(fake_scores.values()))[1].new_zeros(())
+    return torch.stack(terms).sum()

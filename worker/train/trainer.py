@@ -297,7 +297,7 @@ class Trainer:
             self.optimizers["discriminator"].zero_grad(set_to_none=True)
             loss.backward()
             self.optimizers["discriminator"].step()
-            values["discriminator_gan"] = float(loss)
+            values["discriminator_gan"] = float(loss.detach())
         return values, kp_driving, generated
 
     def save(self, path: Path, with_optimizers: bool = True) -> None:
