@@ -16,8 +16,10 @@ from starlette.concurrency import run_in_threadpool
 from service.cleanup import sweep
 from service.context import ServiceContext
 from service.errors import install_error_handlers
+from service.live import router as live_router
 from service.routes import router
 from service.settings import Settings
+from service.web import install_web
 
 log = logging.getLogger("service")
 
@@ -58,4 +60,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = ctx
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(live_router)
+    install_web(app)
     return app
