@@ -25,11 +25,12 @@ def clean_env(**settings: str) -> dict[str, str]:
     return {**env, **settings}
 
 
-def cut_clip(source: Path, out: Path, *args: str) -> Path:
+def cut_clip(source: Path, out: Path, *args: str, loops: int = 0) -> Path:
     """Re-encode (part of) a real clip with ffmpeg, e.g. cut_clip(clip, out, "-t", "2")."""
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     codecs = [] if "-c:v" in args else ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"]
-    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(source), *args, *codecs, str(out)], check=True)
+    command = [ffmpeg, "-v", "error", "-y", "-stream_loop", str(loops), "-i", str(source)]
+    subprocess.run([*command, *args, *codecs, str(out)], check=True)
     return out
 
 

@@ -47,8 +47,8 @@ def short_clip(tmp_path_factory, clip) -> Path:
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory, clip) -> Path:
-    """All of d3 (11.8 s) at 128 px: a render that takes a while even with the small model."""
-    return cut_clip(clip, tmp_path_factory.mktemp("clips") / "d3-128.mp4", "-vf", "scale=128:128")
+    """d3 twice (23.6 s) at 128 px: a render that lasts seconds even with the small model."""
+    return cut_clip(clip, tmp_path_factory.mktemp("clips") / "d3x2-128.mp4", "-vf", "scale=128:128", loops=1)
 
 
 def _job_folders(stack: ServiceStack) -> set[str]:
