@@ -13,10 +13,12 @@ import redis
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from service import background
 from service.cleanup import sweep
 from service.context import ServiceContext
 from service.errors import install_error_handlers
 from service.live import router as live_router
+from service.logs import configure_logging
 from service.routes import router
 from service.settings import Settings
 from service.web import install_web
@@ -45,12 +47,16 @@ async def _sweep_forever(ctx: ServiceContext) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    ctx = ServiceContext.from_settings(settings or Settings())
+    settings = settings or Settings()
+    configure_logging("api", settings.log_level, settings.log_format)
+    ctx = ServiceContext.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_sweep_forever(ctx))
+        duties = background.start(ctx)
         yield
+        await background.stop(duties)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

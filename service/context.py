@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from redis import Redis
 
+from service.auth import parse_keys
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.storage import JobStore
@@ -16,6 +17,7 @@ class ServiceContext:
     redis: Redis
     queue: JobQueue
     store: JobStore
+    api_keys: dict[str, bytes]  # owner -> SHA-256 of the key; empty: keys are off
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServiceContext":
@@ -23,8 +25,9 @@ class ServiceContext:
         return cls(
             settings=settings,
             redis=redis,
-            queue=JobQueue(redis, settings.job_timeout, settings.result_ttl),
+            queue=JobQueue(redis, settings.job_timeout, settings.result_ttl, settings.job_retries),
             store=JobStore(settings.data_dir),
+            api_keys=parse_keys(settings.api_keys),
         )
 
 

@@ -1,9 +1,11 @@
 """The API's first look at uploaded media: the type by its magic bytes, then a cheap probe.
 
 The file name and the declared Content-Type are the client's word and are ignored. Images are
-opened with Pillow (size checked before pixels are decoded). Videos are described by ffmpeg from
-their container header without decoding a frame (a quarter of the CPU time of a decoding probe,
-which matters with many clients), and ffmpeg may only open local files. The worker checks again.
+opened with Pillow, which reads the header first: a size over MAX_PIXELS (a decompression bomb) is
+refused before any pixel is decoded. Videos are described by ffmpeg from their container header
+without decoding a frame (a quarter of the CPU time of a decoding probe, which matters with many
+clients); ffmpeg may only open local files, with the demuxer of the sniffed container forced, so a
+playlist or concat script cannot make it open anything else. The worker checks again.
 """
 
 import re
@@ -15,10 +17,13 @@ import imageio_ffmpeg
 from PIL import Image, UnidentifiedImageError
 
 from service.errors import ApiError
+from service.settings import Settings
 
 IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv")
+VIDEO_DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}  # the allow-list
 SNIFF_BYTES = 64
+EXIF_ORIENTATION = 0x0112
+PROBE_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -65,24 +70,32 @@ def sniff_video(head: bytes) -> str | None:
     return None
 
 
+def _bad_image(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message, field="source")
+
+
 def probe_image(path: Path, kind: str, max_pixels: int) -> ImageSummary:
-    """Opens and decodes the image; 422 when it is not what its magic bytes promised."""
+    """The size as displayed (EXIF orientation applied); 400 when too large, truncated or not `kind`.
+
+    The pixel count is checked from the header; only then are the pixels decoded, to find a
+    truncated or corrupt file here rather than in the worker.
+    """
     try:
         with Image.open(path, formats=[IMAGE_FORMATS[kind]]) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ApiError(
-                    422,
-                    "image_too_large",
-                    f"source is {width}x{height}; at most {max_pixels} pixels are accepted",
+                raise _bad_image(
+                    "image_too_large", f"source is {width}x{height}; at most {max_pixels} pixels are accepted"
                 )
+            if img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):
+                width, height = height, width  # shown turned a quarter, as the worker will use it
             img.load()
     except ApiError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ApiError(
-            422, "invalid_image", f"source is not a readable {kind.upper()} image ({exc})"
-        ) from None
+    except Image.DecompressionBombError:
+        raise _bad_image("image_too_large", f"source is over {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _bad_image("invalid_image", f"source is not a readable {kind.upper()} image ({exc})") from None
     return ImageSummary(kind, width, height, path.stat().st_size)
 
 
@@ -108,22 +121,59 @@ def _header_fields(text: str) -> tuple[float, int, int, float, bool] | None:
     return seconds, width, height, fps, bool(re.search(r"Stream #\d+:\d+\S*: Audio:", text))
 
 
-def probe_video(path: Path, kind: str, max_seconds: float) -> VideoSummary:
-    """ffmpeg describes the container (no frame is decoded); 422 when there is no video or it is too long."""
+def _bad_video(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message, field="driving")
+
+
+def _ffmpeg_describe(path: Path, kind: str, *output: str) -> str:
+    """ffmpeg's stderr about `path`, opened as `kind`'s demuxer from a local file only."""
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-protocol_whitelist", "file"]
+    command += ["-f", VIDEO_DEMUXERS[kind], "-i", str(path), *output]
     try:
-        described = subprocess.run([*command, "-i", str(path)], capture_output=True, timeout=30).stderr
+        done = subprocess.run(command, capture_output=True, timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise ApiError(422, "invalid_video", "driving could not be read in time") from None
-    fields = _header_fields(described.decode("utf-8", "replace"))
+        raise _bad_video("invalid_video", "driving could not be read in time") from None
+    return done.stderr.decode("utf-8", "replace")
+
+
+def _measured_seconds(path: Path, kind: str) -> float:
+    """The length of a video whose header does not say (a live recording): its packets, not decoded."""
+    described = _ffmpeg_describe(path, kind, "-map", "0:v:0", "-c", "copy", "-f", "null", "-")
+    times = re.findall(r"time=(\d+):(\d\d):(\d\d(?:\.\d+)?)", described)
+    if not times:
+        return 0.0
+    hours, minutes, secs = times[-1]
+    return int(hours) * 3600 + int(minutes) * 60 + float(secs)
+
+
+def probe_video(path: Path, kind: str, settings: Settings) -> VideoSummary:
+    """ffmpeg describes the container (no frame is decoded); 400 when it has no video stream or
+    its length, frame count or frame size is over the limits."""
+    fields = _header_fields(_ffmpeg_describe(path, kind))
     if fields is None:
-        raise ApiError(422, "invalid_video", f"driving is not a readable {kind.upper()} video")
+        raise _bad_video("invalid_video", f"driving is not a readable {kind.upper()} video")
     duration, width, height, fps = fields[:4]
     if fps <= 0 or width <= 0 or height <= 0:
-        raise ApiError(422, "invalid_video", "driving has no decodable video stream")
-    if duration > max_seconds:
-        raise ApiError(
-            422, "video_too_long", f"driving lasts {duration:.1f} s; at most {max_seconds:g} s are accepted"
+        raise _bad_video("invalid_video", "driving has no decodable video stream")
+    if width * height > settings.max_driving_pixels:
+        raise _bad_video(
+            "video_too_large",
+            f"driving is {width}x{height}; at most {settings.max_driving_pixels} pixels a frame are accepted",
+        )
+    if duration <= 0:
+        duration = _measured_seconds(path, kind)
+    if duration <= 0:
+        raise _bad_video("invalid_video", "driving has no measurable length")
+    if duration > settings.max_driving_seconds:
+        raise _bad_video(
+            "video_too_long",
+            f"driving lasts {duration:.1f} s; at most {settings.max_driving_seconds:g} s are accepted",
+        )
+    frames = round(duration * fps)
+    if frames > settings.max_driving_frames:
+        raise _bad_video(
+            "video_too_long",
+            f"driving has {frames} frames; at most {settings.max_driving_frames} are accepted",
         )
     return VideoSummary(
         format=kind,
@@ -131,7 +181,7 @@ def probe_video(path: Path, kind: str, max_seconds: float) -> VideoSummary:
         height=height,
         fps=fps,
         duration=duration,
-        frames=round(duration * fps),
+        frames=frames,
         audio=fields[4],
         bytes=path.stat().st_size,
     )

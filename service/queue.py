@@ -20,6 +20,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
+from rq import Retry as JobRetry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -37,14 +38,17 @@ def connect(url: str) -> Redis:
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, job_timeout: int, result_ttl: int):
+    def __init__(self, redis: Redis, job_timeout: int, result_ttl: int, retries: int = 0):
         self.redis = redis
         self.queue = Queue(QUEUE_NAME, connection=redis, serializer=JSONSerializer)
         self.job_timeout = job_timeout
         self.result_ttl = result_ttl
+        self.retries = retries
 
     def enqueue(self, job_id: str, request: dict[str, Any], meta: dict[str, Any]) -> Job:
-        """Queue a render; it waits in the queue for as long as it takes (ttl=None)."""
+        """Queue a render; it waits in the queue for as long as it takes (ttl=None). Its retries are
+        only for a worker that died under it (service/maintenance.py); the worker fails a job that
+        raised at once."""
         return self.queue.enqueue_call(
             JOB_FUNCTION,
             args=(job_id, request),
@@ -55,6 +59,7 @@ class JobQueue:
             ttl=None,
             meta=meta,
             description=f"render {job_id}",
+            retry=JobRetry(max=self.retries) if self.retries else None,
         )
 
     def fetch(self, job_id: str) -> Job | None:
@@ -66,16 +71,22 @@ class JobQueue:
     def waiting(self) -> int:
         return self.queue.count
 
-    def request_cancel(self, job: Job) -> None:
-        """Flag the job for its worker and take it off the queue if no worker has it yet."""
+    def running(self) -> int:
+        return self.queue.started_job_registry.count
+
+    def request_cancel(self, job: Job) -> bool:
+        """Flag the job for its worker and take it off the queue if no worker has it yet; True when
+        it was taken off (it is canceled now, not at the worker's next batch)."""
         self.redis.set(CANCEL_PREFIX + job.id, "1", ex=self.job_timeout + 3600)
         if job.get_status() in WAITING:
             try:
                 job.cancel()
             except InvalidJobOperation:
-                return
+                return False
             job.meta["canceled_at"] = datetime.now(UTC).isoformat()  # no worker writes to it any more
             job.save_meta()
+            return True
+        return False
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(CANCEL_PREFIX + job_id))

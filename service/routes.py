@@ -3,9 +3,13 @@
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
+from service.auth import caller
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
 from service.jobs import TERMINAL, describe, job_status
+from service.logs import current_job_id
+from service.metrics import exposition
+from service.outcomes import job_ended
 from service.queue import live_workers
 from service.schemas import ErrorBody, Health, JobResource, ModelInfo, ModelList, Readiness
 from service.storage import InvalidJobId, parse_job_id
@@ -14,6 +18,7 @@ from service.uploads import MAX_FIELD_BYTES
 
 router = APIRouter()
 Context = Depends(get_context)
+Caller = Depends(caller)
 
 
 def _errors(*statuses: int) -> dict:
@@ -46,6 +51,10 @@ ANIMATE_FORM = {
                         "audio": {"type": "boolean", "default": True},
                         "crop": {"type": "string", "description": "none, auto, face, body or x,y,w,h"},
                         "paste_back": {"type": "boolean"},
+                        "webhook_url": {
+                            "type": "string",
+                            "description": "http(s) URL POSTed the job, signed, when it ends",
+                        },
                     },
                 },
                 "encoding": {"source": {"contentType": "image/png, image/jpeg, image/webp"}},
@@ -56,13 +65,15 @@ ANIMATE_FORM = {
 }
 
 
-def _job(ctx: ServiceContext, job_id: str):
+def _job(ctx: ServiceContext, job_id: str, owner: str | None):
+    """The job, if it exists and belongs to `owner`: another key's job is answered as unknown."""
     try:
         job_id = parse_job_id(job_id)
     except InvalidJobId:
         raise ApiError(404, "job_not_found", "no such job: job ids are UUID4s") from None
+    current_job_id.set(job_id)
     job = ctx.queue.fetch(job_id)
-    if job is None:
+    if job is None or job.meta.get("owner") != owner:
         raise ApiError(404, "job_not_found", f"no job {job_id} (unknown, or expired after RESULT_TTL)")
     return job
 
@@ -74,21 +85,33 @@ def _job(ctx: ServiceContext, job_id: str):
     summary="Queue an animation of a source image by a driving video",
     openapi_extra=ANIMATE_FORM,
     responses={
-        202: {"headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}}},
-        **_errors(400, 413, 415, 422, 429, 503),
+        202: {
+            "headers": {
+                "Location": {"description": "/jobs/{id}", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "true: the job of an earlier request with this Idempotency-Key",
+                    "schema": {"type": "string"},
+                },
+            }
+        },
+        **_errors(400, 401, 409, 413, 415, 422, 429, 503),
     },
 )
-async def animate(request: Request, response: Response, ctx: ServiceContext = Context) -> JobResource:
-    job = await submit(request, ctx)
+async def animate(
+    request: Request, response: Response, ctx: ServiceContext = Context, owner: str | None = Caller
+) -> JobResource:
+    job, replayed = await submit(request, ctx, owner)
     response.headers["Location"] = f"/jobs/{job.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return job
 
 
 @router.get(
-    "/jobs/{job_id}", response_model=JobResource, responses=_errors(404, 503), summary="A job's state"
+    "/jobs/{job_id}", response_model=JobResource, responses=_errors(401, 404, 503), summary="A job's state"
 )
-def get_job(job_id: str, ctx: ServiceContext = Context) -> JobResource:
-    return describe(_job(ctx, job_id))
+def get_job(job_id: str, ctx: ServiceContext = Context, owner: str | None = Caller) -> JobResource:
+    return describe(_job(ctx, job_id, owner))
 
 
 @router.get(
@@ -96,12 +119,12 @@ def get_job(job_id: str, ctx: ServiceContext = Context) -> JobResource:
     response_class=FileResponse,
     responses={
         200: {"content": {"video/mp4": {}}, "description": "the MP4; Range requests answer 206"},
-        **_errors(404, 409, 503),
+        **_errors(401, 404, 409, 503),
     },
     summary="Download the finished MP4",
 )
-def get_result(job_id: str, ctx: ServiceContext = Context) -> FileResponse:
-    job = _job(ctx, job_id)
+def get_result(job_id: str, ctx: ServiceContext = Context, owner: str | None = Caller) -> FileResponse:
+    job = _job(ctx, job_id, owner)
     status = job_status(job)
     if status in ("queued", "started"):
         raise ApiError(409, "result_not_ready", f"job {job.id} is {status}; poll /jobs/{job.id}")
@@ -119,23 +142,27 @@ def get_result(job_id: str, ctx: ServiceContext = Context) -> FileResponse:
     "/jobs/{job_id}",
     status_code=202,
     response_model=JobResource,
-    responses={204: {"description": "a finished job and its files were deleted"}, **_errors(404, 503)},
+    responses={204: {"description": "a finished job and its files were deleted"}, **_errors(401, 404, 503)},
     summary="Cancel a job, or delete a finished one",
 )
-def delete_job(job_id: str, ctx: ServiceContext = Context):
-    job = _job(ctx, job_id)
+def delete_job(job_id: str, ctx: ServiceContext = Context, owner: str | None = Caller):
+    job = _job(ctx, job_id, owner)
     if job_status(job) in TERMINAL:
         ctx.queue.forget(job)
         ctx.store.remove(job.id)
         return Response(status_code=204)
-    ctx.queue.request_cancel(job)
-    return describe(_job(ctx, job.id))
+    if ctx.queue.request_cancel(job):
+        job_ended(ctx.redis, job, "canceled")
+    return describe(_job(ctx, job.id, owner))
 
 
 @router.get(
-    "/models", response_model=ModelList, responses=_errors(503), summary="The models the workers have loaded"
+    "/models",
+    response_model=ModelList,
+    responses=_errors(401, 503),
+    summary="The models the workers have loaded",
 )
-def get_models(ctx: ServiceContext = Context) -> ModelList:
+def get_models(ctx: ServiceContext = Context, owner: str | None = Caller) -> ModelList:
     found: dict[str, ModelInfo] = {}
     for worker in live_workers(ctx.redis):
         for model in worker.get("models", []):
@@ -162,3 +189,13 @@ def readyz(ctx: ServiceContext = Context):
             {"error": {"code": "no_worker", "message": "no worker is alive to render jobs"}}, status_code=503
         )
     return Readiness(workers=workers, queued=ctx.queue.waiting())
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}, **_errors(503)},
+    summary="Prometheus metrics of the jobs, the queue and the workers",
+)
+def metrics(ctx: ServiceContext = Context) -> Response:
+    return Response(exposition(ctx.queue), media_type="text/plain; version=0.0.4; charset=utf-8")

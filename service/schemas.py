@@ -35,6 +35,7 @@ class AnimateOptions(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["job_not_found"])
     message: str = Field(examples=["no job 2c7c3b8e-9d1a-4a41-9a5e-0e1f3d6b2a10"])
+    field: str | None = Field(None, description="the request field at fault, when there is one")
 
 
 class ErrorBody(BaseModel):

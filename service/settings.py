@@ -7,7 +7,7 @@ of them.
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -24,18 +24,45 @@ class Settings(BaseSettings):
     weights_dir: Path = Path("weights")
     default_model: str = "starter"
     max_upload_mb: float = Field(100, gt=0, description="whole request body, enforced while it streams in")
+    max_source_mb: float = Field(20, gt=0, description="the source image, enforced as it streams in")
+    max_driving_mb: float = Field(100, gt=0, description="the driving video, enforced as it streams in")
     max_driving_seconds: float = Field(60, gt=0)
+    max_driving_frames: int = Field(3600, gt=0, description="most frames in a driving video")
+    max_driving_pixels: int = Field(3840 * 2160, gt=0, description="largest driving frame, width x height")
     max_pixels: int = Field(16_000_000, gt=0, description="largest source image, width x height")
     result_ttl: int = Field(24 * 3600, ge=1, description="seconds a finished job and its MP4 are kept")
     worker_device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(4, ge=1, le=256)
-    job_timeout: int = Field(1800, ge=10, description="seconds one render may take before RQ stops it")
+    job_timeout: int = Field(1800, ge=1, description="seconds one render may take before RQ stops it")
+    job_retries: int = Field(2, ge=0, description="times a job whose worker died is queued again")
+    heartbeat_interval: int = Field(
+        10, ge=1, description="seconds between a busy worker's heartbeats; 3 missed: the job is lost"
+    )
+    maintenance_interval: int = Field(30, ge=1, description="seconds between passes that find lost jobs")
     max_queued: int = Field(200, ge=1, description="jobs waiting beyond this are refused with 429")
     cleanup_interval: int = Field(300, ge=1, description="seconds between sweeps of expired jobs")
+    api_keys: str = Field(
+        "", description="owner:sha256-of-key entries, comma separated; empty: no key needed (the demo)"
+    )
+    rate_limit: int = Field(60, ge=0, description="submissions a minute per API key; 0: no limit")
+    webhook_secret: SecretStr | None = Field(None, description="signs webhooks; unset: webhook_url refused")
+    webhook_retries: int = Field(5, ge=0, description="deliveries tried again after the first fails")
+    webhook_backoff: float = Field(1.0, gt=0, description="seconds before the first retry, doubled each time")
+    webhook_allow_private: bool = Field(
+        False, description="allow webhooks to private, loopback and link-local addresses (closed networks)"
+    )
+    log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
+    log_format: Literal["json", "text"] = "json"
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_file_bytes(self) -> dict[str, int]:
+        """The per-file limits by form field."""
+        mb = 1024 * 1024
+        return {"source": int(self.max_source_mb * mb), "driving": int(self.max_driving_mb * mb)}
 
     @property
     def queue_url(self) -> str:

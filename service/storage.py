@@ -11,6 +11,7 @@ from pathlib import Path
 SOURCE = "source"
 DRIVING = "driving"
 RESULT = "result.mp4"
+PARTIAL_PATTERN = ".*.partial.mp4"  # the renderer's temporary name for an MP4 being written
 
 
 class InvalidJobId(ValueError):
@@ -57,6 +58,13 @@ class JobStore:
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    def remove_partials(self, job_id: str) -> None:
+        """What an interrupted render left half-written (`.result.mp4.<pid>.partial.mp4`)."""
+        folder = self.folder(job_id)
+        if folder.is_dir():
+            for path in folder.glob(PARTIAL_PATTERN):
+                path.unlink(missing_ok=True)
 
     def job_ids(self) -> list[str]:
         """Ids of the folders present; anything else under the root is ignored."""

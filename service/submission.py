@@ -1,27 +1,37 @@
 """POST /animate: stream the upload into a new job folder, check it, queue the render.
 
 On any failure, the client's or ours, the job's folder is removed: a refused request leaves nothing
-behind, on disk or in the queue.
+behind, on disk or in the queue. With API keys on, the job belongs to the calling key's owner, who
+alone sees it afterwards, and the owner's submissions are rate limited. An `Idempotency-Key` makes a
+repeated request return the job of the first (service/idempotency.py).
 """
 
+import contextlib
 import re
 from pathlib import Path
 
+import redis
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from service import idempotency
 from service.context import ServiceContext
 from service.errors import ApiError
 from service.jobs import describe
+from service.logs import current_job_id
 from service.media import SNIFF_BYTES, probe_image, probe_video, sniff_image, sniff_video
+from service.metrics import record_submitted
 from service.queue import live_workers
+from service.ratelimit import check_rate
 from service.schemas import MODEL_NAME_PATTERN, AnimateOptions, JobResource
 from service.storage import DRIVING, SOURCE
-from service.uploads import receive_form
+from service.uploads import ReceivedForm, receive_form
+from service.webhooks import check_url
 
 OPTION_FIELDS = set(AnimateOptions.model_fields)
-TEXT_FIELDS = OPTION_FIELDS | {"model"}
+WEBHOOK_FIELD = "webhook_url"
+TEXT_FIELDS = OPTION_FIELDS | {"model", WEBHOOK_FIELD}
 
 
 def _options(fields: dict[str, str]) -> AnimateOptions:
@@ -30,18 +40,32 @@ def _options(fields: dict[str, str]) -> AnimateOptions:
     except ValidationError as exc:
         error = exc.errors()[0]
         name = ".".join(str(part) for part in error["loc"][:1])
-        raise ApiError(422, "invalid_field", f"{name}: {error['msg']}") from None
+        raise ApiError(422, "invalid_field", f"{name}: {error['msg']}", field=name) from None
 
 
 def _check_model(ctx: ServiceContext, name: str) -> None:
     """Refuse a model no live worker has loaded; with no worker alive the job waits for one."""
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
-        raise ApiError(422, "invalid_field", "model: not a model name")
+        raise ApiError(422, "invalid_field", "model: not a model name", field="model")
     loaded = {model["name"] for worker in live_workers(ctx.redis) for model in worker.get("models", [])}
     if loaded and name not in loaded:
         raise ApiError(
-            422, "unknown_model", f"model {name!r} is not loaded; loaded: {', '.join(sorted(loaded))}"
+            422,
+            "unknown_model",
+            f"model {name!r} is not loaded; loaded: {', '.join(sorted(loaded))}",
+            field="model",
         )
+
+
+def _webhook(ctx: ServiceContext, fields: dict[str, str]) -> dict[str, str]:
+    url = fields.get(WEBHOOK_FIELD)
+    if not url:
+        return {}
+    if ctx.settings.webhook_secret is None:
+        raise ApiError(
+            422, "webhooks_disabled", "webhook_url: this service has no WEBHOOK_SECRET", field=WEBHOOK_FIELD
+        )
+    return {WEBHOOK_FIELD: check_url(url, ctx.settings.webhook_allow_private)}
 
 
 def _sniffed(path: Path, role: str, sniff) -> tuple[Path, str]:
@@ -50,39 +74,70 @@ def _sniffed(path: Path, role: str, sniff) -> tuple[Path, str]:
         kind = sniff(file.read(SNIFF_BYTES))
     if kind is None:
         accepted = "PNG, JPEG or WebP" if role == SOURCE else "MP4, MOV, WebM or MKV"
-        raise ApiError(415, "unsupported_media_type", f"{role} must be {accepted}")
+        raise ApiError(415, "unsupported_media_type", f"{role} must be {accepted}", field=role)
     return path.rename(path.with_name(f"{role}.{kind}")), kind
 
 
-def _check_and_queue(
-    ctx: ServiceContext, job_id: str, files: dict[str, Path], fields: dict[str, str]
-) -> JobResource:
+def _check_and_queue(ctx: ServiceContext, job_id: str, form: ReceivedForm, owner: str | None) -> JobResource:
     settings = ctx.settings
+    files, fields = form.files, form.fields
     for role in (SOURCE, DRIVING):
         if role not in files:
-            raise ApiError(422, "missing_field", f"field {role!r} (a file) is required")
+            raise ApiError(422, "missing_field", f"field {role!r} (a file) is required", field=role)
     options = _options(fields)
     model = fields.get("model") or settings.default_model
     _check_model(ctx, model)
+    webhook = _webhook(ctx, fields)
     source, source_kind = _sniffed(files[SOURCE], SOURCE, sniff_image)
     driving, driving_kind = _sniffed(files[DRIVING], DRIVING, sniff_video)
     image = probe_image(source, source_kind, settings.max_pixels)
-    video = probe_video(driving, driving_kind, settings.max_driving_seconds)
+    video = probe_video(driving, driving_kind, settings)
     request = {"model": model, "options": options.model_dump()}  # the worker finds the files by the job id
-    job = ctx.queue.enqueue(
-        job_id, request, {"inputs": {"source": image.to_dict(), "driving": video.to_dict()}}
-    )
+    meta = {"inputs": {"source": image.to_dict(), "driving": video.to_dict()}, **webhook}
+    if owner is not None:
+        meta["owner"] = owner
+    job = ctx.queue.enqueue(job_id, request, meta)
+    record_submitted(ctx.redis)
     return describe(job)
 
 
-async def submit(request: Request, ctx: ServiceContext) -> JobResource:
+def _replay(ctx: ServiceContext, job_id: str, owner: str | None) -> JobResource:
+    job = ctx.queue.fetch(job_id)
+    if job is None or job.meta.get("owner") != owner:
+        raise ApiError(
+            409,
+            "idempotency_key_in_use",
+            f"the first request with this {idempotency.HEADER} is still being handled or was deleted",
+        )
+    return describe(job)
+
+
+async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tuple[JobResource, bool]:
+    """The job queued for this request, and whether it is an earlier one (an idempotent replay)."""
     settings = ctx.settings
+    key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
+    if owner is not None and settings.rate_limit:
+        await run_in_threadpool(check_rate, ctx.redis, owner, settings.rate_limit)
     if await run_in_threadpool(ctx.queue.waiting) >= settings.max_queued:
         raise ApiError(429, "queue_full", "too many jobs are waiting; retry later", {"Retry-After": "30"})
     job_id, folder = ctx.store.create()
+    current_job_id.set(job_id)
+    claimed = False
     try:
-        form = await receive_form(request, folder, {SOURCE, DRIVING}, TEXT_FIELDS, settings.max_upload_bytes)
-        return await run_in_threadpool(_check_and_queue, ctx, job_id, form.files, form.fields)
+        limits = settings.max_file_bytes
+        form = await receive_form(request, folder, limits, TEXT_FIELDS, settings.max_upload_bytes)
+        if key is not None:
+            earlier = await run_in_threadpool(
+                idempotency.claim, ctx.redis, owner, key, form.digest, job_id, settings.result_ttl
+            )
+            if earlier is not None:
+                ctx.store.remove(job_id)
+                return await run_in_threadpool(_replay, ctx, earlier, owner), True
+            claimed = True
+        return await run_in_threadpool(_check_and_queue, ctx, job_id, form, owner), False
     except BaseException:
         ctx.store.remove(job_id)
+        if claimed:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                await run_in_threadpool(idempotency.release, ctx.redis, owner, key, job_id)
         raise

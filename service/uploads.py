@@ -2,10 +2,12 @@
 
 Starlette's own form parsing reads the whole body before the route runs, so a limit could only be
 checked afterwards; here each chunk is counted as it arrives and the request is answered 413 as soon
-as the total passes the limit, without reading the rest. File parts go to disk chunk by chunk, never
-whole into memory; text fields are small and capped.
+as the total, or one file, passes its limit, without reading the rest. File parts go to disk chunk
+by chunk, never whole into memory; text fields are small and capped. Each part is hashed on the way
+(its name and content, not the multipart framing), so a repeated request can be recognised.
 """
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -23,18 +25,26 @@ MAX_FIELD_BYTES = 1024
 class ReceivedForm:
     files: dict[str, Path] = field(default_factory=dict)  # field name -> the file written
     fields: dict[str, str] = field(default_factory=dict)
+    part_digests: dict[str, str] = field(default_factory=dict)  # field name -> SHA-256 of its content
+
+    @property
+    def digest(self) -> str:
+        """One SHA-256 of every part's name and content, whatever their order or framing."""
+        lines = "".join(f"{name}\0{value}\n" for name, value in sorted(self.part_digests.items()))
+        return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"the request body exceeds {limit / 1024 / 1024:g} MB")
+def too_large(limit: int, name: str | None = None) -> ApiError:
+    what = f"field {name!r}" if name else "the request body"
+    return ApiError(413, "payload_too_large", f"{what} exceeds {limit / 1024 / 1024:g} MB", field=name)
 
 
 class _FormWriter:
     """python-multipart callbacks writing file parts to `folder` and collecting text fields."""
 
-    def __init__(self, folder: Path, file_fields: set[str], text_fields: set[str]):
+    def __init__(self, folder: Path, file_limits: dict[str, int], text_fields: set[str]):
         self.folder = folder
-        self.file_fields = file_fields
+        self.file_limits = file_limits
         self.text_fields = text_fields
         self.form = ReceivedForm()
         self.header_name = b""
@@ -42,6 +52,8 @@ class _FormWriter:
         self.disposition = b""
         self.name = ""
         self.file: BinaryIO | None = None
+        self.file_bytes = 0
+        self.hash = hashlib.sha256()
         self.text = bytearray()
         self.finished = False
 
@@ -49,6 +61,8 @@ class _FormWriter:
         self.disposition = b""
         self.name = ""
         self.text = bytearray()
+        self.file_bytes = 0
+        self.hash = hashlib.sha256()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header_name += data[start:end]
@@ -67,29 +81,39 @@ class _FormWriter:
         if not name:
             raise ApiError(400, "bad_request", "a multipart part has no field name")
         if name in self.form.files or name in self.form.fields:
-            raise ApiError(422, "duplicate_field", f"field {name!r} is given more than once")
+            raise ApiError(422, "duplicate_field", f"field {name!r} is given more than once", field=name)
         is_file = b"filename" in options
-        if name in self.file_fields:
+        if name in self.file_limits:
             if not is_file:
-                raise ApiError(422, "invalid_field", f"field {name!r} must be a file upload")
+                raise ApiError(422, "invalid_field", f"field {name!r} must be a file upload", field=name)
             path = self.folder / f"{name}.upload"
             self.file = path.open("xb")
             self.form.files[name] = path
         elif name in self.text_fields:
             if is_file:
-                raise ApiError(422, "invalid_field", f"field {name!r} must be a plain value, not a file")
+                raise ApiError(
+                    422, "invalid_field", f"field {name!r} must be a plain value, not a file", field=name
+                )
         else:
-            raise ApiError(422, "unknown_field", f"unknown field {name!r:.40}")
+            raise ApiError(422, "unknown_field", f"unknown field {name!r:.40}", field=name[:40])
         self.name = name
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        self.hash.update(chunk)
         if self.file is not None:
-            self.file.write(data[start:end])
+            self.file_bytes += len(chunk)
+            if self.file_bytes > self.file_limits[self.name]:
+                raise too_large(self.file_limits[self.name], self.name)
+            self.file.write(chunk)
             return
-        self.text += data[start:end]
+        self.text += chunk
         if len(self.text) > MAX_FIELD_BYTES:
             raise ApiError(
-                422, "invalid_field", f"field {self.name!r} is longer than {MAX_FIELD_BYTES} bytes"
+                422,
+                "invalid_field",
+                f"field {self.name!r} is longer than {MAX_FIELD_BYTES} bytes",
+                field=self.name,
             )
 
     def on_part_end(self) -> None:
@@ -98,6 +122,7 @@ class _FormWriter:
             self.file = None
         else:
             self.form.fields[self.name] = self.text.decode("utf-8", "replace")
+        self.form.part_digests[self.name] = self.hash.hexdigest()
 
     def on_end(self) -> None:
         self.finished = True
@@ -114,9 +139,10 @@ class _FormWriter:
 
 
 async def receive_form(
-    request: Request, folder: Path, file_fields: set[str], text_fields: set[str], limit: int
+    request: Request, folder: Path, file_limits: dict[str, int], text_fields: set[str], limit: int
 ) -> ReceivedForm:
-    """Parse the request body into `folder`; ApiError (400, 413, 415, 422) for anything amiss."""
+    """Parse the request body into `folder`, each file part under its own byte limit and the whole
+    body under `limit`; ApiError (400, 413, 415, 422) for anything amiss."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "the request must be multipart/form-data")
@@ -127,7 +153,7 @@ async def receive_form(
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
 
-    writer = _FormWriter(folder, file_fields, text_fields)
+    writer = _FormWriter(folder, file_limits, text_fields)
     try:
         parser = MultipartParser(boundary, writer.callbacks())
         received = 0

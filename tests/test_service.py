@@ -164,7 +164,7 @@ def test_bad_submissions_are_refused_and_leave_nothing(stack, portrait, short_cl
     refused(stack.http.post("/animate", content=truncated, headers=headers), 400, "bad_request")
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(short_clip.read_bytes()[:4096])
-    refused(stack.post(portrait, broken), 422, "invalid_video")
+    refused(stack.post(portrait, broken), 400, "invalid_video")
     assert _job_folders(stack) == before
 
 

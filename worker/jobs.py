@@ -2,9 +2,12 @@
 
 RQ calls it by name with JSON arguments (job id, {model, options}); the files are found in the job's
 folder, never taken from the payload. What the API shows is written into the job's meta: progress (at
-most PROGRESS_INTERVAL apart), timings, the result summary, and on failure the RenderError's code.
+most PROGRESS_INTERVAL apart), timings, the result summary, and on failure the RenderError's code
+(a full or unwritable disk is `storage_error`). Every end is also counted for /metrics and triggers
+the job's webhook (service/outcomes.py).
 """
 
+import errno
 import logging
 import threading
 import time
@@ -17,6 +20,7 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
+from service.outcomes import job_ended
 from service.queue import JobQueue
 from service.settings import Settings
 from service.storage import DRIVING, SOURCE, JobStore
@@ -28,6 +32,7 @@ from worker.video_io import load_image, probe_video
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
 CANCEL_POLL_INTERVAL = 0.2  # seconds between reads of the cancel flag
 OPTION_NAMES = ("mode", "adapt_scale", "driving_start", "audio", "crop", "paste_back")
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 log = logging.getLogger("worker")
 
 
@@ -114,6 +119,7 @@ def _render(job_id: str, request: dict[str, Any], engine: Engine, reporter: JobR
     driving = store.input_path(job_id, DRIVING)
     if source is None or driving is None:
         raise RenderError("the job's input files are missing", "inputs_missing")
+    store.remove_partials(job_id)  # what an attempt on a worker that died left behind
     options = _options(request, settings)
     options.validate()
     image = load_image(source, settings.max_pixels)
@@ -138,6 +144,14 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
     reporter.save(
         progress={}, timings={"queue_wait": round(queue_wait, 4) if queue_wait is not None else None}
     )
+    client = engine.queue.redis
+
+    def failed(code: str, message: str) -> None:
+        reporter.save(error={"code": code, "message": message})
+        seconds = time.monotonic() - reporter.started
+        frames = int(job.meta.get("progress", {}).get("frames_done", 0))
+        job_ended(client, job, "canceled" if code == "canceled" else "failed", code, seconds, frames)
+
     try:
         summary = _render(job_id, request, engine, reporter)
     except RenderCanceled as exc:
@@ -145,18 +159,22 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
             engine.interrupted.add(job_id)
             reporter.save(progress={}, timings={})
             raise WorkerStopping(f"job {job_id} interrupted by a worker shutdown") from exc
-        reporter.save(error={"code": exc.code, "message": "the job was canceled"})
+        failed(exc.code, "the job was canceled")
         raise
     except RenderError as exc:
-        reporter.save(error={"code": exc.code, "message": str(exc)})
+        failed(exc.code, str(exc))
         raise
     except JobTimeoutException:
-        reporter.save(error={"code": "timeout", "message": "the render took longer than JOB_TIMEOUT"})
+        failed("timeout", "the render took longer than JOB_TIMEOUT")
+        raise
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            failed("internal_error", f"the render failed ({type(exc).__name__})")
+            raise
+        failed("storage_error", f"the result could not be stored ({exc.strerror})")
         raise
     except Exception as exc:
-        reporter.save(
-            error={"code": "internal_error", "message": f"the render failed ({type(exc).__name__})"}
-        )
+        failed("internal_error", f"the render failed ({type(exc).__name__})")
         raise
     timings = summary.pop("timings")
     reporter.save(
@@ -170,4 +188,5 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
             "render": timings["total"],
         },
     )
+    job_ended(client, job, "succeeded", None, time.monotonic() - reporter.started, summary["frames"], timings)
     return {**summary, "timings": timings}

@@ -5,9 +5,12 @@ a new interpreter for every job. Either way the job runs in a process that does 
 the worker loaded (a spawned one must load it again, per job), and CUDA cannot be used in a child
 forked after the parent initialised it. SimpleWorker runs each job in this very process, so the
 weights stay loaded, on the GPU where there is one, from one job to the next. Two consequences are
-handled here: it does not refresh its heartbeat while a job runs, so every job is enqueued with an
-explicit `job_timeout` (which also bounds the heartbeat TTL RQ sets at the job's start); and it
-cannot kill a running job, so cancellation is our own Redis flag, read between frame batches.
+handled here: it does not refresh its job's heartbeat while the job runs (RQ gives the job's timeout
+plus a minute instead, so a SIGKILLed worker's job would look alive for half an hour), so a thread
+refreshes it every HEARTBEAT_INTERVAL with a TTL of three intervals and a dead worker's job is found
+within about a minute (service/maintenance.py, whose handler this worker's maintenance runs too);
+and it cannot kill a running job, so cancellation is our own Redis flag, read between frame batches.
+A job's retries are only for a worker that died: an error the render raised fails the job at once.
 
 SIGINT or SIGTERM stops the worker within a frame batch: the job it was rendering goes back to the
 front of the queue for the next worker instead of failing.
@@ -24,12 +27,17 @@ import threading
 
 import redis
 from rq import SimpleWorker
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 
+from service.logs import configure_logging, current_job_id
+from service.maintenance import LostJobHandler
 from service.queue import QUEUE_NAME, WORKER_PREFIX, JobQueue, connect, publish_worker, withdraw_worker
 from service.settings import Settings
+from service.storage import JobStore
 from worker import jobs
 from worker.catalog import load_models
 
@@ -38,21 +46,64 @@ PRESENCE_TTL = 30
 log = logging.getLogger("worker")
 
 
+class JobHeartbeat(threading.Thread):
+    """Refreshes the running job's heartbeat (and the worker's) while the render holds the main thread."""
+
+    def __init__(self, worker: "ModelWorker", job: Job, execution: Execution):
+        super().__init__(name="heartbeat", daemon=True)
+        self.worker = worker
+        self.job = job
+        self.execution = execution
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.worker.heartbeat_interval):
+            try:
+                self.worker.maintain_heartbeats(self.job, self.execution)
+            except redis.exceptions.RedisError as exc:
+                log.warning("could not refresh the job's heartbeat: %s", exc)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
 class ModelWorker(SimpleWorker):
-    """A SimpleWorker that interrupts its render on shutdown and hands that job back to the queue."""
+    """A SimpleWorker that keeps its job's heartbeat alive, interrupts its render on shutdown and
+    hands that job back to the queue."""
 
     max_connection_wait_time = 5.0  # back in service within seconds of Redis returning
 
-    def __init__(self, *args, engine: jobs.Engine, **kwargs):
+    def __init__(self, *args, engine: jobs.Engine, heartbeat_interval: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.engine = engine
+        self.heartbeat_interval = heartbeat_interval
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return 3 * self.heartbeat_interval
 
     def request_stop(self, signum, frame):
         self.engine.stopping.set()
         super().request_stop(signum, frame)
 
+    def handle_job_failure(self, job: Job, queue: Queue, *args, **kwargs):
+        retries, job.retries_left = job.retries_left, 0  # raised by the render: final, not retried
+        try:
+            super().handle_job_failure(job, queue, *args, **kwargs)
+        finally:
+            job.retries_left = retries
+
     def execute_job(self, job: Job, queue: Queue):
-        super().execute_job(job, queue)
+        execution = self.prepare_execution(job)
+        heartbeat = JobHeartbeat(self, job, execution)
+        token = current_job_id.set(job.id)
+        heartbeat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            heartbeat.stop()
+            current_job_id.reset(token)
+        self.set_state(WorkerStatus.IDLE)
         if job.id in self.engine.interrupted:
             self.engine.interrupted.discard(job.id)
             queue.failed_job_registry.requeue(job.id, at_front=True)
@@ -116,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if args.healthcheck:
         return _healthcheck(settings)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    configure_logging("worker", settings.log_level, settings.log_format)
 
     if settings.worker_device == "cuda":
         import torch
@@ -134,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     client = connect(settings.queue_url)
     engine = jobs.Engine(models, settings, JobQueue(client, settings.job_timeout, settings.result_ttl))
+    lost_jobs = LostJobHandler(client, JobStore(settings.data_dir))
     jobs.install(engine)
 
     def stop_between_jobs(signum, frame) -> None:  # RQ installs its own handlers while work() runs
@@ -158,9 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                 serializer=JSONSerializer,
                 engine=engine,
                 worker_ttl=60,
+                heartbeat_interval=settings.heartbeat_interval,
+                maintenance_interval=settings.maintenance_interval,
+                exception_handlers=[lost_jobs],
             )
             try:
-                worker.work(logging_level="INFO")
+                worker.work(logging_level=settings.log_level.upper())
             except redis.exceptions.RedisError as exc:
                 log.warning("lost Redis: %s", exc)
             if worker._stop_requested or engine.stopping.is_set():

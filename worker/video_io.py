@@ -1,8 +1,10 @@
 """Reading images and videos and writing MP4, through the ffmpeg binary that imageio-ffmpeg ships.
 
 ffmpeg runs as a separate process, so decoding and encoding overlap with the model on their own
-cores. Decoding accepts local files only: `-protocol_whitelist file` keeps a playlist disguised as a
-video from reading other files or reaching the network.
+cores. Every input ffmpeg opens (probe, decode, the audio copied into a result) is a local file of an
+allowed container, named by its own magic bytes and forced with `-f`, read through the `file`
+protocol only: an HLS playlist, an ffconcat script or any other playlist renamed `.mp4` is never
+opened as one, so it cannot make ffmpeg read another file or reach the network.
 """
 
 import logging
@@ -21,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from worker.errors import InvalidImage, InvalidVideo, StorageError, VideoDecodeError
 
 SAFE_INPUT = ["-protocol_whitelist", "file"]
+SNIFF_BYTES = 16
 # imageio-ffmpeg warns on every resized read; resizing in ffmpeg is what we want.
 logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
@@ -36,11 +39,16 @@ class VideoInfo:
 
 
 def load_image(path: str | Path, max_pixels: int = 40_000_000) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied, alpha flattened onto white."""
+    """(H, W, 3) uint8 RGB, EXIF orientation applied, alpha flattened onto white, grayscale (8 or
+    16 bit) and CMYK converted. The size is checked before any pixel is decoded."""
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                raise Image.DecompressionBombError(f"{img.width}x{img.height} is over {max_pixels} pixels")
             img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -61,22 +69,54 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.array(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))
 
 
+def demuxer(head: bytes) -> str | None:
+    """The ffmpeg demuxer for a file starting with `head`, if its container is one we read."""
+    if head[4:8] == b"ftyp":
+        return "mov"  # MP4, MOV, M4V
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # MKV, WebM
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return None
+
+
+def safe_input(path: str | Path) -> list[str]:
+    """ffmpeg input options for `path`: local files only, its container's demuxer forced."""
+    try:
+        with open(path, "rb") as file:
+            found = demuxer(file.read(SNIFF_BYTES))
+    except OSError as exc:
+        raise InvalidVideo(f"cannot read {Path(path).name}: {exc.strerror}") from exc
+    if found is None:
+        raise InvalidVideo(f"{Path(path).name} is not an MP4, MOV, MKV, WebM, AVI or GIF video")
+    return [*SAFE_INPUT, "-f", found]
+
+
+def _count_frames(path: Path, source: list[str]) -> int:
+    """Frames of the first video stream, counted by decoding them (0 when ffmpeg cannot tell)."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", *source, "-i", str(path)]
+    command += ["-map", "0:v:0", "-vf", "null", "-f", "null", "-"]
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
+    counts = re.findall(rb"frame=\s*(\d+)", done.stderr)
+    return int(counts[-1]) if done.returncode == 0 and counts else 0
+
+
 def probe_video(path: str | Path) -> VideoInfo:
-    """Size, frame rate, duration, frame count and audio of a video, without decoding it."""
+    """Size, frame rate, duration, frame count and audio of a video."""
     path = Path(path)
     if not path.is_file():
         raise InvalidVideo(f"video not found: {path}")
-    reader = imageio_ffmpeg.read_frames(str(path), input_params=SAFE_INPUT)
+    source = safe_input(path)
+    reader = imageio_ffmpeg.read_frames(str(path), input_params=source)
     try:
         meta = next(reader)
     except (OSError, RuntimeError, StopIteration) as exc:
         raise InvalidVideo(f"{path.name} is not a readable video") from exc
     finally:
         reader.close()
-    try:
-        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except (OSError, RuntimeError, ValueError):
-        frames = 0
+    frames = _count_frames(path, source)
     fps = float(meta.get("fps") or 0)
     duration = float(meta.get("duration") or 0)
     width, height = meta.get("size") or meta.get("source_size") or (0, 0)  # size: after autorotation
@@ -94,7 +134,7 @@ def read_frames(path: str | Path, height: int, width: int) -> Iterator[np.ndarra
     video that breaks halfway fails instead of silently yielding a shorter clip.
     """
     cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", *SAFE_INPUT, "-i", str(path),
+        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", *safe_input(path), "-i", str(path),
         "-xerror", "-an", "-vf", f"scale={width}:{height}:flags=area",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
     ]  # fmt: skip
@@ -120,7 +160,11 @@ def read_frames(path: str | Path, height: int, width: int) -> Iterator[np.ndarra
 
 
 class Mp4Writer:
-    """H.264 yuv420p MP4 with +faststart, optionally with another file's audio track copied in."""
+    """H.264 yuv420p MP4 with +faststart, optionally with another file's audio track copied in.
+
+    Frames go to ffmpeg's stdin as raw RGB; the audio source is opened like any other input
+    (`safe_input`). An odd frame size is padded to even by scaling, as yuv420p requires.
+    """
 
     def __init__(
         self,
@@ -131,37 +175,52 @@ class Mp4Writer:
         audio_from: str | Path | None = None,
         out_size: tuple[int, int] | None = None,
     ):
-        output_params = ["-movflags", "+faststart", "-preset", "veryfast"]
-        if out_size is not None and out_size != (width, height):
-            output_params += ["-vf", f"scale={out_size[0]}:{out_size[1]}:flags=lanczos"]
         self.path = Path(path)
-        self._writer = imageio_ffmpeg.write_frames(
-            str(self.path),
-            (width, height),
-            fps=Fraction(fps).limit_denominator(100000),
-            codec="libx264",
-            pix_fmt_out="yuv420p",
-            quality=8,
-            macro_block_size=2,
-            input_params=[],
-            output_params=output_params,
-            audio_path=str(audio_from) if audio_from else None,
-            audio_codec="aac" if audio_from else None,
-            ffmpeg_log_level="error",
-        )
+        rate = Fraction(fps).limit_denominator(100000)
+        out_w, out_h = out_size or (width + width % 2, height + height % 2)
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-v", "error"]
+        command += ["-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}", "-pix_fmt", "rgb24"]
+        command += ["-r", str(rate), "-i", "-"]
+        if audio_from is not None:
+            command += [*safe_input(audio_from), "-i", str(audio_from), "-map", "0:v:0", "-map", "1:a:0"]
+            command += ["-acodec", "aac"]
+        else:
+            command += ["-an"]
+        command += ["-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "10", "-preset", "veryfast"]
+        if (out_w, out_h) != (width, height):
+            command += ["-vf", f"scale={out_w}:{out_h}:flags=lanczos"]
+        command += ["-movflags", "+faststart", "-f", "mp4", str(self.path)]
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         try:
-            self._writer.send(None)
-        except (OSError, RuntimeError) as exc:
+            self._process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
+            )
+        except OSError as exc:
+            self._log.close()
             raise StorageError(f"cannot start the encoder for {self.path.name}: {exc}") from exc
+
+    def _reason(self) -> str:
+        self._log.seek(0)
+        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"ffmpeg status {self._process.returncode}"
 
     def write(self, frame: np.ndarray) -> None:
         try:
-            self._writer.send(np.ascontiguousarray(frame))
-        except (OSError, RuntimeError, BrokenPipeError) as exc:
-            raise StorageError(f"encoding {self.path.name} failed: {exc}") from exc
+            self._process.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
+        except (OSError, ValueError) as exc:
+            self._process.wait()
+            raise StorageError(f"encoding {self.path.name} failed: {self._reason()}") from exc
 
     def close(self) -> None:
+        """Finish the file; StorageError when ffmpeg could not write all of it."""
         try:
-            self._writer.close()
-        except (OSError, RuntimeError) as exc:
-            raise StorageError(f"finishing {self.path.name} failed: {exc}") from exc
+            if not self._process.stdin.closed:
+                self._process.stdin.close()
+        except OSError:
+            pass
+        status = self._process.wait()
+        try:
+            if status != 0:
+                raise StorageError(f"finishing {self.path.name} failed: {self._reason()}")
+        finally:
+            self._log.close()

@@ -1,0 +1,62 @@
+"""The API's background duties besides serving requests: finding lost jobs and delivering webhooks.
+
+Both keep their state in Redis, so any number of API processes may run them side by side, and a
+Redis outage only pauses them.
+"""
+
+import asyncio
+import contextlib
+import logging
+
+import redis
+from starlette.concurrency import run_in_threadpool
+
+from service.context import ServiceContext
+from service.jobs import TERMINAL, describe
+from service.maintenance import LostJobHandler, recover_lost_jobs
+from service.webhooks import Dispatcher
+
+log = logging.getLogger("service")
+
+
+async def _find_lost_jobs(ctx: ServiceContext) -> None:
+    handler = LostJobHandler(ctx.redis, ctx.store)
+    while True:
+        try:
+            await run_in_threadpool(recover_lost_jobs, ctx.queue, handler)
+        except redis.exceptions.RedisError as exc:
+            log.warning("lost-job pass skipped: %s", exc)
+        await asyncio.sleep(ctx.settings.maintenance_interval)
+
+
+def _webhook_view(ctx: ServiceContext, job_id: str) -> tuple[bytes, str, bool] | None:
+    """What a webhook delivers for `job_id`: the job resource, its URL, whether the job has ended."""
+    job = ctx.queue.fetch(job_id)
+    if job is None or not job.meta.get("webhook_url"):
+        return None
+    resource = describe(job)
+    return resource.model_dump_json().encode(), job.meta["webhook_url"], resource.status in TERMINAL
+
+
+def start(ctx: ServiceContext) -> list[asyncio.Task]:
+    tasks = [asyncio.create_task(_find_lost_jobs(ctx))]
+    settings = ctx.settings
+    if settings.webhook_secret is not None:
+        dispatcher = Dispatcher(
+            ctx.redis,
+            lambda job_id: _webhook_view(ctx, job_id),
+            settings.webhook_secret.get_secret_value(),
+            settings.webhook_retries,
+            settings.webhook_backoff,
+            settings.webhook_allow_private,
+        )
+        tasks.append(asyncio.create_task(dispatcher.run()))
+    return tasks
+
+
+async def stop(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
