@@ -47,8 +47,10 @@ def short_clip(tmp_path_factory, clip) -> Path:
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory, clip) -> Path:
-    """d3 twice (23.6 s) at 128 px: a render that lasts seconds even with the small model."""
-    return cut_clip(clip, tmp_path_factory.mktemp("clips") / "d3x2-128.mp4", "-vf", "scale=128:128", loops=1)
+    """d3 twice (23.6 s) at 128 px and a constant 30 fps: a render that lasts seconds with the small model."""
+    return cut_clip(
+        clip, tmp_path_factory.mktemp("clips") / "d3x2-128.mp4", "-vf", "scale=128:128,fps=30", loops=1
+    )
 
 
 def _job_folders(stack: ServiceStack) -> set[str]:
