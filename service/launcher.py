@@ -1,9 +1,11 @@
-"""`make serve`: Redis (a private one unless REDIS_URL is set), the API on PORT and one worker.
+"""`make serve`: Redis (a private one unless REDIS_URL is set), the API on PORT, one worker and one live
+worker (`python -m worker.live`, which says why live sessions have a process of their own).
 
 The private Redis is redis-server from PATH (or REDIS_SERVER) on 127.0.0.1, with append-only
 persistence in DATA_DIR/redis, so queued jobs survive a restart. Every child runs in its own session,
 so a Ctrl-C at the terminal reaches only this process, which then stops them in order: the API (no
-new jobs), the worker (its current job goes back to the queue), then Redis (which syncs its file).
+new jobs), the worker (its current job goes back to the queue), the live worker, then Redis (which
+syncs its file).
 """
 
 import os
@@ -107,6 +109,10 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "worker.run"], env=env, start_new_session=True)
 
 
+def start_live_worker(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "worker.live"], env=env, start_new_session=True)
+
+
 def _serve(settings: Settings, stop: threading.Event) -> int:
     if not settings.checkpoints():
         raise LaunchError(
@@ -120,15 +126,17 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
         env = {**os.environ, "REDIS_URL": private.url if private else settings.queue_url}
         api = start_api(settings, env)
         worker = start_worker(env)
-        children = [api, worker]
+        live = start_live_worker(env)
+        children = [api, worker, live]
         where = f"http://{settings.host}:{settings.port}"
         print(
-            f"serve: API on {where} (docs: {where}/docs), one worker, Redis {env['REDIS_URL']}",
+            f"serve: API on {where} (docs: {where}/docs, web page: {where}/), one worker, one live worker, "
+            f"Redis {env['REDIS_URL']}",
             file=sys.stderr,
         )
         print("serve: Ctrl-C stops everything", file=sys.stderr)
         while not stop.wait(0.5):
-            for child, name in ((api, "API"), (worker, "worker")):
+            for child, name in ((api, "API"), (worker, "worker"), (live, "live worker")):
                 if child.poll() is not None:
                     raise LaunchError(f"the {name} exited with status {child.returncode}")
         return 0

@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
 from service import live_channel as channel
+from service.auth import caller, owner_of
 from service.errors import ApiError, error_response
 from service.media import probe_image, sniff_image
 from service.settings import Settings
@@ -316,12 +317,23 @@ class Relay:
             log.warning("live session %s: keys left to expire: %s", self.keys.session, exc)
 
 
+def check_key(websocket: WebSocket) -> None:
+    """API keys as for HTTP; browsers cannot set headers on a WebSocket, so `?api_key=` counts too."""
+    keys = websocket.app.state.context.api_keys
+    key = websocket.query_params.get("api_key")
+    if not keys or key is None:
+        caller(websocket)  # the headers; nothing to check when keys are off
+    elif owner_of(key, keys) is None:
+        raise ApiError(401, "unauthorized", "the API key is not valid")
+
+
 @router.websocket("/live")
 async def live(websocket: WebSocket, model: str | None = None) -> None:
     settings: Settings = websocket.app.state.context.settings
     client = aioredis.from_url(settings.queue_url, socket_connect_timeout=2, socket_timeout=10)
     try:
         try:
+            check_key(websocket)
             keys = await admit(client, model or settings.default_model)
         except redis.exceptions.RedisError:
             error = ApiError(

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     maintenance_interval: int = Field(30, ge=1, description="seconds between passes that find lost jobs")
     max_queued: int = Field(200, ge=1, description="jobs waiting beyond this are refused with 429")
     cleanup_interval: int = Field(300, ge=1, description="seconds between sweeps of expired jobs")
+    live_sessions: int = Field(2, ge=1, le=64, description="live sessions one live worker runs at once")
     api_keys: str = Field(
         "", description="owner:sha256-of-key entries, comma separated; empty: no key needed (the demo)"
     )

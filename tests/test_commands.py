@@ -75,7 +75,7 @@ def test_make_serve_starts_everything_and_ctrl_c_stops_it(tmp_path, small_checkp
         _wait_ready(f"http://127.0.0.1:{port}", make)
         (launcher,) = _children(make.pid)
         service = _children(launcher)
-        assert len(service) == 3, "redis-server, the API and one worker"
+        assert len(service) == 4, "redis-server, the API, one worker and one live worker"
         models = httpx.get(f"http://127.0.0.1:{port}/models").json()["models"]
         assert [m["name"] for m in models] == ["small"]
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C at the terminal does
@@ -107,7 +107,7 @@ def test_serve_with_redis_url_uses_it_and_sigterm_stops_cleanly(tmp_path, small_
     try:
         _wait_ready(f"http://127.0.0.1:{port}", launcher)
         service = _children(launcher.pid)
-        assert len(service) == 2, "the API and one worker; Redis is the one REDIS_URL names"
+        assert len(service) == 3, "the API, one worker and one live worker; Redis is the one REDIS_URL names"
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(STOP_TIMEOUT) == 0
         assert not any(_alive(pid) for pid in service)

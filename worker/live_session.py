@@ -1,0 +1,190 @@
+"""One live session on a live worker: driving JPEGs in, animated JPEGs out, one frame at a time.
+
+The session is a thread that pops its Redis lists (control before frames, see service/live_channel.py)
+and renders each frame as soon as it is taken: the API keeps at most FRAME_QUEUE frames waiting, so
+a frame is never older than a couple of renders. Each answer is a JPEG with a comment segment
+(COM, right after SOI) reading `frame=<index>`, the index of the driving frame it animates: the
+client can match answers to what it sent, in order, with the dropped ones missing.
+"""
+
+import json
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import redis
+import torch
+
+from service import live_channel as channel
+from worker.catalog import LoadedModel
+from worker.pipeline import to_frames, to_tensor
+from worker.subject.autocrop import image_crop
+from worker.subject.cutout import cut_out
+
+SOURCE_TIMEOUT = 30.0  # seconds an admitted session may wait for its source image
+POLL_SECONDS = 1.0  # longest wait on the lists, so leases are refreshed and checked every second
+JPEG_QUALITY = 90
+log = logging.getLogger("worker.live")
+
+
+class SessionEnded(Exception):
+    """Ends a session; `code` and the message go to the client unless the client itself left."""
+
+    def __init__(self, code: str, message: str, client_left: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.client_left = client_left
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """PNG, JPEG or WebP bytes -> (H, W, 3) RGB uint8; SessionEnded when OpenCV cannot decode them."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SessionEnded("invalid_frame", "an image could not be decoded")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def driving_input(data: bytes, height: int, width: int) -> np.ndarray:
+    """A driving JPEG -> its centre square resized to the model's (height, width, 3) RGB uint8."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SessionEnded("invalid_frame", "a driving frame is not a decodable JPEG")
+    h, w = image.shape[:2]
+    side = min(h, w)
+    square = image[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+    if square.shape[:2] != (height, width):
+        shrinking = side >= max(height, width)
+        square = cv2.resize(
+            square, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        )
+    return cv2.cvtColor(square, cv2.COLOR_BGR2RGB)
+
+
+def encode_answer(frame: np.ndarray, index: int) -> bytes:
+    """(H, W, 3) RGB uint8 -> JPEG bytes carrying `frame=<index>` in a COM segment after SOI."""
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    )
+    if not ok:
+        raise SessionEnded("internal_error", "an animated frame could not be encoded")
+    data = encoded.tobytes()
+    comment = f"frame={index}".encode()
+    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + data[2:]
+
+
+class LiveSession(threading.Thread):
+    def __init__(
+        self,
+        session: str,
+        loaded: LoadedModel,
+        client: redis.Redis,
+        stopping: threading.Event,
+        on_end: Callable[["LiveSession"], None],
+    ):
+        super().__init__(name=f"live-{session[:8]}", daemon=True)
+        self.session = session
+        self.keys = channel.SessionKeys(session)
+        self.loaded = loaded
+        self.renderer = loaded.renderer
+        self.client = client
+        self.stopping = stopping
+        self.on_end = on_end
+        self.state = None
+        self.reset_at: int | None = None
+        self.frames_done = 0
+        self.last_lease = 0.0
+
+    def send(self, kind: bytes, index: int = 0, payload: bytes = b"") -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.rpush(self.keys.down, channel.pack(kind, index, payload))
+        pipe.expire(self.keys.down, channel.KEY_TTL)
+        pipe.execute()
+
+    def run(self) -> None:
+        client_left = True
+        try:
+            self.serve()
+        except SessionEnded as ended:
+            client_left = ended.client_left
+            if not client_left:
+                self.send(
+                    channel.ERROR, payload=json.dumps({"code": ended.code, "message": str(ended)}).encode()
+                )
+        except redis.exceptions.RedisError as exc:
+            log.warning("session %s: Redis failed: %s", self.session, exc)
+        except Exception:
+            log.exception("session %s failed", self.session)
+            client_left = False
+            error = {"code": "internal_error", "message": "the live worker failed to render"}
+            self.send(channel.ERROR, payload=json.dumps(error).encode())
+        finally:
+            self.cleanup(client_left)
+            self.on_end(self)
+
+    def cleanup(self, client_left: bool) -> None:
+        """Delete what this side owns; the down list too when nobody is left to read it."""
+        keys = [self.keys.frames, self.keys.control, self.keys.worker_lease]
+        if client_left:
+            keys.append(self.keys.down)
+        try:
+            self.client.delete(*keys)
+        except redis.exceptions.RedisError as exc:
+            log.warning("session %s: keys left to expire: %s", self.session, exc)
+
+    def keep_leases(self, now: float) -> None:
+        """Refresh this side's lease; SessionEnded when the API's lapsed (it closed or died)."""
+        if now - self.last_lease < POLL_SECONDS:
+            return
+        self.last_lease = now
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.worker_lease, "1", ex=channel.LEASE_TTL)
+        pipe.exists(self.keys.client_lease)
+        if not pipe.execute()[1]:
+            raise SessionEnded("client_gone", "the API side of the session is gone", client_left=True)
+
+    def serve(self) -> None:
+        source_deadline = time.monotonic() + SOURCE_TIMEOUT
+        while True:
+            if self.stopping.is_set():
+                raise SessionEnded("live_worker_stopping", "the live worker is shutting down; reconnect")
+            self.keep_leases(time.monotonic())
+            item = self.client.blpop([self.keys.control, self.keys.frames], timeout=POLL_SECONDS)
+            if item is None:
+                if self.state is None and time.monotonic() > source_deadline:
+                    raise SessionEnded("source_timeout", f"no source image within {SOURCE_TIMEOUT:g} s")
+                continue
+            kind, index, payload = channel.unpack(item[1])
+            if kind == channel.CLOSE:
+                raise SessionEnded("closed", "the client closed the session", client_left=True)
+            if kind == channel.SOURCE:
+                self.prepare(payload)
+            elif kind == channel.RESET:
+                self.reset_at = index
+            elif kind == channel.FRAME and self.state is not None:
+                self.animate(index, payload)
+
+    @torch.inference_mode()
+    def prepare(self, data: bytes) -> None:
+        """Frame the source like a render does (around its subject), then encode it once."""
+        height, width = self.loaded.model.frame_shape
+        image = decode_image(data)
+        _, box = image_crop(image)
+        source = to_tensor(cut_out(image, box, width, height)[None], self.renderer.device)
+        self.state = self.renderer.prepare_source(source)
+        ready = {"model": self.loaded.name, "width": width, "height": height}
+        self.send(channel.READY, payload=json.dumps(ready).encode())
+
+    @torch.inference_mode()
+    def animate(self, index: int, data: bytes) -> None:
+        height, width = self.loaded.model.frame_shape
+        frame = driving_input(data, height, width)
+        if self.reset_at is not None and index >= self.reset_at:
+            self.state.kp_initial = None  # the next frame rendered becomes the anchor
+            self.reset_at = None
+        animated = self.renderer.animate_batch(self.state, to_tensor(frame[None], self.renderer.device))
+        self.send(channel.ANIMATED, index, encode_answer(to_frames(animated)[0], index))
+        self.frames_done += 1
