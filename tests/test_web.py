@@ -1,0 +1,142 @@
+"""The web page in headless Chromium (Debian's, driven by Playwright), against the real service.
+
+The camera is Chromium's fake capture device fed from a real clip. SCREENSHOTS=DIR keeps a PNG of
+each tab there (how docs/web-*.png are made).
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from service.auth import hash_key
+from tests.live_stack import LiveStack
+from tests.service_stack import cut_clip
+
+pytestmark = pytest.mark.slow
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+KEY = "web-test-key"
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, small_checkpoint):
+    service = LiveStack(
+        tmp_path_factory.mktemp("web"),
+        small_checkpoint.parent,
+        render_worker=True,
+        API_KEYS=f"tester:{hash_key(KEY)}",
+        BATCH_SIZE="2",
+    )
+    try:
+        yield service.start()
+    finally:
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def camera(tmp_path_factory, clip) -> Path:
+    """2 s of a real clip as Y4M, which Chromium's fake camera plays in a loop."""
+    out = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-t", "2"]
+    command += ["-vf", "scale=320:240,fps=15", "-pix_fmt", "yuv420p", str(out)]
+    subprocess.run(command, check=True)
+    return out
+
+
+@pytest.fixture
+def page(tmp_path, camera) -> Page:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh profile each test
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[*FLAGS, f"--use-file-for-fake-video-capture={camera}"],
+            viewport={"width": 1100, "height": 720},
+        )
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def _screenshot(page: Page, name: str) -> None:
+    folder = os.environ.get("SCREENSHOTS")
+    if folder:
+        page.screenshot(path=str(Path(folder) / name))
+
+
+def _open_page(page: Page, stack: LiveStack) -> None:
+    page.goto(stack.url + "/")
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    page.wait_for_function("document.querySelector('#model').value === 'small'", timeout=TIMEOUT_MS)
+
+
+def test_upload_flow_ends_with_a_playable_video(page, stack, portrait, clip, tmp_path):
+    driving = cut_clip(clip, tmp_path / "driving.mp4", "-t", "1.5", "-vf", "scale=128:128")
+    _open_page(page, stack)
+    page.set_input_files("#upload-source", str(portrait))
+    page.set_input_files("#upload-driving", str(driving))
+    page.click("#upload-submit")
+    page.wait_for_function(
+        "document.querySelector('#result-video').readyState >= 2"
+        " || !document.querySelector('#upload-error').hidden",
+        timeout=TIMEOUT_MS,
+    )
+    assert page.inner_text("#upload-error") == ""
+    assert page.inner_text("#job-status") == "succeeded"
+    video = page.evaluate(
+        "(() => { const v = document.querySelector('#result-video');"
+        " return {duration: v.duration, width: v.videoWidth, height: v.videoHeight}; })()"
+    )
+    assert video["width"] == 64 and video["height"] == 64
+    assert abs(video["duration"] - 1.5) < 0.2
+    page.evaluate("document.querySelector('#result-video').play()")
+    page.wait_for_function("document.querySelector('#result-video').currentTime > 0.3", timeout=TIMEOUT_MS)
+    download = page.get_attribute("#result-download", "href")
+    assert download.startswith("blob:") and page.get_attribute("#result-download", "download").endswith(
+        ".mp4"
+    )
+    _screenshot(page, "web-upload.png")
+
+
+def test_live_tab_shows_animated_frames(page, stack, portrait):
+    _open_page(page, stack)
+    page.click("#tab-live")
+    assert page.is_visible("#panel-live") and not page.is_visible("#panel-upload")
+    page.set_input_files("#live-source", str(portrait))
+    page.click("#live-start")
+    page.wait_for_function(
+        "Number(document.querySelector('#live-frames').textContent) >= 40", timeout=TIMEOUT_MS
+    )
+    assert page.inner_text("#live-error") == ""
+    camera = page.evaluate("document.querySelector('#live-camera').videoWidth")
+    assert camera == 320, "the fake camera's clip plays beside the animation"
+    assert int(page.inner_text("#live-fps-out")) > 0 and page.inner_text("#live-latency") != "–"
+    pixels = page.evaluate(
+        "(() => { const c = document.querySelector('#live-output');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i + 1]);"
+        " hi = Math.max(hi, d[i + 1]); } return hi - lo; })()"
+    )
+    assert pixels > 20, "the animated photo is drawn on the canvas"
+    _screenshot(page, "web-live.png")
+    page.click("#live-stop")
+    stack.wait_idle()
