@@ -62,7 +62,9 @@ class RedisCollector(Collector):
         yield CounterMetricFamily(
             "animate_jobs_succeeded", "Jobs that rendered their MP4.", value=values.get("succeeded", 0)
         )
-        failed = CounterMetricFamily("animate_jobs_failed", "Jobs that failed, by error code.", ["code"])
+        failed = CounterMetricFamily(
+            "animate_jobs_failed", "Jobs that failed, by error code.", labels=["code"]
+        )
         for name, count in sorted(values.items()):
             if name.startswith("failed:"):
                 failed.add_metric([name.removeprefix("failed:")], count)

@@ -212,7 +212,9 @@ class Mp4Writer:
             raise StorageError(f"encoding {self.path.name} failed: {self._reason()}") from exc
 
     def close(self) -> None:
-        """Finish the file; StorageError when ffmpeg could not write all of it."""
+        """Finish the file; StorageError when ffmpeg could not write all of it. Closing again is a no-op."""
+        if self._log.closed:
+            return
         try:
             if not self._process.stdin.closed:
                 self._process.stdin.close()
