@@ -313,6 +313,8 @@ def test_malformed_fields_are_422_naming_the_field(api, media):
         "http://127.0.0.1:9/hook",
         "http://localhost/hook",  # refused by the address it resolves to
         "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "https://0.0.0.0/hook",
         "http://169.254.169.254/latest/meta-data",
         "http://10.1.2.3/hook",
         "http://user:pw@example.com/hook",
