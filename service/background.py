@@ -41,11 +41,11 @@ def _webhook_view(ctx: ServiceContext, job_id: str) -> tuple[bytes, str, bool] |
 def start(ctx: ServiceContext) -> list[asyncio.Task]:
     tasks = [asyncio.create_task(_find_lost_jobs(ctx))]
     settings = ctx.settings
-    if settings.webhook_secret is not None:
+    if settings.webhook_key is not None:
         dispatcher = Dispatcher(
             ctx.redis,
             lambda job_id: _webhook_view(ctx, job_id),
-            settings.webhook_secret.get_secret_value(),
+            settings.webhook_key,
             settings.webhook_retries,
             settings.webhook_backoff,
             settings.webhook_allow_private,

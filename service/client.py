@@ -8,6 +8,7 @@ Exit status: 0 done, 1 the job or the server failed, 2 bad input (ours or as the
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 POLL_INTERVAL = 0.5
+API_KEY_VARIABLE = "ANIMATE_API_KEY"
 
 
 class SubmitError(Exception):
@@ -42,6 +44,11 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paste-back", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument(
         "--timeout", type=float, default=3600, help="seconds to wait for the job (default 3600)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help=f"the service's API key, when it needs one (default: ${API_KEY_VARIABLE})",
     )
 
 
@@ -159,6 +166,7 @@ def submit_job(
     timeout: float = 3600,
     progress: ProgressLine | None = None,
     poll_interval: float = POLL_INTERVAL,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
     """The whole client flow; returns the finished job resource. SubmitError says what went wrong."""
     for role, path in (("source", source), ("driving", driving)):
@@ -169,7 +177,8 @@ def submit_job(
     progress = progress or ProgressLine()
     timeouts = httpx.Timeout(30.0, connect=10.0)
     try:
-        with httpx.Client(base_url=server, timeout=timeouts) as client:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        with httpx.Client(base_url=server, timeout=timeouts, headers=headers) as client:
             job = _post(client, source, driving, fields)
             print(f"job {job['id']} queued on {server}", file=sys.stderr)
             progress.update(job)
@@ -196,7 +205,13 @@ def submit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         job = submit_job(
-            args.server, Path(args.source), Path(args.driving), out, form_fields(args), args.timeout
+            args.server,
+            Path(args.source),
+            Path(args.driving),
+            out,
+            form_fields(args),
+            args.timeout,
+            api_key=args.api_key,
         )
     except SubmitError as exc:
         print(f"animate: error: {exc}", file=sys.stderr)

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         return {"source": int(self.max_source_mb * mb), "driving": int(self.max_driving_mb * mb)}
 
     @property
+    def webhook_key(self) -> str | None:
+        """The webhook secret; None when unset or empty (webhooks off)."""
+        return (self.webhook_secret.get_secret_value() or None) if self.webhook_secret else None
+
+    @property
     def queue_url(self) -> str:
         """The Redis the API and the workers use; the conventional local one when REDIS_URL is unset."""
         return self.redis_url or LOCAL_REDIS_URL

@@ -61,7 +61,7 @@ def _webhook(ctx: ServiceContext, fields: dict[str, str]) -> dict[str, str]:
     url = fields.get(WEBHOOK_FIELD)
     if not url:
         return {}
-    if ctx.settings.webhook_secret is None:
+    if ctx.settings.webhook_key is None:
         raise ApiError(
             422, "webhooks_disabled", "webhook_url: this service has no WEBHOOK_SECRET", field=WEBHOOK_FIELD
         )

@@ -8,18 +8,21 @@ import http.server
 import io
 import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import PngImagePlugin
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.auth import hash_key
 from tests.hostile_media import gradient, make_clip
-from tests.service_stack import ServiceStack
+from tests.service_stack import ROOT, ServiceStack, clean_env
 
 pytestmark = pytest.mark.slow
 KEYS = {owner: secrets.token_urlsafe(32) for owner in ("alice", "bob", "carol")}
@@ -253,3 +256,23 @@ def test_logs_are_json_lines_with_job_ids_and_no_secrets(stack, media, receiver)
         assert about_job, f"{name} has no line about job {job}"
         for secret in secrets_seen:
             assert secret not in text, f"{name} shows a secret or upload content"
+
+
+def test_animate_submit_sends_the_key(stack, media, tmp_path):
+    command = [sys.executable, "-m", "worker.cli", "submit", "--server", stack.url, "--crop", "none"]
+    command += ["--source", str(media / "source.png"), "--driving", str(media / "clip.mp4")]
+    env = clean_env(ANIMATE_API_KEY=KEYS["bob"])
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "a.mp4")], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0 and (tmp_path / "a.mp4").is_file(), done.stderr
+    wrong = [*command, "--out", str(tmp_path / "b.mp4"), "--api-key", "wrong"]
+    refused = subprocess.run(wrong, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert refused.returncode == 2 and "(unauthorized)" in refused.stderr
+    assert not (tmp_path / "b.mp4").exists()
+
+
+def test_compose_turns_keys_on_and_the_demo_leaves_them_off():
+    api = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]["environment"]
+    assert api["API_KEYS"].startswith("${API_KEYS:?"), "compose refuses to start the API without keys"
+    assert "API_KEYS" not in (ROOT / "service" / "demo.py").read_text()
