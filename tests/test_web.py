@@ -1,34 +1,19 @@
 """The web page in headless Chromium (Debian's, driven by Playwright), against the real service.
 
-The camera is Chromium's fake capture device fed from a real clip. SCREENSHOTS=DIR keeps a PNG of
-each tab there (how docs/web-*.png are made).
+The camera is Chromium's fake capture device fed from a real clip.
 """
 
-import os
-import subprocess
 from pathlib import Path
 
-import imageio_ffmpeg
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from service.auth import hash_key
+from tests.browser import ChromiumMissing, camera_file, chromium_page
 from tests.live_stack import LiveStack
 from tests.service_stack import cut_clip
 
 pytestmark = pytest.mark.slow
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
 KEY = "web-test-key"
 TIMEOUT_MS = 120_000
 
@@ -50,36 +35,16 @@ def stack(tmp_path_factory, small_checkpoint):
 
 @pytest.fixture(scope="module")
 def camera(tmp_path_factory, clip) -> Path:
-    """2 s of a real clip as Y4M, which Chromium's fake camera plays in a loop."""
-    out = tmp_path_factory.mktemp("camera") / "camera.y4m"
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-t", "2"]
-    command += ["-vf", "scale=320:240,fps=15", "-pix_fmt", "yuv420p", str(out)]
-    subprocess.run(command, check=True)
-    return out
+    return camera_file(clip, tmp_path_factory.mktemp("camera") / "camera.y4m")
 
 
 @pytest.fixture
 def page(tmp_path, camera) -> Page:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),  # a fresh profile each test
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[*FLAGS, f"--use-file-for-fake-video-capture={camera}"],
-            viewport={"width": 1100, "height": 720},
-        )
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
-
-
-def _screenshot(page: Page, name: str) -> None:
-    folder = os.environ.get("SCREENSHOTS")
-    if folder:
-        page.screenshot(path=str(Path(folder) / name))
+    try:
+        with chromium_page(tmp_path / "profile", camera) as page:
+            yield page
+    except ChromiumMissing as exc:
+        pytest.fail(str(exc))
 
 
 def _open_page(page: Page, stack: LiveStack) -> None:
@@ -114,7 +79,6 @@ def test_upload_flow_ends_with_a_playable_video(page, stack, portrait, clip, tmp
     assert download.startswith("blob:") and page.get_attribute("#result-download", "download").endswith(
         ".mp4"
     )
-    _screenshot(page, "web-upload.png")
 
 
 def test_live_tab_shows_animated_frames(page, stack, portrait):
@@ -137,6 +101,5 @@ def test_live_tab_shows_animated_frames(page, stack, portrait):
         " hi = Math.max(hi, d[i + 1]); } return hi - lo; })()"
     )
     assert pixels > 20, "the animated photo is drawn on the canvas"
-    _screenshot(page, "web-live.png")
     page.click("#live-stop")
     stack.wait_idle()

@@ -1,0 +1,269 @@
+"""Live benchmark: frames per second and send-to-receive latency of WebSocket /live on loopback.
+
+    .venv/bin/python bench/live.py [--seconds 30] [--checkpoint PATH] [--json OUT]
+
+The service is the real one: a private redis-server, one live worker (`python -m worker.live`) and
+uvicorn; the client is a WebSocket client in this process. Driving frames are d3.mp4 from ../shared
+(read, never copied) at the model's resolution, JPEG quality 85, which is what the web page sends;
+the source is the d12.jpg portrait. Latency is per answered frame: from just before the client sends
+it to just after the client has its answer (matched by the `frame=<index>` comment in the JPEG).
+
+Scenarios: one client at 25 and at 30 fps (paced by the clock, like a camera), one client in a closed
+loop (the next frame is sent when the previous answer arrives: the most one session renders), and
+two clients at 25 fps at once. The model is weights/starter.pth.tar when present, else the small
+reference checkpoint re-saved for 64 px frames (the tests' model), or --checkpoint.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import httpx
+import imageio_ffmpeg
+import numpy as np
+from websockets.sync.client import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service import live_channel as channel  # noqa: E402
+from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until  # noqa: E402
+from service.queue import connect as redis_connect  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+CLIP = SHARED / "media" / "clips" / "d3.mp4"
+PORTRAIT = SHARED / "media" / "images" / "d12.jpg"
+SMALL = SHARED / "fomm" / "fomm-small.pth.tar"
+STARTER = ROOT / "weights" / "starter.pth.tar"
+JPEG_QUALITY = 85
+
+
+def prepare_checkpoint(folder: Path, path: Path | None) -> Path:
+    """The checkpoint the live worker loads, as WEIGHTS_DIR/bench.pth.tar."""
+    out = folder / "bench.pth.tar"
+    if path is not None or STARTER.is_file():
+        out.symlink_to((path or STARTER).resolve())
+        return out
+    from worker.models import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(SMALL)
+    model.frame_shape = (64, 64)
+    save_checkpoint(out, model)
+    return out
+
+
+def driving_frames(size: int, seconds: float) -> list[bytes]:
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(CLIP), "-t", str(seconds)]
+    command += ["-vf", f"scale={size}:{size}", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
+    raw = subprocess.run(command, capture_output=True, check=True).stdout
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, size, size, 3)
+    return [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes() for f in frames]
+
+
+class Service:
+    def __init__(self, folder: Path, weights: Path, sessions: int):
+        self.folder = folder
+        self.redis = EmbeddedRedis(folder / "redis")
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "REDIS_URL": self.redis.url,
+            "WEIGHTS_DIR": str(weights),
+            "DEFAULT_MODEL": "bench",
+            "DATA_DIR": str(folder / "data"),
+            "LIVE_SESSIONS": str(sessions),
+            "LOG_LEVEL": "WARNING",
+        }
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        self.redis.start()
+        log = (self.folder / "service.log").open("ab")
+        for command in (
+            [sys.executable, "-m", "worker.live"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "service.app:create_app",
+                "--factory",
+                "--port",
+                str(self.port),
+            ],
+        ):
+            self.processes.append(subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=log))
+        client = redis_connect(self.redis.url)
+        wait_until(lambda: any(client.scan_iter(match=channel.WORKER_PREFIX + "*")), 120, "the live worker")
+        wait_until(self._answers, 60, "the API")
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process)
+        self.redis.stop()
+
+
+@dataclass
+class Run:
+    sent: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, one per answered frame
+    dropped: int = 0
+    seconds: float = 0.0
+    server_p95: list[float] = field(default_factory=list)  # the API's own p95 from each stats message
+
+    def summary(self) -> dict:
+        ms = sorted(x * 1000 for x in self.latencies)
+
+        def pick(q: float) -> float:
+            return round(ms[min(len(ms) - 1, int(len(ms) * q))], 1) if ms else float("nan")
+
+        return {
+            "sent": self.sent,
+            "answered": len(ms),
+            "dropped": self.dropped,
+            "fps_out": round(len(ms) / self.seconds, 2),
+            "latency_ms": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": pick(1.0)},
+            "api_p95_ms_median": round(statistics.median(self.server_p95), 1) if self.server_p95 else None,
+        }
+
+
+def _index(answer: bytes) -> int:
+    length = int.from_bytes(answer[4:6], "big")
+    return int(answer[6 : 4 + length].decode().removeprefix("frame="))
+
+
+def stream(url: str, source: bytes, frames: list[bytes], fps: float | None, seconds: float) -> Run:
+    """One session: frames at `fps` by the clock (None: each sent when the previous one is answered)."""
+    run = Run()
+    sent_at: dict[int, float] = {}
+    answered = threading.Event()
+    with connect(url, max_size=None, open_timeout=30) as ws:
+        ws.send(source)
+        while not (isinstance(m := ws.recv(timeout=30), str) and json.loads(m)["type"] == "ready"):
+            continue
+        done = threading.Event()
+
+        def send() -> None:
+            start = time.perf_counter()
+            index = 0
+            while (now := time.perf_counter()) - start < seconds:
+                if fps is not None:
+                    time.sleep(max(0.0, start + index / fps - now))
+                elif index and not answered.wait(5):
+                    break
+                answered.clear()
+                sent_at[index] = time.perf_counter()
+                ws.send(frames[index % len(frames)])
+                index += 1
+            run.sent = index
+            done.set()
+
+        sender = threading.Thread(target=send)
+        started = time.perf_counter()
+        sender.start()
+        last_answer = started
+        while not done.is_set() or time.perf_counter() - last_answer < 0.5:
+            try:
+                message = ws.recv(timeout=0.5)
+            except TimeoutError:
+                if done.is_set():
+                    break
+                continue
+            if isinstance(message, bytes):
+                last_answer = time.perf_counter()
+                run.latencies.append(last_answer - sent_at[_index(message)])
+                answered.set()
+            else:
+                stats = json.loads(message)
+                if stats["type"] == "stats":
+                    run.dropped = stats["dropped"]
+                    if stats["latency_ms"]["p95"] is not None:
+                        run.server_p95.append(stats["latency_ms"]["p95"])
+        sender.join()
+        run.seconds = min(seconds, last_answer - started)
+    return run
+
+
+def concurrent(url: str, source: bytes, frames: list[bytes], fps: float, seconds: float, clients: int):
+    runs: list[Run | None] = [None] * clients
+
+    def one(i: int) -> None:
+        runs[i] = stream(url, source, frames, fps, seconds)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=30, help="length of each scenario")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="default: weights/starter.pth.tar, else the small one"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    for path in (CLIP, PORTRAIT, args.checkpoint or SMALL):
+        if not path.is_file():
+            print(f"bench: error: {path} is missing", file=sys.stderr)
+            return 2
+
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
+        folder = Path(tmp)
+        (folder / "weights").mkdir()
+        checkpoint = prepare_checkpoint(folder / "weights", args.checkpoint)
+        from worker.models import load_checkpoint
+
+        size = load_checkpoint(checkpoint).frame_shape[0]
+        frames = driving_frames(size, 4)
+        source = PORTRAIT.read_bytes()
+        service = Service(folder, folder / "weights", sessions=2)
+        service.start()
+        url = f"ws://127.0.0.1:{service.port}/live"
+        results = {}
+        try:
+            stream(url, source, frames, 25, 3)  # warm-up
+            for name, fps in (("25 fps", 25), ("30 fps", 30), ("closed loop", None)):
+                results[name] = stream(url, source, frames, fps, args.seconds).summary()
+                print(name, json.dumps(results[name]), flush=True)
+            pair = concurrent(url, source, frames, 25, args.seconds, 2)
+            results["2 clients at 25 fps"] = [run.summary() for run in pair]
+            print("2 clients at 25 fps", json.dumps(results["2 clients at 25 fps"]), flush=True)
+        finally:
+            service.stop()
+
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
+        "checkpoint": str(args.checkpoint or (STARTER if STARTER.is_file() else "fomm-small at 64 px")),
+        "frame_size": size,
+        "seconds": args.seconds,
+        "results": results,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
