@@ -45,5 +45,9 @@ demo: setup $(DEMO_STAMP)
 bench-service: setup
 	$(BIN)/python bench/service.py
 
+.PHONY: bench-load
+bench-load: setup
+	$(BIN)/python bench/load.py
+
 clean:
 	rm -rf $(VENV) out .pytest_cache
