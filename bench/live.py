@@ -143,6 +143,26 @@ class Run:
         }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_frame(service: "Service", scenario) -> tuple[object, dict[str, float]]:
+    """Run `scenario()`; also the CPU milliseconds each process spent per answered frame."""
+    pids = {"live worker": service.processes[0].pid, "API": service.processes[1].pid}
+    pids["redis"] = service.redis.process.pid
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    client_before = sum(os.times()[:2])
+    result = scenario()
+    runs = result if isinstance(result, list) else [result]
+    frames = max(sum(len(run.latencies) for run in runs), 1)
+    spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    spent["client"] = sum(os.times()[:2]) - client_before
+    return result, {name: round(seconds * 1000 / frames, 2) for name, seconds in spent.items()}
+
+
 def _index(answer: bytes) -> int:
     length = int.from_bytes(answer[4:6], "big")
     return int(answer[6 : 4 + length].decode().removeprefix("frame="))
@@ -243,10 +263,14 @@ def main() -> int:
         try:
             stream(url, source, frames, 25, 3)  # warm-up
             for name, fps in (("25 fps", 25), ("30 fps", 30), ("closed loop", None)):
-                results[name] = stream(url, source, frames, fps, args.seconds).summary()
+                run, cpu = cpu_per_frame(service, lambda f=fps: stream(url, source, frames, f, args.seconds))
+                results[name] = {**run.summary(), "cpu_ms_per_frame": cpu}
                 print(name, json.dumps(results[name]), flush=True)
-            pair = concurrent(url, source, frames, 25, args.seconds, 2)
-            results["2 clients at 25 fps"] = [run.summary() for run in pair]
+            pair, cpu = cpu_per_frame(service, lambda: concurrent(url, source, frames, 25, args.seconds, 2))
+            results["2 clients at 25 fps"] = {
+                "clients": [run.summary() for run in pair],
+                "cpu_ms_per_frame": cpu,
+            }
             print("2 clients at 25 fps", json.dumps(results["2 clients at 25 fps"]), flush=True)
         finally:
             service.stop()
