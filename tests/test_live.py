@@ -4,6 +4,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -16,6 +18,7 @@ from websockets.sync.client import ClientConnection
 from service.auth import hash_key
 from service.launcher import stop_process
 from tests.live_stack import LiveStack, Received, driving_jpegs, receive, receive_until
+from tests.service_stack import ROOT
 
 pytestmark = pytest.mark.slow
 SESSIONS = 2
@@ -148,6 +151,11 @@ def test_handshake_refusals(idle):
             idle.connect(**params)
         assert refused.value.response.status_code == status
         assert json.loads(refused.value.response.body)["error"]["code"] == code
+
+
+def test_healthcheck_sees_the_live_worker(stack):
+    command = [sys.executable, "-m", "worker.live", "--healthcheck"]
+    assert subprocess.run(command, env=stack.env, cwd=ROOT, timeout=60).returncode == 0
 
 
 @pytest.mark.parametrize(
