@@ -45,6 +45,10 @@ demo: setup $(DEMO_STAMP)
 bench-service: setup
 	$(BIN)/python bench/service.py
 
+.PHONY: bench-live
+bench-live: setup
+	$(BIN)/python bench/live.py
+
 .PHONY: bench-load
 bench-load: setup
 	$(BIN)/python bench/load.py
