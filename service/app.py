@@ -33,7 +33,8 @@ Animate a still image by the motion of a driving video (First Order Motion Model
 2. Poll `GET /jobs/{id}` for `status` and `progress` until `succeeded` (or `failed`, `canceled`).
 3. Download `GET /jobs/{id}/result` (an MP4; Range requests supported).
 
-Errors are always `{"error": {"code": "...", "message": "..."}}`.
+Errors are always `{"error": {"code": "...", "message": "..."}}` (plus `"field"` when one field is at
+fault). Where the service has API keys, send yours as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 """
 
 

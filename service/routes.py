@@ -26,6 +26,15 @@ def _errors(*statuses: int) -> dict:
 
 
 ANIMATE_FORM = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "the same key and content again: the first request's job; other content: 409",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -61,7 +70,7 @@ ANIMATE_FORM = {
             }
         },
         "description": f"Files stream to disk; each plain field is at most {MAX_FIELD_BYTES} bytes.",
-    }
+    },
 }
 
 

@@ -44,6 +44,7 @@ def media(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("media")
     (folder / "source.png").write_bytes(image_bytes(gradient(64, 64), "PNG"))
     make_clip(folder / "short.mp4", 1.0, 64, 10)
+    make_clip(folder / "medium.mp4", 10.0, 64, 10)  # 100 frames: several heartbeat TTLs of rendering
     make_clip(folder / "long.mp4", 20.0, 64, 25)  # 500 frames: long enough to be caught mid-render
     return folder
 
@@ -67,6 +68,16 @@ def _kill_worker(stack: ServiceStack) -> None:
     stack.worker.send_signal(signal.SIGKILL)
     stack.worker.wait()
     stack.worker = None
+
+
+def test_a_render_longer_than_the_heartbeat_ttl_is_not_taken_for_lost(stack, media):
+    """On 2 cores these 100 frames take several times the 3 s heartbeat TTL."""
+    job = _submit(stack, media, "medium.mp4")
+    done = stack.wait_finished(job["id"])
+    assert done["status"] == "succeeded" and done["progress"]["frames_done"] == 100, done
+    logs = (stack.folder / "api.log").read_text() + (stack.folder / "worker.log").read_text()
+    lost = [line for line in logs.splitlines() if job["id"] in line and "lost" in line]
+    assert lost == []
 
 
 def test_a_worker_killed_mid_job_is_retried_then_the_job_fails_worker_lost(stack, media):

@@ -124,8 +124,10 @@ def _render(job_id: str, request: dict[str, Any], engine: Engine, reporter: JobR
     options.validate()
     image = load_image(source, settings.max_pixels)
     info = probe_video(driving)
-    if info.duration > settings.max_driving_seconds:
-        raise InvalidVideo(f"driving lasts {info.duration:.1f} s; at most {settings.max_driving_seconds:g} s")
+    if info.duration > settings.max_driving_seconds or info.frames > settings.max_driving_frames:
+        raise InvalidVideo(f"driving lasts {info.duration:.1f} s, {info.frames} frames: over the limits")
+    if info.width * info.height > settings.max_driving_pixels:
+        raise InvalidVideo(f"driving is {info.width}x{info.height}: over MAX_DRIVING_PIXELS")
     renderer = engine.models[name].renderer
     result = renderer.render(
         image, driving, store.result_path(job_id), options, reporter.progress, reporter.should_cancel, info
