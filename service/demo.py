@@ -146,6 +146,7 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATA_DIR": str(work / "data")}
+    env["API_KEYS"] = ""  # the embedded demo service, on loopback, needs no key
     log_path = work / "service.log"
     print(f"demo: starting the service on {url} (log: {log_path})", file=sys.stderr)
     with log_path.open("wb") as log:
