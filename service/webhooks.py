@@ -110,7 +110,7 @@ def schedule(client: Redis, job_id: str, delay: float = 0.0) -> None:
     client.zadd(DUE_KEY, {job_id: time.time() + delay})
 
 
-def _pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict]:
+def pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict]:
     """The URL rewritten to connect to `address`, the Host header and the TLS name it keeps."""
     parts = urlsplit(url)
     host = f"[{address}]" if ":" in address else address
@@ -166,7 +166,7 @@ class Dispatcher:
         try:
             _, host, port = parse_url(url)
             addresses = await run_in_threadpool(resolve, host, port, self.allow_private)
-            target, headers, extensions = _pinned_request(url, addresses[0])
+            target, headers, extensions = pinned_request(url, addresses[0])
             message_id = f"msg_{job_id}"
             timestamp = int(time.time())
             headers |= {

@@ -21,6 +21,7 @@ from PIL import PngImagePlugin
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.auth import hash_key
+from service.webhooks import WebhookRefused, pinned_request, resolve
 from tests.hostile_media import gradient, make_clip
 from tests.service_stack import ROOT, ServiceStack, clean_env
 
@@ -276,3 +277,17 @@ def test_compose_turns_keys_on_and_the_demo_leaves_them_off():
     api = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]["environment"]
     assert api["API_KEYS"].startswith("${API_KEYS:?"), "compose refuses to start the API without keys"
     assert 'env["API_KEYS"] = ""' in (ROOT / "service" / "demo.py").read_text()
+
+
+def test_webhook_delivery_connects_to_the_address_it_checked():
+    """The URL is rewritten to the checked IP; Host and the TLS name stay the URL's (no DNS rebinding)."""
+    url, headers, extensions = pinned_request("https://hooks.example.com:8443/in?x=1", "93.184.216.34")
+    assert url == "https://93.184.216.34:8443/in?x=1"
+    assert headers == {"Host": "hooks.example.com:8443"}
+    assert extensions == {"sni_hostname": "hooks.example.com"}
+    url, headers, extensions = pinned_request("http://hooks.example.com/in", "2606:2800:220:1::1")
+    assert url == "http://[2606:2800:220:1::1]/in" and headers == {"Host": "hooks.example.com"}
+    assert extensions == {}
+    with pytest.raises(WebhookRefused):
+        resolve("localhost", 80, allow_private=False)
+    assert all(ip in ("127.0.0.1", "::1") for ip in resolve("localhost", 80, allow_private=True))
