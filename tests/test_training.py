@@ -283,3 +283,18 @@ def test_bad_training_inputs_exit_2_with_one_line(data_dir, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("animate: error: "), (args, result.stderr)
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))
+
+
+def test_bundled_starter_model_loads_with_its_config():
+    from conftest import ROOT
+
+    model = load_checkpoint(ROOT / "weights" / "starter.pth.tar")
+    config = read_training_config(ROOT / "worker" / "train" / "configs" / "starter-64.yaml")
+    assert model.frame_shape == tuple(config["dataset_params"]["frame_shape"][:2]) == (64, 64)
+
+    def agrees(stored: dict, given: dict) -> bool:
+        """Every value the config gives is the one stored (the loader adds inferred defaults)."""
+        return all(agrees(stored[k], v) if isinstance(v, dict) else stored[k] == v for k, v in given.items())
+
+    for section in ("common_params", "kp_detector_params", "generator_params"):
+        assert agrees(model.config[section], config["model_params"][section]), section
