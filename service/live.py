@@ -52,6 +52,7 @@ CLOSE_CODES = {
     "internal_error": 1011,
     "queue_unavailable": 1011,
     "source_timeout": 1008,
+    "idle_timeout": 1008,
 }
 UNSUPPORTED_DATA = 1003
 
@@ -258,12 +259,15 @@ class Relay:
     async def downstream(self) -> None:
         """Forwards the worker's answers; WorkerEnded when the worker ends the session or dies."""
         while True:
-            item = await self.client.blpop([self.keys.down], timeout=1)
+            popped = await self.client.blpop([self.keys.down], timeout=1)
+            item = popped[1] if popped else None
             if item is None:
-                if not await self.client.exists(self.keys.worker_lease):
+                if await self.client.exists(self.keys.worker_lease):
+                    continue
+                item = await self.client.lpop(self.keys.down)  # its last words, pushed before it left
+                if item is None:
                     raise WorkerEnded("live_worker_lost", "the live worker stopped answering")
-                continue
-            kind, index, payload = channel.unpack(item[1])
+            kind, index, payload = channel.unpack(item)
             if kind == channel.ANIMATED:
                 async with self.send_lock:
                     await self.websocket.send_bytes(payload)

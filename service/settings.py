@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_queued: int = Field(200, ge=1, description="jobs waiting beyond this are refused with 429")
     cleanup_interval: int = Field(300, ge=1, description="seconds between sweeps of expired jobs")
     live_sessions: int = Field(2, ge=1, le=64, description="live sessions one live worker runs at once")
+    live_idle_seconds: float = Field(
+        30, gt=0, description="a live session without a source, or then a frame, for this long is closed"
+    )
     api_keys: str = Field(
         "", description="owner:sha256-of-key entries, comma separated; empty: no key needed (the demo)"
     )

@@ -22,6 +22,7 @@ from tests.service_stack import ROOT
 
 pytestmark = pytest.mark.slow
 SESSIONS = 2
+IDLE_SECONDS = 4
 KEY = "live-test-key"
 
 
@@ -31,6 +32,7 @@ def stack(tmp_path_factory, small_checkpoint):
         tmp_path_factory.mktemp("live"),
         small_checkpoint.parent,
         LIVE_SESSIONS=str(SESSIONS),
+        LIVE_IDLE_SECONDS=str(IDLE_SECONDS),
         API_KEYS=f"tester:{hash_key(KEY)}",
     )
     try:
@@ -151,6 +153,21 @@ def test_handshake_refusals(idle):
             idle.connect(**params)
         assert refused.value.response.status_code == status
         assert json.loads(refused.value.response.body)["error"]["code"] == code
+
+
+@pytest.mark.parametrize(("source", "code"), [(False, "source_timeout"), (True, "idle_timeout")])
+def test_silent_sessions_are_closed(idle, portrait, frames, source, code):
+    got = Received()
+    with idle.connect(api_key=KEY) as ws, pytest.raises(ConnectionClosed) as closed:
+        if source:
+            ws.send(portrait.read_bytes())
+            receive_until(ws, got, lambda r: r.of_type("ready"))
+            _one_answer(ws, frames[0])
+        started = time.monotonic()
+        while True:
+            receive(ws, got, 10)
+    assert time.monotonic() - started > IDLE_SECONDS - 1
+    assert got.of_type("error")[-1]["error"]["code"] == code and closed.value.rcvd.code == 1008
 
 
 def test_healthcheck_sees_the_live_worker(stack):

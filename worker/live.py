@@ -47,14 +47,13 @@ log = logging.getLogger("worker.live")
 class LiveServer:
     """Takes session requests from this worker's open list and runs each admitted session in a thread."""
 
-    def __init__(
-        self, name: str, models: dict[str, LoadedModel], client: redis.Redis, capacity: int, device: str
-    ):
+    def __init__(self, name: str, models: dict[str, LoadedModel], client: redis.Redis, settings: Settings):
         self.name = name
         self.models = models
         self.client = client
-        self.capacity = capacity
-        self.device = device
+        self.capacity = settings.live_sessions
+        self.device = settings.worker_device
+        self.idle_seconds = settings.live_idle_seconds
         self.stopping = threading.Event()
         self.sessions: dict[str, LiveSession] = {}
         self.lock = threading.Lock()
@@ -109,7 +108,9 @@ class LiveServer:
         with self.lock:
             full = len(self.sessions) >= self.capacity
             if not full:
-                thread = LiveSession(session, self.models[model], self.client, self.stopping, self.ended)
+                thread = LiveSession(
+                    session, self.models[model], self.client, self.stopping, self.ended, self.idle_seconds
+                )
                 self.sessions[session] = thread
         if full:
             message = f"live worker {self.name} has all its {self.capacity} sessions in use"
@@ -188,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     name = f"{socket.gethostname()}.{os.getpid()}"
-    server = LiveServer(
-        name, models, connect(settings.queue_url), settings.live_sessions, settings.worker_device
-    )
+    server = LiveServer(name, models, connect(settings.queue_url), settings)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stopping.set())
     log.info("live worker %s: up to %d sessions", name, settings.live_sessions)

@@ -25,7 +25,6 @@ from worker.pipeline import to_frames, to_tensor
 from worker.subject.autocrop import image_crop
 from worker.subject.cutout import cut_out
 
-SOURCE_TIMEOUT = 30.0  # seconds an admitted session may wait for its source image
 POLL_SECONDS = 1.0  # longest wait on the lists, so leases are refreshed and checked every second
 JPEG_QUALITY = 90
 log = logging.getLogger("worker.live")
@@ -84,6 +83,7 @@ class LiveSession(threading.Thread):
         client: redis.Redis,
         stopping: threading.Event,
         on_end: Callable[["LiveSession"], None],
+        idle_seconds: float,
     ):
         super().__init__(name=f"live-{session[:8]}", daemon=True)
         self.session = session
@@ -93,6 +93,8 @@ class LiveSession(threading.Thread):
         self.client = client
         self.stopping = stopping
         self.on_end = on_end
+        self.idle_seconds = idle_seconds
+        self.last_input = time.monotonic()
         self.state = None
         self.reset_at: int | None = None
         self.frames_done = 0
@@ -126,12 +128,16 @@ class LiveSession(threading.Thread):
             self.on_end(self)
 
     def cleanup(self, client_left: bool) -> None:
-        """Delete what this side owns; the down list too when nobody is left to read it."""
-        keys = [self.keys.frames, self.keys.control, self.keys.worker_lease]
+        """Delete what this side owns. The down list goes too when the client left; otherwise the API,
+        which reads it every second, has LEASE_TTL seconds to take the last message, if it is alive."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(self.keys.frames, self.keys.control, self.keys.worker_lease)
         if client_left:
-            keys.append(self.keys.down)
+            pipe.delete(self.keys.down)
+        else:
+            pipe.expire(self.keys.down, channel.LEASE_TTL)
         try:
-            self.client.delete(*keys)
+            pipe.execute()
         except redis.exceptions.RedisError as exc:
             log.warning("session %s: keys left to expire: %s", self.session, exc)
 
@@ -146,17 +152,24 @@ class LiveSession(threading.Thread):
         if not pipe.execute()[1]:
             raise SessionEnded("client_gone", "the API side of the session is gone", client_left=True)
 
+    def check_idle(self, now: float) -> None:
+        """A session holds a slot of a bounded few: one that sends nothing is closed."""
+        if now - self.last_input <= self.idle_seconds:
+            return
+        if self.state is None:
+            raise SessionEnded("source_timeout", f"no source image within {self.idle_seconds:g} s")
+        raise SessionEnded("idle_timeout", f"no driving frame for {self.idle_seconds:g} s")
+
     def serve(self) -> None:
-        source_deadline = time.monotonic() + SOURCE_TIMEOUT
         while True:
             if self.stopping.is_set():
                 raise SessionEnded("live_worker_stopping", "the live worker is shutting down; reconnect")
             self.keep_leases(time.monotonic())
             item = self.client.blpop([self.keys.control, self.keys.frames], timeout=POLL_SECONDS)
             if item is None:
-                if self.state is None and time.monotonic() > source_deadline:
-                    raise SessionEnded("source_timeout", f"no source image within {SOURCE_TIMEOUT:g} s")
+                self.check_idle(time.monotonic())
                 continue
+            self.last_input = time.monotonic()
             kind, index, payload = channel.unpack(item[1])
             if kind == channel.CLOSE:
                 raise SessionEnded("closed", "the client closed the session", client_left=True)
