@@ -107,25 +107,28 @@ class LiveSession(threading.Thread):
         pipe.execute()
 
     def run(self) -> None:
-        client_left = True
+        ended = SessionEnded("closed", "the session ended", client_left=True)
         try:
             self.serve()
-        except SessionEnded as ended:
-            client_left = ended.client_left
-            if not client_left:
-                self.send(
-                    channel.ERROR, payload=json.dumps({"code": ended.code, "message": str(ended)}).encode()
-                )
+        except SessionEnded as exc:
+            ended = exc
         except redis.exceptions.RedisError as exc:
             log.warning("session %s: Redis failed: %s", self.session, exc)
         except Exception:
             log.exception("session %s failed", self.session)
-            client_left = False
-            error = {"code": "internal_error", "message": "the live worker failed to render"}
-            self.send(channel.ERROR, payload=json.dumps(error).encode())
+            ended = SessionEnded("internal_error", "the live worker failed to render")
         finally:
-            self.cleanup(client_left)
+            if not ended.client_left:
+                self.farewell(ended)
+            self.cleanup(ended.client_left)
             self.on_end(self)
+
+    def farewell(self, ended: SessionEnded) -> None:
+        """Tell the client why its session ends (the API closes the WebSocket with that reason)."""
+        try:
+            self.send(channel.ERROR, payload=json.dumps({"code": ended.code, "message": str(ended)}).encode())
+        except redis.exceptions.RedisError as exc:
+            log.warning("session %s: could not say why it ended: %s", self.session, exc)
 
     def cleanup(self, client_left: bool) -> None:
         """Delete what this side owns. The down list goes too when the client left; otherwise the API,
