@@ -81,6 +81,7 @@ class JobTimings(BaseModel):
     inference: float | None = None
     encode: float | None = None
     render: float | None = None
+    precision: str | None = Field(None, description="fp32, bf16 or fp16: what the render ran in")
 
 
 class JobResult(BaseModel):

@@ -144,3 +144,15 @@ def test_compose_worker_reserves_a_gpu_and_cpu_profile_does_not(compose):
     assert cpu["profiles"] == ["cpu"] and cpu["environment"]["WORKER_DEVICE"] == "cpu"
     assert "deploy" not in cpu
     assert shlex.split(" ".join(cpu["healthcheck"]["test"][1:]))[:3] == ["python", "-m", "worker.run"]
+
+
+def test_precision_defaults_follow_the_device_and_can_be_chosen():
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    assert Settings(worker_device="cpu").render_precision == "fp32"
+    assert Settings(worker_device="cuda").render_precision == "bf16"
+    assert Settings(worker_device="cpu", precision="bf16").render_precision == "bf16"
+    with pytest.raises(ValidationError):
+        Settings(precision="fp8")

@@ -88,6 +88,7 @@ def test_submit_poll_download(stack, portrait, short_clip, tmp_path):
     assert all(
         done["timings"][k] is not None for k in ("queue_wait", "decode", "inference", "encode", "render")
     )
+    assert done["timings"]["precision"] == "fp32"
     assert done["started_at"] and done["finished_at"] and done["finished_at"] >= done["started_at"]
 
     response = stack.http.get(done["result_url"])

@@ -105,7 +105,7 @@ def _options(request: dict[str, Any], settings: Settings) -> RenderOptions:
         **{name: given[name] for name in OPTION_NAMES if given.get(name) is not None},
         batch_size=settings.batch_size,
         device=settings.worker_device,
-        precision="bf16" if settings.worker_device == "cuda" else "fp32",
+        precision=settings.render_precision,
     )
 
 
@@ -188,6 +188,7 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
             "inference": timings["inference"],
             "encode": timings["encode"],
             "render": timings["total"],
+            "precision": summary["precision"],
         },
     )
     job_ended(client, job, "succeeded", None, time.monotonic() - reporter.started, summary["frames"], timings)
