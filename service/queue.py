@@ -13,11 +13,13 @@ Beside RQ's own keys:
 """
 
 import json
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 from rq import Queue
 from rq import Retry as JobRetry
@@ -35,6 +37,14 @@ WAITING = {JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SC
 def connect(url: str) -> Redis:
     """A client that fails fast while Redis is down (one quick retry), so callers can answer 503."""
     return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, retry=Retry(NoBackoff(), 1))
+
+
+def host_is_present(url: str, prefix: str) -> bool:
+    """Whether a process of this host has published its presence under `prefix` (health checks)."""
+    try:
+        return any(connect(url).scan_iter(match=f"{prefix}{socket.gethostname()}.*"))
+    except RedisError:
+        return False
 
 
 class JobQueue:

@@ -33,7 +33,7 @@ import redis
 import torch
 
 from service import live_channel as channel
-from service.queue import connect
+from service.queue import connect, host_is_present
 from service.settings import Settings
 from service.storage import InvalidJobId, parse_job_id
 from worker.catalog import LoadedModel, load_models
@@ -159,23 +159,13 @@ class LiveServer:
             return
 
 
-def _healthcheck(settings: Settings) -> int:
-    """Exit 0 when a live worker of this host has published its presence (the container's health check)."""
-    try:
-        client = connect(settings.queue_url)
-        found = any(client.scan_iter(match=f"{channel.WORKER_PREFIX}{socket.gethostname()}.*"))
-    except redis.exceptions.RedisError:
-        return 1
-    return 0 if found else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.live", description="Run one live worker.")
     parser.add_argument("--healthcheck", action="store_true", help="exit 0 if this host's live worker is up")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.healthcheck:
-        return _healthcheck(settings)
+        return 0 if host_is_present(settings.queue_url, channel.WORKER_PREFIX) else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s live %(levelname)s %(message)s")
     if settings.worker_device == "cuda" and not torch.cuda.is_available():
         print("live: error: WORKER_DEVICE=cuda but no CUDA device is available", file=sys.stderr)

@@ -35,7 +35,15 @@ from rq.worker import WorkerStatus
 
 from service.logs import configure_logging, current_job_id
 from service.maintenance import LostJobHandler
-from service.queue import QUEUE_NAME, WORKER_PREFIX, JobQueue, connect, publish_worker, withdraw_worker
+from service.queue import (
+    QUEUE_NAME,
+    WORKER_PREFIX,
+    JobQueue,
+    connect,
+    host_is_present,
+    publish_worker,
+    withdraw_worker,
+)
 from service.settings import Settings
 from service.storage import JobStore
 from worker import jobs
@@ -151,22 +159,13 @@ def _wait_for_redis(client: redis.Redis, stopping: threading.Event) -> bool:
     return False
 
 
-def _healthcheck(settings: Settings) -> int:
-    """Exit 0 when a worker of this host has published its presence (the container's health check)."""
-    try:
-        keys = list(connect(settings.queue_url).scan_iter(match=f"{WORKER_PREFIX}{socket.gethostname()}.*"))
-    except redis.exceptions.RedisError:
-        return 1
-    return 0 if keys else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.run", description="Run one animation worker.")
     parser.add_argument("--healthcheck", action="store_true", help="exit 0 if this host's worker is alive")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.healthcheck:
-        return _healthcheck(settings)
+        return 0 if host_is_present(settings.queue_url, WORKER_PREFIX) else 1
     configure_logging("worker", settings.log_level, settings.log_format)
 
     if settings.worker_device == "cuda":
