@@ -95,9 +95,12 @@ def safe_input(path: str | Path) -> list[str]:
 
 
 def _count_frames(path: Path, source: list[str]) -> int:
-    """Frames of the first video stream, counted by decoding them (0 when ffmpeg cannot tell)."""
+    """Frames of the first video stream, counted from its packets without decoding (0 if unknown).
+
+    Only progress and the length limits use this count; the render counts the frames it decodes.
+    """
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", *source, "-i", str(path)]
-    command += ["-map", "0:v:0", "-vf", "null", "-f", "null", "-"]
+    command += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
     done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
     counts = re.findall(rb"frame=\s*(\d+)", done.stderr)
     return int(counts[-1]) if done.returncode == 0 and counts else 0
