@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 bench: setup
-	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/engine.py $(BENCH_ARGS)
 
 serve: setup
 	$(BIN)/python -m service.launcher

@@ -2,10 +2,12 @@
 
 Each measurement runs in its own process so its peak memory is its own. Prints a Markdown table:
 seconds per frame, frames per second, GFLOP per frame, achieved GFLOP/s against this machine's
-measured matmul peak, and peak resident memory; then the whole `animate render` process on a
-60-frame clip against the plain per-frame float32 loop (the published demo's way).
+measured matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the whole
+`animate render` process on a 60-frame clip against the plain per-frame float32 loop (the published
+demo's way). On a GPU the batch-1 row is the single-stream latency, and the engine rows include
+the driving frames' trip from host memory (uint8, pinned), as in a job.
 
-    .venv/bin/python bench/engine.py [--frames 16] [--quick]
+    .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--quick]
 """
 
 import argparse
@@ -45,8 +47,35 @@ VOX_256 = {
 }
 
 
-def peak_rss_mb() -> float:
+def peak_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so the clock measures it."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def precisions_for(device: str, quick: bool) -> tuple[str, ...]:
+    if quick:
+        return ("fp32",)
+    return ("fp32", "bf16", "fp16") if device == "cuda" else ("fp32", "bf16")
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def vox_model():
@@ -64,18 +93,21 @@ def vox_model():
     return model
 
 
-def measure_matmul_peak() -> dict:
+def measure_matmul_peak(device: str) -> dict:
     import torch
 
     out = {}
-    n = 2048
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    n, reps = (8192, 20) if device == "cuda" else (2048, 5)
+    for name in precisions_for(device, quick=False):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
         a @ b
-        reps = 5
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(reps):
             a @ b
+        synchronize(device)
         out[name] = 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
     return out
 
@@ -94,52 +126,59 @@ def gflop_per_frame(model) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def run_plain_loop(frames: int) -> dict:
+def run_plain_loop(frames: int, device: str) -> dict:
     """The published demo's loop: one frame at a time, float32, the whole generator every frame."""
     import torch
 
     from worker.models import normalize_kp
 
     torch.manual_seed(1)
-    model = vox_model()
-    source = torch.rand(1, 3, 256, 256)
-    driving = torch.rand(frames + 1, 3, 256, 256)
+    model = vox_model().to(device)
+    source = torch.rand(1, 3, 256, 256, device=device)
+    driving = torch.rand(frames + 1, 3, 256, 256, device=device)
     with torch.no_grad():
         kp_source = model.kp_detector(source)
         kp_initial = model.kp_detector(driving[:1])
         model.generator(source, kp_source=kp_source, kp_driving=kp_initial)  # warm-up
+        synchronize(device)
         start = time.perf_counter()
         for t in range(1, frames + 1):
             kp = model.kp_detector(driving[t : t + 1])
             kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
-            model.generator(source, kp_source=kp_source, kp_driving=kp_norm)
+            model.generator(source, kp_source=kp_source, kp_driving=kp_norm)["prediction"].cpu()
         seconds = time.perf_counter() - start
-    return {"seconds_per_frame": seconds / frames, "peak_mb": peak_rss_mb()}
+    return {"seconds_per_frame": seconds / frames, "peak_mb": peak_mb(device)}
 
 
-def run_engine(frames: int, batch: int, precision: str) -> dict:
-    """Our path: source encoded once, frames in batches, the Renderer's inference step."""
+def run_engine(frames: int, batch: int, precision: str, device: str) -> dict:
+    """Our path: source encoded once, frames in batches, the Renderer's inference step.
+
+    Each batch starts as host uint8 frames and ends as host uint8 frames, as in a job.
+    """
+    import numpy as np
     import torch
 
-    from worker.pipeline import Renderer
+    from worker.pipeline import Renderer, to_frames, to_tensor
 
     torch.manual_seed(1)
-    renderer = Renderer(vox_model(), "cpu")
+    renderer = Renderer(vox_model().to(device), device)
     source = torch.rand(1, 3, 256, 256)
     state = renderer.prepare_source(source, precision=precision)
     batches = max(1, frames // batch)
-    driving = torch.rand(batch, 3, 256, 256)
+    driving = np.random.default_rng(1).integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8)
     with torch.inference_mode():
-        renderer.animate_batch(state, driving)  # warm-up (and the initial frame)
+        for _ in range(3 if device == "cuda" else 1):  # warm-up (and the initial frame)
+            to_frames(renderer.animate_batch(state, to_tensor(driving, device)))
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(batches):
-            renderer.animate_batch(state, driving)
+            to_frames(renderer.animate_batch(state, to_tensor(driving, device)))
         seconds = time.perf_counter() - start
-    return {"seconds_per_frame": seconds / (batches * batch), "peak_mb": peak_rss_mb()}
+    return {"seconds_per_frame": seconds / (batches * batch), "peak_mb": peak_mb(device)}
 
 
-def child(args: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--child", *args]
+def child(args: list[str], device: str) -> dict:
+    cmd = [sys.executable, __file__, "--device", device, "--child", *args]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -157,12 +196,12 @@ def make_clip(path: Path, frames: int) -> None:
     writer.close()
 
 
-def whole_process(precision: str, workdir: Path) -> float:
+def whole_process(precision: str, workdir: Path, device: str) -> float:
     checkpoint, clip, image = workdir / "vox.pth.tar", workdir / "clip.mp4", workdir / "source.png"
     cmd = [
         sys.executable, "-m", "worker.cli", "render", "--source", str(image), "--driving", str(clip),
         "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{precision}.mp4"),
-        "--precision", precision, "--crop", "none",
+        "--precision", precision, "--crop", "none", "--device", device,
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
@@ -172,47 +211,52 @@ def whole_process(precision: str, workdir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--child", nargs="+")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    device = args.device
     if args.child:
         kind, *rest = args.child
         if kind == "plain":
-            result = run_plain_loop(int(rest[0]))
+            result = run_plain_loop(int(rest[0]), device)
         elif kind == "engine":
-            result = run_engine(int(rest[0]), int(rest[1]), rest[2])
+            result = run_engine(int(rest[0]), int(rest[1]), rest[2], device)
         elif kind == "static":
-            import torch
-
-            result = {"gflop": gflop_per_frame(vox_model()), "peak": measure_matmul_peak()}
-            result["threads"] = torch.get_num_threads()
+            result = {
+                "gflop": gflop_per_frame(vox_model()),
+                "peak": measure_matmul_peak(device),
+                "device": device_name(device),
+            }
         print(json.dumps(result))
         return
 
-    static = child(["static"])
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("bench: --device cuda: no CUDA device is available")
+    static = child(["static"], device)
     gflop, peak = static["gflop"], static["peak"]
-    print(
-        f"# Engine benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch threads {static['threads']}"
-    )
+    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d')}, {device}: {static['device']}")
     print(
         f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
         f"model {gflop:.1f} GFLOP per frame (our path)\n"
     )
     print("| path | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
     print("|---|---|---|---|---|---|---|---|")
-    plain = child(["plain", str(args.frames)])
+    plain = child(["plain", str(args.frames)], device)
     rate = 1 / plain["seconds_per_frame"]
     print(
         f"| plain per-frame loop | 1 | fp32 | {plain['seconds_per_frame']:.3f} | {rate:.2f} | - | - "
         f"| {plain['peak_mb']:.0f} |"
     )
-    batches = (1, 4) if args.quick else (1, 4, 16)
-    precisions = ("fp32",) if args.quick else ("fp32", "bf16")
+    batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
+    precisions = precisions_for(device, args.quick)
     for precision in precisions:
         for batch in batches:
-            r = child(["engine", str(max(args.frames, batch)), str(batch), precision])
+            r = child(["engine", str(max(args.frames, batch)), str(batch), precision], device)
             spf = r["seconds_per_frame"]
             achieved = gflop / spf
             print(
@@ -236,7 +280,7 @@ def main() -> None:
         print("\n| whole `animate render` process, 60 frames 256x256 | seconds | vs plain loop x 60 |")
         print("|---|---|---|")
         for precision in precisions:
-            seconds = whole_process(precision, workdir)
+            seconds = whole_process(precision, workdir, device)
             ratio = plain["seconds_per_frame"] * 60 / seconds
             print(f"| --precision {precision} | {seconds:.1f} | {ratio:.2f}x |")
 
