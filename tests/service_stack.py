@@ -61,6 +61,17 @@ class ServiceStack:
         self.start_api()
         return self
 
+    def __enter__(self) -> "ServiceStack":
+        """Started; whatever did start is stopped again if a later part fails to."""
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def start_api(self) -> None:
         command = [
             sys.executable,

@@ -28,17 +28,14 @@ KEY = "live-test-key"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, small_checkpoint):
-    service = LiveStack(
+    with LiveStack(
         tmp_path_factory.mktemp("live"),
         small_checkpoint.parent,
         LIVE_SESSIONS=str(SESSIONS),
         LIVE_IDLE_SECONDS=str(IDLE_SECONDS),
         API_KEYS=f"tester:{hash_key(KEY)}",
-    )
-    try:
-        yield service.start()
-    finally:
-        service.close()
+    ) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -27,16 +27,13 @@ FULL_FRAME = {"crop": "none"}  # no subject search: these tests are about the se
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, small_checkpoint):
-    service = ServiceStack(
+    with ServiceStack(
         tmp_path_factory.mktemp("service"),
         small_checkpoint.parent,
         MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB),
         BATCH_SIZE="2",
-    )
-    try:
-        yield service.start()
-    finally:
-        service.close()
+    ) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

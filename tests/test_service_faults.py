@@ -24,7 +24,7 @@ RESULT_LIMIT_BYTES = 2048  # what the "full disk" lets a worker write: less than
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, small_checkpoint):
-    service = ServiceStack(
+    with ServiceStack(
         tmp_path_factory.mktemp("faults"),
         small_checkpoint.parent,
         BATCH_SIZE="2",
@@ -32,11 +32,8 @@ def stack(tmp_path_factory, small_checkpoint):
         MAINTENANCE_INTERVAL="1",
         JOB_RETRIES="1",
         MAX_QUEUED="2",
-    )
-    try:
-        yield service.start()
-    finally:
-        service.close()
+    ) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

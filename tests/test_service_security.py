@@ -35,7 +35,7 @@ MARKER = "upload-content-marker-" + secrets.token_hex(8)  # hidden in the upload
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, small_checkpoint):
-    service = ServiceStack(
+    with ServiceStack(
         tmp_path_factory.mktemp("security"),
         small_checkpoint.parent,
         API_KEYS=",".join(f"{owner}:{hash_key(key)}" for owner, key in KEYS.items()),
@@ -45,11 +45,8 @@ def stack(tmp_path_factory, small_checkpoint):
         WEBHOOK_BACKOFF="0.3",
         WEBHOOK_RETRIES="3",
         BATCH_SIZE="2",
-    )
-    try:
-        yield service.start()
-    finally:
-        service.close()
+    ) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,14 @@ TIMEOUT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, small_checkpoint):
-    service = LiveStack(
+    with LiveStack(
         tmp_path_factory.mktemp("web"),
         small_checkpoint.parent,
         render_worker=True,
         API_KEYS=f"tester:{hash_key(KEY)}",
         BATCH_SIZE="2",
-    )
-    try:
-        yield service.start()
-    finally:
-        service.close()
+    ) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
