@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
-import httpx
 import imageio_ffmpeg
 import numpy as np
 from websockets.sync.client import connect
@@ -37,14 +36,11 @@ from websockets.sync.client import connect
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service import live_channel as channel  # noqa: E402
-from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until  # noqa: E402
-from service.queue import connect as redis_connect  # noqa: E402
+from bench.stack import SMALL, BenchStack, resave_checkpoint  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 CLIP = SHARED / "media" / "clips" / "d3.mp4"
 PORTRAIT = SHARED / "media" / "images" / "d12.jpg"
-SMALL = SHARED / "fomm" / "fomm-small.pth.tar"
 STARTER = ROOT / "weights" / "starter.pth.tar"
 JPEG_QUALITY = 85
 
@@ -55,12 +51,7 @@ def prepare_checkpoint(folder: Path, path: Path | None) -> Path:
     if path is not None or STARTER.is_file():
         out.symlink_to((path or STARTER).resolve())
         return out
-    from worker.models import load_checkpoint, save_checkpoint
-
-    model = load_checkpoint(SMALL)
-    model.frame_shape = (64, 64)
-    save_checkpoint(out, model)
-    return out
+    return resave_checkpoint(SMALL, out, 64)
 
 
 def driving_frames(size: int, seconds: float) -> list[bytes]:
@@ -69,54 +60,6 @@ def driving_frames(size: int, seconds: float) -> list[bytes]:
     raw = subprocess.run(command, capture_output=True, check=True).stdout
     frames = np.frombuffer(raw, np.uint8).reshape(-1, size, size, 3)
     return [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes() for f in frames]
-
-
-class Service:
-    def __init__(self, folder: Path, weights: Path, sessions: int):
-        self.folder = folder
-        self.redis = EmbeddedRedis(folder / "redis")
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "REDIS_URL": self.redis.url,
-            "WEIGHTS_DIR": str(weights),
-            "DEFAULT_MODEL": "bench",
-            "DATA_DIR": str(folder / "data"),
-            "LIVE_SESSIONS": str(sessions),
-            "LOG_LEVEL": "WARNING",
-        }
-        self.processes: list[subprocess.Popen] = []
-
-    def start(self) -> None:
-        self.redis.start()
-        log = (self.folder / "service.log").open("ab")
-        for command in (
-            [sys.executable, "-m", "worker.live"],
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.app:create_app",
-                "--factory",
-                "--port",
-                str(self.port),
-            ],
-        ):
-            self.processes.append(subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=log))
-        client = redis_connect(self.redis.url)
-        wait_until(lambda: any(client.scan_iter(match=channel.WORKER_PREFIX + "*")), 120, "the live worker")
-        wait_until(self._answers, 60, "the API")
-
-    def _answers(self) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/healthz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            stop_process(process)
-        self.redis.stop()
 
 
 @dataclass
@@ -149,9 +92,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_per_frame(service: "Service", scenario) -> tuple[object, dict[str, float]]:
+def cpu_per_frame(service: BenchStack, scenario) -> tuple[object, dict[str, float]]:
     """Run `scenario()`; also the CPU milliseconds each process spent per answered frame."""
-    pids = {"live worker": service.processes[0].pid, "API": service.processes[1].pid}
+    pids = {"live worker": service.workers[0].pid, "API": service.api.pid}
     pids["redis"] = service.redis.process.pid
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     client_before = sum(os.times()[:2])
@@ -256,11 +199,12 @@ def main() -> int:
         size = load_checkpoint(checkpoint).frame_shape[0]
         frames = driving_frames(size, 4)
         source = PORTRAIT.read_bytes()
-        service = Service(folder, folder / "weights", sessions=2)
-        service.start()
-        url = f"ws://127.0.0.1:{service.port}/live"
+        stack = BenchStack(
+            folder, folder / "weights", 0, live_worker=True, LIVE_SESSIONS=2, LOG_LEVEL="WARNING"
+        )
         results = {}
-        try:
+        with stack as service:
+            url = f"ws://127.0.0.1:{service.port}/live"
             stream(url, source, frames, 25, 3)  # warm-up
             for name, fps in (("25 fps", 25), ("30 fps", 30), ("closed loop", None)):
                 run, cpu = cpu_per_frame(service, lambda f=fps: stream(url, source, frames, f, args.seconds))
@@ -272,8 +216,6 @@ def main() -> int:
                 "cpu_ms_per_frame": cpu,
             }
             print("2 clients at 25 fps", json.dumps(results["2 clients at 25 fps"]), flush=True)
-        finally:
-            service.stop()
 
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

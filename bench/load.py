@@ -36,10 +36,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until  # noqa: E402
-from service.queue import connect, live_workers  # noqa: E402
+from bench.stack import SMALL, BenchStack, resave_checkpoint  # noqa: E402
 
-SMALL = ROOT.parent / "shared" / "fomm" / "fomm-small.pth.tar"
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
@@ -56,71 +54,9 @@ def tiny_inputs(folder: Path) -> tuple[bytes, bytes]:
     return buffer.getvalue(), clip.read_bytes()
 
 
-def prepare_checkpoint(folder: Path) -> Path:
-    from worker.models import load_checkpoint, save_checkpoint
-
-    model = load_checkpoint(SMALL)
-    model.frame_shape = (64, 64)
-    out = folder / "weights" / "bench.pth.tar"
-    out.parent.mkdir()
-    save_checkpoint(out, model)
-    return out
-
-
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-class Service:
-    def __init__(self, folder: Path, weights: Path, workers: int):
-        self.redis = EmbeddedRedis(folder / "redis")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "REDIS_URL": self.redis.url,
-            "DATA_DIR": str(folder / "data"),
-            "WEIGHTS_DIR": str(weights.parent),
-            "DEFAULT_MODEL": "bench",
-            "MAX_QUEUED": "1000",
-            "API_KEYS": "",
-        }
-        self.log = (folder / "service.log").open("ab")
-        self.workers_wanted = workers
-        self.processes: list[subprocess.Popen] = []
-
-    def start(self) -> None:
-        self.redis.start()
-        command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory"]
-        command += ["--port", str(self.port), "--no-access-log"]
-        self.processes.append(
-            subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        )
-        for _ in range(self.workers_wanted):
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "worker.run"],
-                    env=self.env,
-                    cwd=ROOT,
-                    stdout=self.log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        client = connect(self.redis.url)
-        wait_until(lambda: len(live_workers(client)) == self.workers_wanted, 180, "workers")
-        wait_until(self._answers, 60, "the API", self.processes[0])
-
-    def _answers(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        for process in self.processes:
-            stop_process(process)
-        self.redis.stop()
 
 
 def run_load(url: str, source: bytes, driving: bytes, jobs: int, clients: int, deadline: float) -> dict:
@@ -209,13 +145,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         source, driving = tiny_inputs(folder)
-        service = Service(folder, prepare_checkpoint(folder), args.workers)
+        weights = resave_checkpoint(SMALL, folder / "weights" / "bench.pth.tar", 64)
         load_before = os.getloadavg()
-        try:
-            service.start()
+        with BenchStack(folder, weights.parent, args.workers, MAX_QUEUED=1000, API_KEYS="") as service:
             report = run_load(service.url, source, driving, args.jobs, args.clients, deadline)
-        finally:
-            service.stop()
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

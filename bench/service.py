@@ -35,14 +35,12 @@ import imageio_ffmpeg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stack import SMALL, BenchStack, resave_checkpoint  # noqa: E402
 from service.client import ProgressLine, submit_job  # noqa: E402
-from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until  # noqa: E402
-from service.queue import connect, live_workers  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 CLIP = SHARED / "media" / "clips" / "d3.mp4"
 PORTRAIT = SHARED / "media" / "images" / "d12.jpg"
-SMALL = SHARED / "fomm" / "fomm-small.pth.tar"
 OPTIONS = {"crop": "none"}
 
 
@@ -69,63 +67,6 @@ def ffmpeg_cut(out: Path, *args: str) -> Path:
     ]
     subprocess.run(command, check=True)
     return out
-
-
-def prepare_checkpoint(folder: Path, path: Path | None, size: int) -> Path:
-    from worker.models import load_checkpoint, save_checkpoint
-
-    model = load_checkpoint(path or SMALL)
-    model.frame_shape = (size, size)
-    out = folder / "weights" / "bench.pth.tar"
-    out.parent.mkdir()
-    save_checkpoint(out, model)
-    return out
-
-
-class Service:
-    def __init__(self, folder: Path, weights: Path):
-        self.redis = EmbeddedRedis(folder / "redis")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "REDIS_URL": self.redis.url,
-            "DATA_DIR": str(folder / "data"),
-            "WEIGHTS_DIR": str(weights.parent),
-            "DEFAULT_MODEL": "bench",
-            "MAX_QUEUED": "100000",
-            "MAX_UPLOAD_MB": "100",
-        }
-        self.log = (folder / "service.log").open("ab")
-        self.worker: subprocess.Popen | None = None
-        self.api: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.redis.start()
-        self.api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--port", str(self.port),
-             "--no-access-log"],
-            env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.start_worker()
-
-    def start_worker(self) -> None:
-        command = [sys.executable, "-m", "worker.run"]
-        self.worker = subprocess.Popen(
-            command, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        client = connect(self.redis.url)
-        wait_until(lambda: bool(live_workers(client)), 120, "worker", self.worker)
-
-    def stop_worker(self) -> None:
-        stop_process(self.worker)
-        self.worker = None
-
-    def stop(self) -> None:
-        for process in (self.api, self.worker):
-            if process is not None:
-                stop_process(process)
-        self.redis.stop()
 
 
 def engine_once(renderer, source: Path, clip: Path, out: Path) -> float:
@@ -213,11 +154,9 @@ def main() -> int:
         folder = Path(tmp)
         clip = ffmpeg_cut(folder / "d3-10s-25fps.mp4", "-t", "10", "-vf", "fps=25")
         short = ffmpeg_cut(folder / "d3-2s.mp4", "-t", "2")
-        weights = prepare_checkpoint(folder, args.checkpoint, args.size)
+        weights = resave_checkpoint(args.checkpoint or SMALL, folder / "weights" / "bench.pth.tar", args.size)
         renderer = Renderer(load_checkpoint(weights))
-        service = Service(folder, weights)
-        service.start()
-        try:
+        with BenchStack(folder, weights.parent, MAX_QUEUED=100000, MAX_UPLOAD_MB=100) as service:
             engine_once(renderer, PORTRAIT, clip, folder / "engine.mp4")  # warm-up
             http_once(service.url, PORTRAIT, clip, folder / "http.mp4")
             engine, through_http, queue_wait, worker_render = [], [], [], []
@@ -227,12 +166,10 @@ def main() -> int:
                 through_http.append(seconds)
                 queue_wait.append(job["timings"]["queue_wait"])
                 worker_render.append(job["timings"]["render"])
-            service.stop_worker()
+            service.stop_render_workers()
             body, content_type = multipart(PORTRAIT, short)
             post_answer_times(service.port, body, content_type, 2, 2)  # warm-up
             answers = post_answer_times(service.port, body, content_type, args.clients, args.posts)
-        finally:
-            service.stop()
 
     engine_s, http_s = statistics.median(engine), statistics.median(through_http)
     outside = [h - r for h, r in zip(through_http, worker_render, strict=True)]
