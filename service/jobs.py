@@ -10,6 +10,7 @@ from datetime import datetime
 from rq.job import Job, JobStatus
 
 from service.schemas import (
+    PROGRESS_STAGES,
     ErrorDetail,
     JobInputs,
     JobResource,
@@ -71,8 +72,11 @@ def describe(job: Job) -> JobResource:
     if status == "succeeded":
         total = done = int(meta.get("result", {}).get("frames", done))
     percent = min(100.0, round(100 * done / total, 1)) if total else 0.0
+    stage = noted.get("stage") if status == "started" and noted.get("stage") in PROGRESS_STAGES else None
     rate = noted.get("fps") or 0
-    eta = round(max(total - done, 0) / rate, 1) if status == "started" and total and rate > 0 else None
+    # While analysing, the rate says nothing about the render still to come.
+    rendering = status == "started" and stage != "analysing"
+    eta = round(max(total - done, 0) / rate, 1) if rendering and total and rate > 0 else None
 
     started_at = job.started_at if status != "queued" else None
     finished_at = job.ended_at if status in TERMINAL else None
@@ -88,7 +92,7 @@ def describe(job: Job) -> JobResource:
         created_at=job.created_at,
         started_at=started_at,
         finished_at=finished_at,
-        progress=Progress(frames_done=done, frames_total=total, percent=percent),
+        progress=Progress(stage=stage, frames_done=done, frames_total=total, percent=percent),
         eta_seconds=eta,
         error=_failure(job) if status == "failed" else None,
         result_url=f"/jobs/{job.id}/result" if status == "succeeded" else None,

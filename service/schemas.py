@@ -1,7 +1,7 @@
 """Request options and response bodies of the API (pydantic v2); they are also the OpenAPI docs."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
@@ -42,7 +42,15 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+ProgressStage = Literal["analysing", "rendering"]
+PROGRESS_STAGES: tuple[str, ...] = get_args(ProgressStage)
+
+
 class Progress(BaseModel):
+    """Of the running stage: with a crop, "analysing" (the subject followed through the driving
+    video, a fast pass) comes before "rendering"; frames and percent restart at 0 for each."""
+
+    stage: ProgressStage | None = None
     frames_done: int = 0
     frames_total: int | None = None
     percent: float = 0.0
@@ -100,7 +108,7 @@ JOB_EXAMPLE = {
     "created_at": "2026-11-25T12:44:06.749Z",
     "started_at": "2026-11-25T12:44:06.757Z",
     "finished_at": None,
-    "progress": {"frames_done": 120, "frames_total": 250, "percent": 48.0},
+    "progress": {"stage": "rendering", "frames_done": 120, "frames_total": 250, "percent": 48.0},
     "eta_seconds": 3.1,
     "error": None,
     "result_url": None,

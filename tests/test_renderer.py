@@ -105,3 +105,23 @@ def test_peak_memory_does_not_grow_with_the_video_length(small_checkpoint, portr
         )  # fmt: skip
         peaks[seconds] = int(out.stdout.split()[-1])
     assert peaks[60] <= peaks[5] * 1.10, peaks
+
+
+def test_progress_follows_the_analysis_pass_then_the_render(small_checkpoint, portrait, clip, tmp_path):
+    from tests.service_stack import cut_clip
+    from worker.pipeline import RenderOptions
+    from worker.video_io import probe_video
+
+    driving = cut_clip(clip, tmp_path / "d3-1s.mp4", "-t", "1")
+    frames = probe_video(driving).frames
+    calls: list[tuple[int, int, str]] = []
+    renderer = Renderer(load_checkpoint(small_checkpoint))
+    options = RenderOptions(crop="auto", batch_size=8)
+    result = renderer.render(
+        load_image(portrait), driving, tmp_path / "out.mp4", options, lambda *call: calls.append(call)
+    )
+    stages = [stage for _, _, stage in calls]
+    analysing = stages.count("analysing")
+    assert analysing == frames and stages[analysing:] == ["rendering"] * (len(stages) - analysing)
+    assert [done for done, _, _ in calls[:analysing]] == list(range(1, frames + 1))
+    assert calls[-1] == (frames, frames, "rendering") and result.frames == frames

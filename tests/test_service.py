@@ -76,6 +76,7 @@ def test_submit_poll_download(stack, portrait, short_clip, tmp_path):
     done = stack.wait_finished(job["id"])
     assert done["status"] == "succeeded", done
     assert done["progress"] == {
+        "stage": None,
         "frames_done": expected.frames,
         "frames_total": expected.frames,
         "percent": 100.0,
@@ -225,6 +226,22 @@ def test_queue_survives_worker_restart_and_cancel_while_queued(stack, portrait, 
     assert dropped_now["status"] == "canceled" and dropped_now["started_at"] is None
     assert stack.http.get(f"/jobs/{dropped['id']}/result").status_code == 409
     assert stack.http.get("/readyz").status_code == 200
+
+
+def test_progress_names_its_stage(stack, portrait, long_clip):
+    job = _submit(stack, portrait, long_clip, crop="auto")
+    seen = []
+
+    def note(job: dict) -> bool:
+        if job["status"] == "started":
+            seen.append((job["progress"]["stage"], job["eta_seconds"]))
+        return job["status"] in ("succeeded", "failed", "canceled")
+
+    assert stack.wait_for(job["id"], note)["status"] == "succeeded"
+    stages = [stage for stage, _ in seen if stage is not None]
+    assert "rendering" in stages, seen
+    assert stages == sorted(stages), seen  # "analysing" never after "rendering"
+    assert all(eta is None for stage, eta in seen if stage == "analysing"), seen
 
 
 def test_cancel_running_job(stack, portrait, long_clip):

@@ -66,6 +66,7 @@ class JobReporter:
         self.job = job
         self.engine = engine
         self.started = time.monotonic()
+        self.stage = "rendering"
         self.last_write = 0.0
         self.last_poll = 0.0
         self.canceled = False
@@ -78,13 +79,15 @@ class JobReporter:
         except redis.exceptions.RedisError as exc:
             log.warning("job %s: could not save its progress: %s", self.job.id, exc)
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int, stage: str = "rendering") -> None:
         now = time.monotonic()
+        if stage != self.stage:  # each stage has its own rate, so its own clock
+            self.stage, self.started, self.last_write = stage, now, 0.0
         if now - self.last_write < PROGRESS_INTERVAL and done < total:
             return
         self.last_write = now
         fps = done / max(now - self.started, 1e-6)
-        self.save(progress={"frames_done": done, "frames_total": total, "fps": round(fps, 2)})
+        self.save(progress={"stage": stage, "frames_done": done, "frames_total": total, "fps": round(fps, 2)})
 
     def should_cancel(self) -> bool:
         if self.engine.stopping.is_set():

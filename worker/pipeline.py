@@ -25,7 +25,9 @@ from worker.optimize import low_precision_generator, prepare_for_inference
 from worker.subject.framing import DEFAULT_CROP, check_framing, plan_framing
 from worker.video_io import Mp4Writer, VideoInfo, probe_video
 
-ProgressCallback = Callable[[int, int], None]
+# (frames done, frames expected, stage): "analysing" while the crop follows the subject through the
+# driving video (crop other than "none"), then "rendering".
+ProgressCallback = Callable[[int, int, str], None]
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -323,9 +325,10 @@ class Renderer:
         info = info or probe_video(driving_path)
         h, w = self.model.frame_shape
         decode, infer, encode, crop = _Stage(), _Stage(), _Stage(), _Stage()
+        analysed = None if on_progress is None else lambda done, total: on_progress(done, total, "analysing")
         with crop.timed():
             framing = plan_framing(
-                source_image, driving_path, info, options.crop, options.paste_back, should_cancel
+                source_image, driving_path, info, options.crop, options.paste_back, should_cancel, analysed
             )
         source = to_tensor(framing.source_input(h, w)[None], self.device)
 
@@ -382,7 +385,7 @@ class Renderer:
                 done += len(batch)
                 total = max(total, done)
                 if on_progress is not None:
-                    on_progress(done, total)
+                    on_progress(done, total, "rendering")
             if done == 0:
                 raise RenderError(f"{driving_path.name} has no decodable frame", "invalid_video")
             with encode.timed():

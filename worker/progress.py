@@ -14,8 +14,13 @@ class ProgressBar:
         self.started = time.monotonic()
         self.last = 0.0
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, stage: str | None = None) -> None:
+        """A new `stage` (e.g. "analysing", then "rendering") relabels the bar and restarts its clock."""
         now = time.monotonic()
+        if stage is not None and stage != self.label:
+            if self.enabled and self.last:
+                self.stream.write("\n")
+            self.label, self.started, self.last = stage, now, 0.0
         if not self.enabled or (now - self.last < self.min_interval and done < total):
             return
         self.last = now

@@ -113,11 +113,12 @@ def plan_framing(
     crop: str = DEFAULT_CROP,
     paste_back: bool = False,
     should_cancel: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Framing:
     """Finds the crops for a render; runs one analysis pass over the driving video unless "none".
 
-    RenderError (invalid_option) for a crop box outside the source, RenderCanceled when
-    should_cancel() says so.
+    on_progress(frames analysed, frames expected) follows that pass. RenderError (invalid_option)
+    for a crop box outside the source, RenderCanceled when should_cancel() says so.
     """
     spec = parse_crop(crop)
     driving_path = Path(driving_path)
@@ -140,6 +141,8 @@ def plan_framing(
             source_box = None
 
     def every(index: int) -> None:
+        if on_progress is not None:
+            on_progress(index + 1, max(info.frames, index + 1))
         if should_cancel is not None and index % 16 == 0 and should_cancel():
             raise RenderCanceled("the job was canceled")
 
