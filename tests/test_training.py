@@ -172,8 +172,11 @@ def test_trained_checkpoint_loads_in_the_engine_and_renders(tiny_run, data_dir, 
     assert model.frame_shape == (32, 32) and model.num_kp == 5
     assert model.config["generator_params"]["num_down_blocks"] == 1
     step = load_checkpoint(tiny_run / "checkpoints" / "step-0000020.pth.tar")
-    for a, b in zip(model.state_dict().values(), step.state_dict().values(), strict=True):
+    for a, b in zip(model.parameters(), step.parameters(), strict=True):
         assert torch.equal(a, b)
+    # the final file's batch-norm statistics are recomputed for the final weights
+    means = [(k, v) for k, v in model.state_dict().items() if k.endswith("running_mean")]
+    assert any(not torch.equal(v, step.state_dict()[k]) for k, v in means)
     out = tmp_path / "out.mp4"
     result = run_animate(
         "render", "--source", portrait, "--driving", data_dir / "talk.mp4",
@@ -311,3 +314,15 @@ def test_identity_pairs_share_of_items_drive_with_the_source_itself(data_dir):
     assert identical(always) == 40 and identical(plain) < 20
     with pytest.raises(DataError, match="identity_pairs"):
         FramePairs(data_dir, (32, 32), identity_pairs=1.5)
+
+
+def test_batch_norm_statistics_are_recomputed_evenly_for_the_final_weights(data_dir, tmp_path):
+    config = read_training_config(write_config(tmp_path / "tiny.yaml", tiny_config()))
+    trainer = Trainer(config, data_dir, tmp_path / "run")
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.running_mean.fill_(100.0)
+    trainer.recalibrate_batch_norm(batches=2)
+    # two batches: networks run once per batch (generator) or twice (keypoints of source and driving)
+    assert {int(m.num_batches_tracked) for m in norms} == {2, 4}
+    assert all(float(m.running_mean.abs().max()) < 100.0 and m.momentum == 0.1 for m in norms)

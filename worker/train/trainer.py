@@ -46,6 +46,7 @@ DEFAULT_TRAIN_PARAMS = {
     "checkpoint_every": 500,
     "picture_every": 500,
     "log_every": 50,
+    "batch_norm_batches": 100,
     "seed": 0,
     "transform_params": {"sigma_affine": 0.05, "sigma_tps": 0.005, "points_tps": 5},
     "loss_weights": {
@@ -306,6 +307,35 @@ class Trainer:
             values["discriminator_gan"] = float(loss.detach())
         return values, kp_driving, generated
 
+    @torch.no_grad()
+    def recalibrate_batch_norm(self, batches: int) -> None:
+        """Batch-norm statistics averaged evenly over `batches` training batches of the final weights.
+
+        The running statistics of training are an exponential average dominated by the last few
+        batches, whose weights have moved on since; on the starter model, exact statistics lowered
+        the held-out L1 by 1-3% (weights/README.md).
+        """
+        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms or batches <= 0:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average
+        generator = torch.Generator().manual_seed(self.loader_seed)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=generator)
+        self.model.train()
+        for seen, batch in enumerate(loader):
+            if seen == batches:
+                break
+            source, driving = (
+                batch[k].to(self.device, memory_format=torch.channels_last) for k in ("source", "driving")
+            )
+            kp_source, kp_driving = self.model.kp_detector(source), self.model.kp_detector(driving)
+            self.model.generator(source, kp_source=kp_source, kp_driving=kp_driving)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+
     def save(self, path: Path, with_optimizers: bool = True) -> None:
         extra: dict = {"step": self.step, "epoch": self.step // self.steps_per_epoch}
         if with_optimizers:
@@ -372,5 +402,6 @@ class Trainer:
                         self.log(f"step {self.step}/{last_step} epoch {epoch} {elapsed:.0f}s {summary}")
         if bar:
             sys.stderr.write("\n")
+        self.recalibrate_batch_norm(int(self.params["batch_norm_batches"]))
         self.save(self.run_dir / "model.pth.tar", with_optimizers=False)
         return {"steps": self.step, "seconds": time.monotonic() - started, "losses": means}
