@@ -43,6 +43,9 @@ def media(tmp_path_factory) -> Path:
     make_clip(folder / "short.mp4", 1.0, 64, 10)
     make_clip(folder / "medium.mp4", 10.0, 64, 10)  # 100 frames: several heartbeat TTLs of rendering
     make_clip(folder / "long.mp4", 20.0, 64, 25)  # 500 frames: long enough to be caught mid-render
+    # 2,400 frames: the 500 of long.mp4 rendered in under 3 s on an idle machine; these cannot
+    # finish within the timeout test's 3 s limit
+    make_clip(folder / "longest.mp4", 40.0, 64, 60)
     return folder
 
 
@@ -102,10 +105,10 @@ def test_a_render_over_its_time_limit_fails_with_timeout(stack, media):
     stack.env = {**api_env, "JOB_TIMEOUT": "3"}  # read by the API: each job carries its limit
     try:
         stack.start_api()
-        job = _submit(stack, media, "long.mp4")
+        job = _submit(stack, media, "longest.mp4")
         done = stack.wait_finished(job["id"])
         assert done["status"] == "failed" and done["error"]["code"] == "timeout", done
-        assert done["progress"]["frames_done"] < 500
+        assert done["progress"]["frames_done"] < 2400
         assert _files(stack, job["id"]) == ["driving.mp4", "source.png"]
     finally:
         stack.api.terminate()
