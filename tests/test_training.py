@@ -15,7 +15,7 @@ from PIL import Image
 from worker.models import build_model, load_checkpoint
 from worker.models.discriminator import MultiScaleDiscriminator
 from worker.models.vgg19 import Vgg19Error, Vgg19Features, load_vgg19
-from worker.train.dataset import DataError, FramePairs
+from worker.train.dataset import FramePairs
 from worker.train.evaluate import evaluate, model_reconstructor, score_video
 from worker.train.losses import equivariance_losses
 from worker.train.trainer import Trainer, read_training_config
@@ -301,19 +301,6 @@ def test_bundled_starter_model_loads_with_its_config():
 
     for section in ("common_params", "kp_detector_params", "generator_params"):
         assert agrees(model.config[section], config["model_params"][section]), section
-
-
-def test_identity_pairs_share_of_items_drive_with_the_source_itself(data_dir):
-    def identical(dataset: FramePairs) -> int:
-        return sum(
-            bool(torch.equal(item["source"], item["driving"])) for item in map(dataset.__getitem__, range(40))
-        )
-
-    plain = FramePairs(data_dir, (32, 32), num_repeats=20, seed=3)
-    always = FramePairs(data_dir, (32, 32), num_repeats=20, seed=3, identity_pairs=1.0)
-    assert identical(always) == 40 and identical(plain) < 20
-    with pytest.raises(DataError, match="identity_pairs"):
-        FramePairs(data_dir, (32, 32), identity_pairs=1.5)
 
 
 def test_batch_norm_statistics_are_recomputed_evenly_for_the_final_weights(data_dir, tmp_path):

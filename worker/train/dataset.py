@@ -106,12 +106,7 @@ def _rotate_hue(image: torch.Tensor, turns: float) -> torch.Tensor:
 
 
 class FramePairs(Dataset):
-    """Items are {"source", "driving"}: (3, H, W) float tensors in [0, 1] from one random video.
-
-    `identity_pairs` is the share of items whose driving frame is the source frame itself (0 in the
-    published sampler, where that happens 1 time in T): they teach the generator to reproduce what
-    needs no motion, which a small model on little data otherwise leaves blurred.
-    """
+    """Items are {"source", "driving"}: (3, H, W) float tensors in [0, 1] from one random video."""
 
     def __init__(
         self,
@@ -120,16 +115,12 @@ class FramePairs(Dataset):
         num_repeats: int = 1,
         augmentation: Augmentation | None = None,
         seed: int = 0,
-        identity_pairs: float = 0.0,
     ):
-        if not 0.0 <= identity_pairs <= 1.0:
-            raise DataError(f"identity_pairs must be in [0, 1], not {identity_pairs}")
         self.paths = list_sequences(root)
         height, width = frame_shape
         self.videos = [decode_sequence(p, height, width) for p in self.paths]
         self.num_repeats = num_repeats
         self.augmentation = augmentation or Augmentation.from_config(None)
-        self.identity_pairs = identity_pairs
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -156,8 +147,6 @@ class FramePairs(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         video = self.videos[index % len(self.videos)]
         first, second = np.sort(self.rng.choice(len(video), size=2, replace=True))
-        if self.identity_pairs and self.rng.random() < self.identity_pairs:
-            second = first
         frames = [video[first], video[second]]
         aug = self.augmentation
         if aug.horizontal_flip and self.rng.random() < 0.5:

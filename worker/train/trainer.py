@@ -189,7 +189,6 @@ class Trainer:
             num_repeats=int(self.params["num_repeats"]),
             augmentation=Augmentation.from_config(config["dataset_params"].get("augmentation_params")),
             seed=seed,
-            identity_pairs=float(config["dataset_params"].get("identity_pairs", 0.0)),
         )
         self.batch_size = int(self.params["batch_size"])
         if len(self.dataset) < self.batch_size:
