@@ -7,6 +7,7 @@ layout plus our config, frame size and optimizer states, for resume) and, at the
 """
 
 import copy
+import itertools
 import math
 import sys
 import time
@@ -283,8 +284,11 @@ class Trainer:
                 losses["equivariance_jacobian"] = jacobian
         return losses, kp_driving, generated
 
+    def _on_device(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, memory_format=torch.channels_last) for k, v in batch.items()}
+
     def train_step(self, batch: dict) -> tuple[dict[str, float], dict, dict]:
-        batch = {k: v.to(self.device, memory_format=torch.channels_last) for k, v in batch.items()}
+        batch = self._on_device(batch)
         losses, kp_driving, generated = self.losses(batch)
         total = sum(losses.values())
         self.optimizers["generator"].zero_grad(set_to_none=True)
@@ -324,12 +328,9 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.loader_seed)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=generator)
         self.model.train()
-        for seen, batch in enumerate(loader):
-            if seen == batches:
-                break
-            source, driving = (
-                batch[k].to(self.device, memory_format=torch.channels_last) for k in ("source", "driving")
-            )
+        for batch in itertools.islice(loader, batches):
+            batch = self._on_device(batch)
+            source, driving = batch["source"], batch["driving"]
             kp_source, kp_driving = self.model.kp_detector(source), self.model.kp_detector(driving)
             self.model.generator(source, kp_source=kp_source, kp_driving=kp_driving)
         for m, momentum in zip(norms, momenta, strict=True):
