@@ -15,7 +15,7 @@ from PIL import Image
 from worker.models import build_model, load_checkpoint
 from worker.models.discriminator import MultiScaleDiscriminator
 from worker.models.vgg19 import Vgg19Error, Vgg19Features, load_vgg19
-from worker.train.dataset import FramePairs
+from worker.train.dataset import Augmentation, DataError, FramePairs
 from worker.train.evaluate import evaluate, model_reconstructor, score_video
 from worker.train.losses import equivariance_losses
 from worker.train.trainer import Trainer, read_training_config
@@ -152,6 +152,61 @@ def test_dataset_decodes_videos_and_frame_folders_once_as_uint8(data_dir):
     item = dataset[1]
     assert item["source"].shape == item["driving"].shape == (3, 32, 32)
     assert float(item["source"].min()) >= 0 and float(item["driving"].max()) <= 1
+
+
+AFFINE = Augmentation(False, False, 0.0, 0.0, 0.0, 0.0, degrees=10, scale=0.1, translate=0.05)
+
+
+@pytest.fixture()
+def stills_dir(portrait, tmp_path) -> Path:
+    """A portrait photo, and a still video: a folder of three copies of the same portrait."""
+    root = tmp_path / "stills"
+    frames = root / "static-frames"
+    frames.mkdir(parents=True)
+    image = Image.open(portrait).convert("RGB").resize((96, 96))
+    for i in range(3):
+        image.save(frames / f"{i}.png")
+    (root / "portrait.jpg").symlink_to(portrait)
+    return root
+
+
+def test_photos_need_affine_views(stills_dir):
+    with pytest.raises(DataError, match="portrait.jpg.*affine_param"):
+        FramePairs(stills_dir, (32, 32))
+    result = run_animate(
+        "train", "--config", write_config(stills_dir.parent / "c.yaml", tiny_config()),
+        "--data", stills_dir, "--out", stills_dir.parent / "run", "--steps", "1",
+    )  # fmt: skip
+    assert result.returncode == 2 and "affine_param" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_affine_views_move_a_photo_and_move_both_frames_of_a_video_together(stills_dir):
+    dataset = FramePairs(stills_dir, (32, 32), num_repeats=20, augmentation=AFFINE, seed=2)
+    assert [p.name for p in dataset.paths] == ["portrait.jpg", "static-frames"]
+    assert [v.shape[:3] for v in dataset.videos] == [(1, 64, 64), (3, 64, 64)]  # cached at 2x
+    photo = [dataset[i] for i in range(0, 40, 2)]
+    video = [dataset[i] for i in range(1, 40, 2)]
+    unwarped = torch.nn.functional.avg_pool2d(
+        torch.from_numpy(dataset.videos[1][0]).permute(2, 0, 1).float()[None] / 255, 2
+    )[0]
+    for item in photo + video:
+        assert item["source"].shape == item["driving"].shape == (3, 32, 32)
+        assert float(item["source"].min()) >= 0 and float(item["source"].max()) <= 1
+    # A photo's two views are two different warps of it.
+    assert min(float((i["source"] - i["driving"]).abs().mean()) for i in photo) > 0.005
+    # Every frame of the still video is the same, so one shared warp per pair gives equal frames,
+    # which still differ from the unwarped frame.
+    assert all(torch.equal(i["source"], i["driving"]) for i in video)
+    assert min(float((i["source"] - unwarped).abs().mean()) for i in video) > 0.005
+
+
+def test_a_near_identity_affine_view_is_the_frame_averaged_down(stills_dir):
+    tiny = Augmentation(False, False, 0.0, 0.0, 0.0, 0.0, degrees=1e-6, scale=1e-6, translate=1e-6)
+    dataset = FramePairs(stills_dir, (32, 32), augmentation=tiny)
+    frame = torch.from_numpy(dataset.videos[0][0]).permute(2, 0, 1).float()[None] / 255
+    expected = torch.nn.functional.avg_pool2d(frame, 2)[0]
+    assert torch.allclose(dataset[0]["source"], expected, atol=1e-4)
 
 
 def test_tiny_training_run_lowers_the_loss(tiny_run):

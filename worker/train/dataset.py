@@ -1,8 +1,9 @@
 """Training data: pairs of frames from the same video, decoded once and kept in memory as uint8.
 
-A data folder holds videos (any container ffmpeg reads) and/or folders of frames (PNG/JPEG, sorted
-by name). Each video is decoded once at the training size; an epoch visits every video
-`num_repeats` times, each visit drawing two random frames of it.
+A data folder holds videos (any container ffmpeg reads), folders of frames (PNG/JPEG, sorted by
+name) and still photos. Each video is decoded once at the training size; an epoch visits every
+video and photo `num_repeats` times, each visit drawing two random frames of a video, or two random
+views of a photo (see `Augmentation.affine`).
 """
 
 import math
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from worker.errors import RenderError
+from worker.models.blocks import coordinate_grid
 from worker.video_io import load_image, read_frames, resize_image
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
@@ -34,14 +37,25 @@ class Augmentation:
     contrast: float = 0.1
     saturation: float = 0.1
     hue: float = 0.1
+    degrees: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+
+    @property
+    def affine(self) -> bool:
+        """Random rotation, zoom and shift of the frame (one per pair; one per view of a photo)."""
+        return bool(self.degrees or self.scale or self.translate)
 
     @classmethod
     def from_config(cls, params: dict | None) -> "Augmentation":
-        """From the published `augmentation_params` (flip_param, jitter_param); None disables all."""
+        """From `augmentation_params`: the published flip_param and jitter_param, and our affine_param
+        (degrees, scale, translate: uniform ranges +-degrees, 1 +- scale, +- translate of the half
+        width). None disables all."""
         if params is None:
             return cls(False, False, 0.0, 0.0, 0.0, 0.0)
         flip = params.get("flip_param", {})
         jitter = params.get("jitter_param", {})
+        affine = params.get("affine_param", {})
         return cls(
             horizontal_flip=bool(flip.get("horizontal_flip", False)),
             time_flip=bool(flip.get("time_flip", False)),
@@ -49,11 +63,19 @@ class Augmentation:
             contrast=float(jitter.get("contrast", 0.0)),
             saturation=float(jitter.get("saturation", 0.0)),
             hue=float(jitter.get("hue", 0.0)),
+            degrees=float(affine.get("degrees", 0.0)),
+            scale=float(affine.get("scale", 0.0)),
+            translate=float(affine.get("translate", 0.0)),
         )
 
 
-def list_sequences(root: str | Path) -> list[Path]:
-    """The videos and frame folders directly inside `root`, sorted by name."""
+def list_stills(root: str | Path) -> list[Path]:
+    """The photos directly inside `root`, sorted by name."""
+    return sorted(p for p in Path(root).iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
+
+
+def list_sequences(root: str | Path, stills: bool = False) -> list[Path]:
+    """The videos and frame folders directly inside `root` (and, with `stills`, photos), by name."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
@@ -66,6 +88,8 @@ def list_sequences(root: str | Path) -> list[Path]:
             and any(p.suffix.lower() in FRAME_SUFFIXES for p in entry.iterdir())
         ):
             found.append(entry)
+    if stills:
+        found = sorted(found + list_stills(root))
     if not found:
         raise DataError(f"no videos or frame folders in {root}")
     return found
@@ -74,6 +98,8 @@ def list_sequences(root: str | Path) -> list[Path]:
 def decode_sequence(path: Path, height: int, width: int) -> np.ndarray:
     """(T, height, width, 3) uint8 frames of a video file or a folder of frames."""
     try:
+        if path.is_file() and path.suffix.lower() in FRAME_SUFFIXES:
+            return resize_image(_center_crop(load_image(path), height / width), height, width)[None]
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
             frames = [resize_image(load_image(p), height, width) for p in files]
@@ -84,6 +110,16 @@ def decode_sequence(path: Path, height: int, width: int) -> np.ndarray:
     if len(frames) < 2:
         raise DataError(f"{path.name}: needs at least 2 frames, has {len(frames)}")
     return np.stack(frames)
+
+
+def _center_crop(image: np.ndarray, aspect: float) -> np.ndarray:
+    """The largest centred part of `image` whose height / width is `aspect`."""
+    h, w = image.shape[:2]
+    if h > w * aspect:
+        top = (h - round(w * aspect)) // 2
+        return image[top : top + round(w * aspect)]
+    left = (w - round(h / aspect)) // 2
+    return image[:, left : left + round(h / aspect)]
 
 
 def _to_tensor(frame: np.ndarray) -> torch.Tensor:
@@ -106,7 +142,13 @@ def _rotate_hue(image: torch.Tensor, turns: float) -> torch.Tensor:
 
 
 class FramePairs(Dataset):
-    """Items are {"source", "driving"}: (3, H, W) float tensors in [0, 1] from one random video."""
+    """Items are {"source", "driving"}: (3, H, W) float tensors in [0, 1] from one random video.
+
+    A photo is a video of one frame: its pair is two independent random affine views of it, a
+    still scene seen by a moving camera, which brings new faces and backgrounds to a small set of
+    clips. With affine augmentation the frames are cached at twice the size and each view is
+    warped there and then averaged down 2x2, so that resampling does not blur the targets.
+    """
 
     def __init__(
         self,
@@ -116,11 +158,20 @@ class FramePairs(Dataset):
         augmentation: Augmentation | None = None,
         seed: int = 0,
     ):
-        self.paths = list_sequences(root)
-        height, width = frame_shape
-        self.videos = [decode_sequence(p, height, width) for p in self.paths]
-        self.num_repeats = num_repeats
         self.augmentation = augmentation or Augmentation.from_config(None)
+        self.paths = list_sequences(root, stills=True)
+        photos = [p.name for p in self.paths if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES]
+        if photos and not self.augmentation.affine:
+            raise DataError(
+                f"photos ({', '.join(photos[:3])}{', ...' if len(photos) > 3 else ''}) need "
+                "augmentation_params.affine_param to make two views of them"
+            )
+        self.supersample = 2 if self.augmentation.affine else 1
+        height, width = frame_shape
+        self.videos = [
+            decode_sequence(p, height * self.supersample, width * self.supersample) for p in self.paths
+        ]
+        self.num_repeats = num_repeats
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -144,6 +195,25 @@ class FramePairs(Dataset):
             out.append(image.clamp(0, 1))
         return out
 
+    def _affine_grid(self, height: int, width: int) -> torch.Tensor:
+        """(1, H, W, 2) sampling grid of one random rotation, zoom and shift about the centre."""
+        aug, rng = self.augmentation, self.rng
+        angle = math.radians(rng.uniform(-aug.degrees, aug.degrees))
+        zoom = rng.uniform(1 - aug.scale, 1 + aug.scale)
+        shift = torch.tensor(rng.uniform(-aug.translate, aug.translate, size=2), dtype=torch.float32)
+        half = torch.tensor([(width - 1) / 2, (height - 1) / 2])  # rotate in pixels, not in [-1, 1]
+        rotation = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        pixels = coordinate_grid(height, width, half) * half
+        return ((pixels @ rotation.T / zoom) / half + shift).unsqueeze(0)
+
+    def _view(self, frame: torch.Tensor, grid: torch.Tensor | None) -> torch.Tensor:
+        """The (3, H, W) training frame of a cached frame, through `grid` when given."""
+        if grid is not None:
+            frame = F.grid_sample(
+                frame[None], grid, mode="bilinear", padding_mode="reflection", align_corners=True
+            )[0]
+        return F.avg_pool2d(frame[None], self.supersample)[0] if self.supersample > 1 else frame
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         video = self.videos[index % len(self.videos)]
         first, second = np.sort(self.rng.choice(len(video), size=2, replace=True))
@@ -154,6 +224,13 @@ class FramePairs(Dataset):
         if aug.time_flip and self.rng.random() < 0.5:
             frames = frames[::-1]
         tensors = [_to_tensor(f) for f in frames]
+        if aug.affine:
+            height, width = tensors[0].shape[1:]
+            if len(video) == 1:
+                grids = [self._affine_grid(height, width) for _ in tensors]
+            else:
+                grids = [self._affine_grid(height, width)] * 2
+            tensors = [self._view(t, g) for t, g in zip(tensors, grids, strict=True)]
         if aug.brightness or aug.contrast or aug.saturation or aug.hue:
             tensors = self._jitter(tensors)
         return {"source": tensors[0], "driving": tensors[1]}
