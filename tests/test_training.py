@@ -201,6 +201,22 @@ def test_affine_views_move_a_photo_and_move_both_frames_of_a_video_together(stil
     assert min(float((i["source"] - unwarped).abs().mean()) for i in video) > 0.005
 
 
+@pytest.mark.parametrize(
+    "section, values",
+    [("affine_param", {"scale": 1.5}), ("affine_param", {"degrees": "ten"}), ("jitter_param", {"hue": -0.1})],
+)
+def test_out_of_range_augmentation_is_refused_in_one_line(section, values, data_dir, tmp_path):
+    config = tiny_config()
+    config["dataset_params"]["augmentation_params"][section] = values
+    result = run_animate(
+        "train", "--config", write_config(tmp_path / "c.yaml", config),
+        "--data", data_dir, "--out", tmp_path / "run", "--steps", "1",
+    )  # fmt: skip
+    key = next(iter(values))
+    assert result.returncode == 2 and f"{section}.{key} must be a number" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_a_near_identity_affine_view_is_the_frame_averaged_down(stills_dir):
     tiny = Augmentation(False, False, 0.0, 0.0, 0.0, 0.0, degrees=1e-6, scale=1e-6, translate=1e-6)
     dataset = FramePairs(stills_dir, (32, 32), augmentation=tiny)

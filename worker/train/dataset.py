@@ -53,19 +53,26 @@ class Augmentation:
         width). None disables all."""
         if params is None:
             return cls(False, False, 0.0, 0.0, 0.0, 0.0)
-        flip = params.get("flip_param", {})
-        jitter = params.get("jitter_param", {})
-        affine = params.get("affine_param", {})
+        flip = params.get("flip_param") or {}
+        jitter = params.get("jitter_param") or {}
+        affine = params.get("affine_param") or {}
+
+        def amount(section: dict, name: str, key: str, most: float) -> float:
+            value = section.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= most:
+                raise DataError(f"augmentation_params.{name}.{key} must be a number in [0, {most:g}]")
+            return float(value)
+
         return cls(
             horizontal_flip=bool(flip.get("horizontal_flip", False)),
             time_flip=bool(flip.get("time_flip", False)),
-            brightness=float(jitter.get("brightness", 0.0)),
-            contrast=float(jitter.get("contrast", 0.0)),
-            saturation=float(jitter.get("saturation", 0.0)),
-            hue=float(jitter.get("hue", 0.0)),
-            degrees=float(affine.get("degrees", 0.0)),
-            scale=float(affine.get("scale", 0.0)),
-            translate=float(affine.get("translate", 0.0)),
+            brightness=amount(jitter, "jitter_param", "brightness", 1),
+            contrast=amount(jitter, "jitter_param", "contrast", 1),
+            saturation=amount(jitter, "jitter_param", "saturation", 1),
+            hue=amount(jitter, "jitter_param", "hue", 0.5),
+            degrees=amount(affine, "affine_param", "degrees", 180),
+            scale=amount(affine, "affine_param", "scale", 0.9),
+            translate=amount(affine, "affine_param", "translate", 1),
         )
 
 
@@ -160,7 +167,7 @@ class FramePairs(Dataset):
     ):
         self.augmentation = augmentation or Augmentation.from_config(None)
         self.paths = list_sequences(root, stills=True)
-        photos = [p.name for p in self.paths if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES]
+        photos = [p.name for p in list_stills(root)]
         if photos and not self.augmentation.affine:
             raise DataError(
                 f"photos ({', '.join(photos[:3])}{', ...' if len(photos) > 3 else ''}) need "
