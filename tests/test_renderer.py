@@ -125,3 +125,29 @@ def test_progress_follows_the_analysis_pass_then_the_render(small_checkpoint, po
     assert analysing == frames and stages[analysing:] == ["rendering"] * (len(stages) - analysing)
     assert [done for done, _, _ in calls[:analysing]] == list(range(1, frames + 1))
     assert calls[-1] == (frames, frames, "rendering") and result.frames == frames
+
+
+def test_best_start_detects_each_driving_frame_once_and_renders_as_its_explicit_start(
+    small_checkpoint, portrait, clip, tmp_path
+):
+    from tests.service_stack import cut_clip
+    from worker.pipeline import RenderOptions
+    from worker.video_io import probe_video
+
+    driving = cut_clip(clip, tmp_path / "d3-1s.mp4", "-t", "1")
+    frames = probe_video(driving).frames
+    renderer = Renderer(load_checkpoint(small_checkpoint))
+    detected: list[int] = []
+    renderer.model.kp_detector.register_forward_hook(lambda _m, args, _out: detected.append(len(args[0])))
+    source = load_image(portrait)
+    best = renderer.render(
+        source, driving, tmp_path / "best.mp4", RenderOptions(driving_start="best", batch_size=8, audio=False)
+    )
+    assert sum(detected) == frames + 1  # the source, and every driving frame once
+    assert 0 < best.driving_start < frames
+    explicit = RenderOptions(driving_start=best.driving_start, batch_size=8, audio=False)
+    renderer.render(source, driving, tmp_path / "explicit.mp4", explicit)
+    size = (best.height, best.width)
+    rendered = [list(read_frames(tmp_path / name, *size)) for name in ("best.mp4", "explicit.mp4")]
+    assert len(rendered[0]) == len(rendered[1]) == frames
+    assert all(np.array_equal(a, b) for a, b in zip(*rendered, strict=True))

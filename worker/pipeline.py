@@ -266,9 +266,15 @@ class Renderer:
         return SourceState(features, kp_source, precision, relative, adapt_scale, kp_initial)
 
     @torch.inference_mode()
-    def animate_batch(self, state: SourceState, frames: torch.Tensor) -> torch.Tensor:
-        """Animated frames (N, 3, H, W) in [0, 1] for driving frames (N, 3, H, W) in [0, 1]."""
-        kp_driving = self.keypoints(frames)
+    def animate_batch(
+        self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Animated frames (N, 3, H, W) in [0, 1] for driving frames (N, 3, H, W) in [0, 1].
+
+        `kp_driving`: the frames' keypoints when an earlier pass over the video already has them.
+        """
+        if kp_driving is None:
+            kp_driving = self.keypoints(frames)
         if state.kp_initial is None:
             state.kp_initial = {k: v[:1] for k, v in kp_driving.items()}
         kp_norm = normalize_kp(
@@ -332,29 +338,29 @@ class Renderer:
             )
         source = to_tensor(framing.source_input(h, w)[None], self.device)
 
-        start = options.driving_start if options.mode == "relative" else 0
-        kp_initial = None
-        if start != 0:
-            with decode.timed():
-                stop_at = None if start == "best" else start
-                kp_all = self._driving_keypoints(framing.driving_frames(h, w), options.batch_size, stop_at)
-            if start == "best":
-                with infer.timed():
-                    source_kp = self.keypoints(source)
-                start = best_start_frame(source_kp["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy())
-            elif start >= len(kp_all["value"]):
-                last = len(kp_all["value"]) - 1
-                raise RenderError(f"driving_start {start} is past the last frame ({last})", "invalid_option")
-            kp_initial = {k: v[start : start + 1] for k, v in kp_all.items()}
-
         with infer.timed():
             state = self.prepare_source(
                 source,
                 precision=options.precision,
                 relative=options.mode == "relative",
                 adapt_scale=options.adapt_scale,
-                kp_initial=kp_initial,
             )
+
+        start = options.driving_start if options.mode == "relative" else 0
+        kp_all: dict[str, torch.Tensor] = {}  # (T, K, 2) / (T, K, 2, 2) of the first T driving frames
+        if start != 0:
+            with decode.timed():
+                stop_at = None if start == "best" else start
+                kp_all = self._driving_keypoints(framing.driving_frames(h, w), options.batch_size, stop_at)
+            if start == "best":
+                start = best_start_frame(
+                    state.kp_source["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy()
+                )
+            elif start >= len(kp_all["value"]):
+                last = len(kp_all["value"]) - 1
+                raise RenderError(f"driving_start {start} is past the last frame ({last})", "invalid_option")
+            state.kp_initial = {k: v[start : start + 1] for k, v in kp_all.items()}
+        known_frames = len(kp_all["value"]) if kp_all else 0  # their keypoints are not computed again
 
         audio = options.audio and info.has_audio
         out_size = (options.size, options.size) if options.size else None
@@ -379,7 +385,9 @@ class Renderer:
                 if should_cancel is not None and should_cancel():
                     raise RenderCanceled("the job was canceled")
                 with infer.timed():
-                    rendered = to_frames(self.animate_batch(state, to_tensor(batch, self.device)))
+                    end = done + len(batch)
+                    known = {k: v[done:end] for k, v in kp_all.items()} if end <= known_frames else None
+                    rendered = to_frames(self.animate_batch(state, to_tensor(batch, self.device), known))
                 with encode.timed():
                     writer.put(framing.finish(rendered))
                 done += len(batch)
