@@ -257,13 +257,16 @@ class Renderer:
         precision: str = "fp32",
         relative: bool = True,
         adapt_scale: bool = True,
-        kp_initial: dict[str, torch.Tensor] | None = None,
     ) -> SourceState:
-        """Source keypoints and encoder features for a (1, 3, H, W) source in [0, 1]."""
+        """Source keypoints and encoder features for a (1, 3, H, W) source in [0, 1].
+
+        The driving frame that motion is measured from (`kp_initial`) is the first one animated,
+        unless the caller sets it.
+        """
         source = self._input(source)
         kp_source = self.model.kp_detector(source)
         features = self.generator(precision).encode_source(source)
-        return SourceState(features, kp_source, precision, relative, adapt_scale, kp_initial)
+        return SourceState(features, kp_source, precision, relative, adapt_scale)
 
     @torch.inference_mode()
     def animate_batch(
