@@ -13,14 +13,14 @@ import redis
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from contract.logs import configure_logging
+from contract.settings import Settings
 from service import background
 from service.cleanup import sweep
 from service.context import ServiceContext
 from service.errors import install_error_handlers
 from service.live import router as live_router
-from service.logs import configure_logging
 from service.routes import router
-from service.settings import Settings
 from service.web import install_web
 
 log = logging.getLogger("service")

@@ -1,14 +1,14 @@
-"""What the routes work with: the settings, the Redis-backed queue and the job storage."""
+"""What the routes work with: the settings, the Redis-backed queue and the job store."""
 
 from dataclasses import dataclass
 
 from fastapi import Request
 from redis import Redis
 
+from contract.queue import JobQueue, connect
+from contract.settings import Settings
+from contract.storage import JobStore, open_store
 from service.auth import parse_keys
-from service.queue import JobQueue, connect
-from service.settings import Settings
-from service.storage import JobStore
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class ServiceContext:
             settings=settings,
             redis=redis,
             queue=JobQueue(redis, settings.job_timeout, settings.result_ttl, settings.job_retries),
-            store=JobStore(settings.data_dir),
+            store=open_store(settings),
             api_keys=parse_keys(settings.api_keys),
         )
 

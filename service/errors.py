@@ -1,7 +1,7 @@
 """Every error the API answers is JSON `{"error": {"code", "message"}}` with a fitting status.
 
 Handlers here turn FastAPI's and Starlette's own errors (validation, unknown route, wrong method)
-and a Redis outage into that shape; anything else is a bug and answers 500 without details.
+and an outage of Redis or the store into that shape; anything else is a bug and answers 500 without details.
 """
 
 import logging
@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from contract.storage import StorageError
 
 log = logging.getLogger("service")
 
@@ -92,6 +94,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("Redis unreachable while serving %s %s: %s", request.method, request.url.path, exc)
         error = queue_unavailable()
         return error_response(error.status, error.code, error.message, error.headers)
+
+    @app.exception_handler(StorageError)
+    async def _store_down(request: Request, exc: StorageError) -> JSONResponse:
+        log.warning("store failed while serving %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            503, "storage_unavailable", "the job store is unavailable; retry shortly", {"Retry-After": "5"}
+        )
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

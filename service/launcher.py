@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from service.settings import Settings
+from contract.settings import Settings
 
 STOP_TIMEOUT = 30.0
 

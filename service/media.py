@@ -16,8 +16,8 @@ from pathlib import Path
 import imageio_ffmpeg
 from PIL import Image, UnidentifiedImageError
 
+from contract.settings import Settings
 from service.errors import ApiError
-from service.settings import Settings
 
 IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 VIDEO_DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}  # the allow-list

@@ -1,9 +1,9 @@
-"""POST /animate: stream the upload into a new job folder, check it, queue the render.
+"""POST /animate: stream the upload into a staging folder, check it, commit it to the store, queue it.
 
-On any failure, the client's or ours, the job's folder is removed: a refused request leaves nothing
-behind, on disk or in the queue. With API keys on, the job belongs to the calling key's owner, who
-alone sees it afterwards, and the owner's submissions are rate limited. An `Idempotency-Key` makes a
-repeated request return the job of the first (service/idempotency.py).
+On any failure, the client's or ours, the job's files are removed: a refused request leaves nothing
+behind, on disk, in the store or in the queue. With API keys on, the job belongs to the calling key's
+owner, who alone sees it afterwards, and the owner's submissions are rate limited. An
+`Idempotency-Key` makes a repeated request return the job of the first (service/idempotency.py).
 """
 
 import contextlib
@@ -15,32 +15,40 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from contract.job import (
+    MODEL_NAME_PATTERN,
+    DrivingSummary,
+    InputSummary,
+    JobRequest,
+    SourceSummary,
+    queued_meta,
+)
+from contract.logs import current_job_id
+from contract.metrics import record_submitted
+from contract.options import AnimationOptions, first_error
+from contract.queue import live_workers
+from contract.storage import DRIVING, SOURCE, new_job_id
 from service import idempotency
 from service.context import ServiceContext
 from service.errors import ApiError
 from service.jobs import describe
-from service.logs import current_job_id
 from service.media import SNIFF_BYTES, probe_image, probe_video, sniff_image, sniff_video
-from service.metrics import record_submitted
-from service.queue import live_workers
 from service.ratelimit import check_rate
-from service.schemas import MODEL_NAME_PATTERN, AnimateOptions, JobResource
-from service.storage import DRIVING, SOURCE
+from service.schemas import JobResource
 from service.uploads import ReceivedForm, receive_form
 from service.webhooks import check_url
 
-OPTION_FIELDS = set(AnimateOptions.model_fields)
+OPTION_FIELDS = set(AnimationOptions.model_fields)
 WEBHOOK_FIELD = "webhook_url"
 TEXT_FIELDS = OPTION_FIELDS | {"model", WEBHOOK_FIELD}
 
 
-def _options(fields: dict[str, str]) -> AnimateOptions:
+def _options(fields: dict[str, str]) -> AnimationOptions:
     try:
-        return AnimateOptions(**{name: value for name, value in fields.items() if name in OPTION_FIELDS})
+        return AnimationOptions(**{name: value for name, value in fields.items() if name in OPTION_FIELDS})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = ".".join(str(part) for part in error["loc"][:1])
-        raise ApiError(422, "invalid_field", f"{name}: {error['msg']}", field=name) from None
+        name, message = first_error(exc)
+        raise ApiError(422, "invalid_field", message, field=name) from None
 
 
 def _check_model(ctx: ServiceContext, name: str) -> None:
@@ -57,15 +65,15 @@ def _check_model(ctx: ServiceContext, name: str) -> None:
         )
 
 
-def _webhook(ctx: ServiceContext, fields: dict[str, str]) -> dict[str, str]:
+def _webhook(ctx: ServiceContext, fields: dict[str, str]) -> str | None:
     url = fields.get(WEBHOOK_FIELD)
     if not url:
-        return {}
+        return None
     if ctx.settings.webhook_key is None:
         raise ApiError(
             422, "webhooks_disabled", "webhook_url: this service has no WEBHOOK_SECRET", field=WEBHOOK_FIELD
         )
-    return {WEBHOOK_FIELD: check_url(url, ctx.settings.webhook_allow_private)}
+    return check_url(url, ctx.settings.webhook_allow_private)
 
 
 def _sniffed(path: Path, role: str, sniff) -> tuple[Path, str]:
@@ -92,24 +100,24 @@ def _check_and_queue(ctx: ServiceContext, job_id: str, form: ReceivedForm, owner
     driving, driving_kind = _sniffed(files[DRIVING], DRIVING, sniff_video)
     image = probe_image(source, source_kind, settings.max_pixels)
     video = probe_video(driving, driving_kind, settings)
-    request = {"model": model, "options": options.model_dump()}  # the worker finds the files by the job id
-    meta = {"inputs": {"source": image.to_dict(), "driving": video.to_dict()}, **webhook}
-    if owner is not None:
-        meta["owner"] = owner
-    job = ctx.queue.enqueue(job_id, request, meta)
+    inputs = InputSummary(source=SourceSummary(**image.to_dict()), driving=DrivingSummary(**video.to_dict()))
+    ctx.store.commit_inputs(job_id, {SOURCE: source, DRIVING: driving})
+    record = ctx.queue.enqueue(
+        job_id, JobRequest(model=model, options=options), queued_meta(inputs, owner, webhook)
+    )
     record_submitted(ctx.redis)
-    return describe(job)
+    return describe(record)
 
 
 def _replay(ctx: ServiceContext, job_id: str, owner: str | None) -> JobResource:
-    job = ctx.queue.fetch(job_id)
-    if job is None or job.meta.get("owner") != owner:
+    record = ctx.queue.fetch(job_id)
+    if record is None or record.owner != owner:
         raise ApiError(
             409,
             "idempotency_key_in_use",
             f"the first request with this {idempotency.HEADER} is still being handled or was deleted",
         )
-    return describe(job)
+    return describe(record)
 
 
 async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tuple[JobResource, bool]:
@@ -120,7 +128,8 @@ async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tu
         await run_in_threadpool(check_rate, ctx.redis, owner, settings.rate_limit)
     if await run_in_threadpool(ctx.queue.waiting) >= settings.max_queued:
         raise ApiError(429, "queue_full", "too many jobs are waiting; retry later", {"Retry-After": "30"})
-    job_id, folder = ctx.store.create()
+    job_id = new_job_id()
+    folder = ctx.store.staging(job_id)
     current_job_id.set(job_id)
     claimed = False
     try:

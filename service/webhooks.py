@@ -33,9 +33,10 @@ import redis
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 
+from contract.outcomes import WEBHOOKS_DUE_KEY as DUE_KEY
+from contract.outcomes import schedule_webhook as schedule
 from service.errors import ApiError
 
-DUE_KEY = "animate:webhooks:due"
 ATTEMPTS_KEY = "animate:webhooks:attempts"
 MAX_URL_LENGTH = 2048
 DELIVERY_TIMEOUT = 10.0
@@ -104,10 +105,6 @@ def check_url(url: str, allow_private: bool) -> str:
     except WebhookRefused as exc:
         raise ApiError(422, "invalid_field", f"webhook_url: {exc}", field="webhook_url") from None
     return url
-
-
-def schedule(client: Redis, job_id: str, delay: float = 0.0) -> None:
-    client.zadd(DUE_KEY, {job_id: time.time() + delay})
 
 
 def pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict]:

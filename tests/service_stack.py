@@ -11,8 +11,8 @@ import imageio_ffmpeg
 import redis
 
 from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until
-from service.queue import live_workers
-from service.settings import Settings
+from contract.queue import live_workers
+from contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}

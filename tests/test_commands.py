@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service.launcher import EmbeddedRedis, free_port
-from service.storage import InvalidJobId, JobStore, parse_job_id
+from contract.storage import InvalidJobId, JobStore, parse_job_id
 from tests.service_stack import ROOT, clean_env
 from worker.video_io import probe_video
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.settings import Settings
+from contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,7 +149,7 @@ def test_compose_worker_reserves_a_gpu_and_cpu_profile_does_not(compose):
 def test_precision_defaults_follow_the_device_and_can_be_chosen():
     from pydantic import ValidationError
 
-    from service.settings import Settings
+    from contract.settings import Settings
 
     assert Settings(worker_device="cpu").render_precision == "fp32"
     assert Settings(worker_device="cuda").render_precision == "bf16"

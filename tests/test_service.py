@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from service.cleanup import sweep
-from service.queue import JobQueue, connect
-from service.storage import JobStore
+from contract.queue import JobQueue, connect
+from contract.storage import JobStore
 from tests.service_stack import ROOT, ServiceStack, clean_env, cut_clip
 from worker.video_io import probe_video
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from service.errors import ApiError
 from service.media import probe_video
-from service.settings import Settings
+from contract.settings import Settings
 from tests.hostile_media import (
     ffmpeg_bytes,
     gradient,

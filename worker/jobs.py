@@ -4,7 +4,7 @@ RQ calls it by name with JSON arguments (job id, {model, options}); the files ar
 folder, never taken from the payload. What the API shows is written into the job's meta: progress (at
 most PROGRESS_INTERVAL apart), timings, the result summary, and on failure the RenderError's code
 (a full or unwritable disk is `storage_error`). Every end is also counted for /metrics and triggers
-the job's webhook (service/outcomes.py).
+the job's webhook (contract/outcomes.py).
 """
 
 import errno
@@ -20,10 +20,10 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from service.outcomes import job_ended
-from service.queue import JobQueue
-from service.settings import Settings
-from service.storage import DRIVING, SOURCE, JobStore
+from contract.outcomes import job_ended
+from contract.queue import JobQueue
+from contract.settings import Settings
+from contract.storage import DRIVING, SOURCE, JobStore
 from worker.catalog import LoadedModel
 from worker.errors import InvalidVideo, RenderCanceled, RenderError
 from worker.pipeline import RenderOptions

@@ -16,7 +16,7 @@ Why a process of its own rather than a thread in the RQ worker (`make serve` sta
 The cost is a second copy of the weights (a few MB for the starter model; on a GPU also a second
 CUDA context), which is small next to what a session needs.
 
-Protocol with the API: service/live_channel.py. Sessions: worker/live_session.py.
+Protocol with the API: contract/live_channel.py. Sessions: worker/live_session.py.
 """
 
 import argparse
@@ -32,10 +32,10 @@ import time
 import redis
 import torch
 
-from service import live_channel as channel
-from service.queue import connect, host_is_present
-from service.settings import Settings
-from service.storage import InvalidJobId, parse_job_id
+from contract import live_channel as channel
+from contract.queue import connect, host_is_present
+from contract.settings import Settings
+from contract.storage import InvalidJobId, parse_job_id
 from worker.catalog import LoadedModel, load_models
 from worker.live_session import LiveSession
 

@@ -8,7 +8,7 @@ weights stay loaded, on the GPU where there is one, from one job to the next. Tw
 handled here: it does not refresh its job's heartbeat while the job runs (RQ gives the job's timeout
 plus a minute instead, so a SIGKILLed worker's job would look alive for half an hour), so a thread
 refreshes it every HEARTBEAT_INTERVAL with a TTL of three intervals and a dead worker's job is found
-within about a minute (service/maintenance.py, whose handler this worker's maintenance runs too);
+within about a minute (contract/maintenance.py, whose handler this worker's maintenance runs too);
 and it cannot kill a running job, so cancellation is our own Redis flag, read between frame batches.
 A job's retries are only for a worker that died: an error the render raised fails the job at once.
 
@@ -33,9 +33,9 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from service.logs import configure_logging, current_job_id
-from service.maintenance import LostJobHandler
-from service.queue import (
+from contract.logs import configure_logging, current_job_id
+from contract.maintenance import LostJobHandler
+from contract.queue import (
     QUEUE_NAME,
     WORKER_PREFIX,
     JobQueue,
@@ -44,8 +44,8 @@ from service.queue import (
     publish_worker,
     withdraw_worker,
 )
-from service.settings import Settings
-from service.storage import JobStore
+from contract.settings import Settings
+from contract.storage import JobStore
 from worker import jobs
 from worker.catalog import load_models
 
