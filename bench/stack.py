@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from contract import live_channel  # noqa: E402
-from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until  # noqa: E402
 from contract.queue import connect, live_workers  # noqa: E402
+from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until  # noqa: E402
 
 SMALL = ROOT.parent / "shared" / "fomm" / "fomm-small.pth.tar"
 START_TIMEOUT = 180.0

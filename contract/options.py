@@ -30,7 +30,9 @@ class AnimationOptions(BaseModel):
     paste_back: bool = Field(False, description="paste the animated crop back into the full source image")
 
     @model_validator(mode="after")
-    def _paste_back_needs_a_crop(self) -> "AnimationOptions":
+    def _crop_and_paste_back(self) -> "AnimationOptions":
+        if "," in self.crop and any(int(side) <= 0 for side in self.crop.split(",")[2:]):
+            raise ValueError("crop: a box's width and height must be positive")
         if self.paste_back and self.crop == "none":
             raise ValueError("paste_back needs a crop: auto, face, body or x,y,w,h")
         return self

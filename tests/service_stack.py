@@ -10,9 +10,9 @@ import httpx
 import imageio_ffmpeg
 import redis
 
-from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until
 from contract.queue import live_workers
 from contract.settings import Settings
+from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contract.storage import InvalidJobId, new_job_id, parse_job_id
+from contract.storage.local import LocalStore
 from service.launcher import EmbeddedRedis, free_port
-from contract.storage import InvalidJobId, JobStore, parse_job_id
 from tests.service_stack import ROOT, clean_env
 from worker.video_io import probe_video
 
@@ -153,8 +154,9 @@ def test_make_demo(tmp_path, small_checkpoint):
 
 
 def test_job_ids_are_checked_before_any_path_is_built(tmp_path):
-    store = JobStore(tmp_path)
-    job_id, folder = store.create()
+    store = LocalStore(tmp_path)
+    job_id = new_job_id()
+    folder = store.staging(job_id)
     assert parse_job_id(job_id) == job_id and folder == tmp_path.resolve() / "jobs" / job_id
     for hostile in ("..", "../etc", job_id.upper(), str(uuid.uuid1()), job_id + "/x", "", f"{{{job_id}}}"):
         with pytest.raises(InvalidJobId):

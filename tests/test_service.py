@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from service.cleanup import sweep
 from contract.queue import JobQueue, connect
-from contract.storage import JobStore
+from contract.storage.local import LocalStore
+from service.cleanup import sweep
 from tests.service_stack import ROOT, ServiceStack, clean_env, cut_clip
 from worker.video_io import probe_video
 
@@ -315,7 +315,7 @@ def test_models_health_and_docs(stack):
 def test_expired_jobs_are_swept(stack, portrait, short_clip):
     job = _submit(stack, portrait, short_clip)
     assert stack.wait_finished(job["id"])["status"] == "succeeded"
-    store = JobStore(stack.data_dir)
+    store = LocalStore(stack.data_dir)
     orphan_old = store.folder(str(uuid.uuid4()))
     orphan_new = store.folder(str(uuid.uuid4()))
     for folder in (orphan_old, orphan_new):

@@ -94,6 +94,9 @@ def _fail(message: str) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from contract.options import first_error
     from worker.errors import RenderError
     from worker.models import CheckpointError, load_checkpoint
     from worker.pipeline import Renderer, RenderOptions
@@ -109,21 +112,23 @@ def _render(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         return _fail(f"output folder does not exist: {out.parent}")
     precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
-    options = RenderOptions(
-        mode=args.mode,
-        adapt_scale=args.adapt_scale,
-        driving_start=args.driving_start,
-        size=args.size,
-        batch_size=args.batch_size,
-        audio=args.audio,
-        device=args.device,
-        precision=precision,
-        crop=args.crop,
-        paste_back=args.paste_back,
-    )
+    try:
+        options = RenderOptions(
+            mode=args.mode,
+            adapt_scale=args.adapt_scale,
+            driving_start=args.driving_start,
+            size=args.size,
+            batch_size=args.batch_size,
+            audio=args.audio,
+            device=args.device,
+            precision=precision,
+            crop=args.crop,
+            paste_back=args.paste_back,
+        )
+    except ValidationError as exc:
+        return _fail(first_error(exc)[1])
     bar = ProgressBar("rendering")
     try:
-        options.validate()
         image = load_image(args.source)
         info = probe_video(args.driving)
         model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)

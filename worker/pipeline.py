@@ -17,12 +17,14 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
+from contract.options import AnimationOptions
 from worker.errors import RenderCanceled, RenderError, StorageError
 from worker.models import AnimationModel, Generator, SourceFeatures, normalize_kp
 from worker.models.motion_transfer import convex_hull_area
 from worker.optimize import low_precision_generator, prepare_for_inference
-from worker.subject.framing import DEFAULT_CROP, check_framing, plan_framing
+from worker.subject.framing import plan_framing
 from worker.video_io import Mp4Writer, VideoInfo, probe_video
 
 # (frames done, frames expected, stage): "analysing" while the crop follows the subject through the
@@ -31,36 +33,19 @@ ProgressCallback = Callable[[int, int, str], None]
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass
-class RenderOptions:
-    mode: Literal["relative", "absolute"] = "relative"
-    adapt_scale: bool = True
-    driving_start: int | Literal["best"] = 0
-    size: int | None = None  # output side in pixels; the model's resolution when None
-    batch_size: int = 4
-    audio: bool = True
+class RenderOptions(AnimationOptions):
+    """A request's options (contract/options.py) plus how this engine runs them; checked when built."""
+
+    size: int | None = Field(None, ge=16, le=2048, multiple_of=2)  # output side; None: the model's
+    batch_size: int = Field(4, ge=1, le=256)
     device: str = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    crop: str = DEFAULT_CROP  # "auto", "face", "body", "none" or "x,y,w,h": see worker/subject/framing.py
-    paste_back: bool = False
 
-    def validate(self) -> None:
-        if self.mode not in ("relative", "absolute"):
-            raise RenderError(f"mode must be relative or absolute, not {self.mode!r}", "invalid_option")
-        if self.driving_start != "best" and (
-            not isinstance(self.driving_start, int) or self.driving_start < 0
-        ):
-            raise RenderError("driving_start must be a frame index >= 0 or 'best'", "invalid_option")
-        if self.size is not None and not (16 <= self.size <= 2048 and self.size % 2 == 0):
-            raise RenderError("size must be an even number of pixels from 16 to 2048", "invalid_option")
-        if not 1 <= self.batch_size <= 256:
-            raise RenderError("batch_size must be from 1 to 256", "invalid_option")
-        try:
-            check_framing(self.crop, self.paste_back, self.size)
-        except ValueError as exc:
-            raise RenderError(str(exc), "invalid_option") from None
-        if self.precision not in PRECISIONS:
-            raise RenderError(f"precision must be one of {', '.join(PRECISIONS)}", "invalid_option")
+    @model_validator(mode="after")
+    def _size_and_paste_back(self) -> "RenderOptions":
+        if self.paste_back and self.size is not None:
+            raise ValueError("size cannot be combined with paste_back: the video has the source image's size")
+        return self
 
 
 @dataclass
@@ -328,7 +313,6 @@ class Renderer:
         The MP4 appears at `out_path` only when complete; on any failure nothing is left there.
         """
         options = options or RenderOptions()
-        options.validate()
         started = time.perf_counter()
         driving_path, out_path = Path(driving_path), Path(out_path)
         info = info or probe_video(driving_path)
