@@ -11,6 +11,7 @@ ARG TORCH_IMAGE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY service ./service
 COPY worker ./worker
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
