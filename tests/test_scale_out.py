@@ -98,7 +98,7 @@ def cluster(tmp_path_factory, small_checkpoint):
 def clips(tmp_path_factory, clip) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("clips")
     short = cut_clip(clip, folder / "short.mp4", "-t", "0.6", "-vf", "scale=128:128")
-    long = cut_clip(clip, folder / "long.mp4", "-vf", "scale=128:128", loops=3)
+    long = cut_clip(clip, folder / "long.mp4", "-t", "6", "-vf", "scale=128:128")
     return short, long
 
 

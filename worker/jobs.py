@@ -31,7 +31,7 @@ from contract.settings import Settings
 from contract.storage import DRIVING, RESULT, SOURCE, JobStore, StorageError
 from worker.catalog import LoadedModel
 from worker.errors import InvalidVideo, RenderCanceled, RenderError
-from worker.pipeline import RenderOptions
+from worker.pipeline import RenderOptions, RenderResult
 from worker.video_io import load_image, probe_video
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
@@ -118,7 +118,7 @@ def _request(record: JobRecord) -> JobRequest:
         raise RenderError(f"the job's request is invalid: {first_error(exc)[1]}", "invalid_option") from None
 
 
-def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: Path) -> dict[str, Any]:
+def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: Path) -> RenderResult:
     settings = engine.settings
     request = _request(record)
     if request.model not in engine.models:
@@ -144,7 +144,7 @@ def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: P
         image, inputs[DRIVING], out, options, reporter.progress, reporter.should_cancel, info
     )
     engine.store.publish(record.id, RESULT, out)
-    return result.to_dict()
+    return result
 
 
 def _failure(exc: BaseException) -> ErrorDetail:
@@ -181,7 +181,7 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        summary = _render(record, engine, reporter, scratch)
+        rendered = _render(record, engine, reporter, scratch)
     except BaseException as exc:
         if isinstance(exc, RenderCanceled) and engine.stopping.is_set():
             engine.interrupted.add(job_id)
@@ -202,23 +202,23 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    timings = summary.pop("timings")
-    done = JobTimings(
-        **{
-            **record.timings.model_dump(),
+    timings = rendered.timings
+    done = record.timings.model_copy(
+        update={
             "decode": timings["decode"],
             "inference": timings["inference"],
             "encode": timings["encode"],
             "render": timings["total"],
-            "precision": summary["precision"],
+            "precision": rendered.precision,
         }
     )
-    frames = summary["frames"]
+    frames = rendered.frames
+    result = JobResult(**rendered.model_dump(exclude={"timings"}))
     reporter.save(
-        result=JobResult(**summary),
+        result=result,
         progress=ProgressReport(stage="rendering", frames_done=frames, frames_total=frames),
         timings=done,
     )
     seconds = time.monotonic() - began
     job_ended(engine.queue.redis, record, "succeeded", None, seconds, frames, timings)
-    return {**summary, "timings": timings}
+    return rendered.model_dump()

@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from contract.job import JobResult
 from contract.options import AnimationOptions
 from worker.errors import RenderCanceled, RenderError, StorageError
 from worker.models import AnimationModel, Generator, SourceFeatures, normalize_kp
@@ -48,19 +49,10 @@ class RenderOptions(AnimationOptions):
         return self
 
 
-@dataclass
-class RenderResult:
-    frames: int
-    fps: float
-    width: int
-    height: int
-    audio: bool
-    driving_start: int
-    precision: str
-    timings: dict[str, float] = field(default_factory=dict)
+class RenderResult(JobResult):
+    """The job's result summary (contract/job.py) plus the seconds each stage of the render took."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    timings: dict[str, float] = Field(default_factory=dict)
 
 
 def to_tensor(frames: np.ndarray, device: str) -> torch.Tensor:
