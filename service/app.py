@@ -20,6 +20,7 @@ from service.cleanup import sweep
 from service.context import ServiceContext
 from service.errors import install_error_handlers
 from service.live import router as live_router
+from service.openapi import install_openapi
 from service.routes import router
 from service.web import install_web
 
@@ -69,4 +70,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(live_router)
     install_web(app)
+    install_openapi(app)
     return app

@@ -14,12 +14,13 @@ from service.context import ServiceContext, get_context
 from service.errors import ApiError
 from service.jobs import describe
 from service.metrics import exposition
+from service.openapi import animate_form, binary_response
 from service.ranges import parse_range
 from service.schemas import ErrorBody, Health, JobResource, ModelInfo, ModelList, Readiness
 from service.submission import submit
 from service.uploads import MAX_FIELD_BYTES
 
-router = APIRouter()
+router = APIRouter(generate_unique_id_function=lambda route: route.name)  # operation ids: the function names
 Context = Depends(get_context)
 Caller = Depends(caller)
 
@@ -38,42 +39,7 @@ ANIMATE_FORM = {
             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
         }
     ],
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["source", "driving"],
-                    "properties": {
-                        "source": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"},
-                        "driving": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "MP4, MOV, WebM or MKV",
-                        },
-                        "model": {"type": "string", "description": "a loaded model; default DEFAULT_MODEL"},
-                        "mode": {"type": "string", "enum": ["relative", "absolute"], "default": "relative"},
-                        "adapt_scale": {"type": "boolean", "default": True},
-                        "driving_start": {
-                            "type": "string",
-                            "default": "0",
-                            "description": "a frame index or best",
-                        },
-                        "audio": {"type": "boolean", "default": True},
-                        "crop": {"type": "string", "description": "none, auto, face, body or x,y,w,h"},
-                        "paste_back": {"type": "boolean"},
-                        "webhook_url": {
-                            "type": "string",
-                            "description": "http(s) URL POSTed the job, signed, when it ends",
-                        },
-                    },
-                },
-                "encoding": {"source": {"contentType": "image/png, image/jpeg, image/webp"}},
-            }
-        },
-        "description": f"Files stream to disk; each plain field is at most {MAX_FIELD_BYTES} bytes.",
-    },
+    "requestBody": animate_form(MAX_FIELD_BYTES),
 }
 
 
@@ -130,8 +96,8 @@ def get_job(job_id: str, ctx: ServiceContext = Context, owner: str | None = Call
     "/jobs/{job_id}/result",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"video/mp4": {}}, "description": "the MP4; Range requests answer 206"},
-        206: {"content": {"video/mp4": {}}, "description": "the requested bytes of the MP4"},
+        200: binary_response("video/mp4", "the MP4; Range requests answer 206"),
+        206: binary_response("video/mp4", "the requested bytes of the MP4"),
         307: {"description": "with an object store: a short-lived presigned URL of the MP4"},
         **_errors(400, 401, 404, 409, 416, 503),
     },
@@ -166,8 +132,17 @@ def get_result(
     return StreamingResponse(
         iterate_in_threadpool(chunks),
         status_code=206 if wanted is not None else 200,
-        media_type="video/mp4",
+        media_type=_download_type(request, "video/mp4"),
         headers=headers,
+    )
+
+
+def _download_type(request: Request, media_type: str) -> str:
+    """The file's own type, or application/octet-stream for a client that asks only for that."""
+    accept = request.headers.get("accept", "")
+    wants_bytes = "application/octet-stream" in accept
+    return (
+        "application/octet-stream" if wants_bytes and media_type.split("/")[0] not in accept else media_type
     )
 
 
