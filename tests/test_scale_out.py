@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,10 @@ import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from contract.queue import JobQueue, connect
+from contract.settings import Settings
+from contract.storage import open_store
+from service.cleanup import sweep
 from service.launcher import free_port, stop_process, wait_until
 from tests.s3_server import S3Server
 from tests.service_stack import ROOT, START_TIMEOUT, ServiceStack, cut_clip
@@ -167,3 +172,19 @@ def test_a_worker_killed_mid_job_is_replaced_by_the_other(cluster, portrait, cli
     job = stack.wait_finished(job_id, timeout=300)
     assert job["status"] == "succeeded", job
     assert _download_presigned(stack.http, job_id, cluster.s3.endpoint)[4:8] == b"ftyp"
+
+
+def test_expired_jobs_leave_the_store(cluster, portrait, clips, monkeypatch, tmp_path):
+    stack, s3 = cluster.stack, cluster.s3
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    store = open_store(Settings(storage_url=s3.env()["STORAGE_URL"], scratch_dir=tmp_path))
+    job_id = stack.post(portrait, clips[0], crop="none").json()["id"]
+    assert stack.wait_finished(job_id, timeout=240)["status"] == "succeeded"
+    queue = JobQueue(connect(stack.redis.url), job_timeout=60, result_ttl=3600)
+
+    assert job_id in store.job_ids() and job_id not in sweep(store, queue, ttl=3600)
+    removed = sweep(store, queue, ttl=3600, now=datetime.now(UTC) + timedelta(hours=2))
+    assert job_id in removed
+    assert not [key for key in s3.objects() if job_id in key]
+    assert stack.http.get(f"/jobs/{job_id}").status_code == 404
