@@ -10,14 +10,19 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
 CROP_PATTERN = r"^(none|auto|face|body|\d{1,5},\d{1,5},\d{1,5},\d{1,5})$"
-Mode = Literal["relative", "absolute"]
+Mode = Literal["relative", "absolute", "avd"]
 
 
 class AnimationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Mode = Field(
-        "relative", description="relative: the source keeps its pose and follows the driving motion"
+        "relative",
+        description=(
+            "relative: the source keeps its pose and follows the driving motion; absolute: it takes the "
+            "driving pose; avd (TPSMM models with a trained AVD network): the driving motion disentangled "
+            "from the driving identity. GET /models lists each model's modes"
+        ),
     )
     adapt_scale: bool = Field(True, description="scale the motion by the ratio of the faces' sizes")
     driving_start: NonNegativeInt | Literal["best"] = Field(
@@ -28,6 +33,9 @@ class AnimationOptions(BaseModel):
         "auto", pattern=CROP_PATTERN, description="framing of the subject: none, auto, face, body or x,y,w,h"
     )
     paste_back: bool = Field(False, description="paste the animated crop back into the full source image")
+    background_motion: bool = Field(
+        False, description="move the background too (TPSMM models with a background predictor)"
+    )
 
     @model_validator(mode="after")
     def _crop_and_paste_back(self) -> "AnimationOptions":

@@ -13,7 +13,7 @@ from contract.job import (
     JobTimings,
     ProgressStage,
 )
-from contract.options import AnimationOptions
+from contract.options import AnimationOptions, Mode
 
 
 class ErrorBody(BaseModel):
@@ -83,6 +83,11 @@ class ModelInfo(BaseModel):
         description="height, width the model animates at", examples=[[256, 256]]
     )
     num_kp: int = Field(description="keypoints the model detects", examples=[10])
+    family: Literal["fomm", "tpsmm"] = Field(
+        "fomm", description="First Order or Thin-Plate Spline Motion Model"
+    )
+    modes: list[Mode] = Field(["relative", "absolute"], description="the modes it renders, the default first")
+    background_motion: bool = Field(False, description="whether it can move the background")
     device: str = Field(examples=["cuda"])
     workers: int = Field(description="live workers that have it loaded")
 

@@ -51,11 +51,14 @@ def _options(fields: dict[str, str]) -> AnimationOptions:
         raise ApiError(422, "invalid_field", message, field=name) from None
 
 
-def _check_model(ctx: ServiceContext, name: str) -> None:
-    """Refuse a model no live worker has loaded; with no worker alive the job waits for one."""
+def _check_model(ctx: ServiceContext, name: str, options: AnimationOptions) -> None:
+    """Refuse a model no live worker has loaded, or options it cannot render; with no worker alive
+    the job waits for one (and the worker checks the options)."""
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise ApiError(422, "invalid_field", "model: not a model name", field="model")
-    loaded = {model["name"] for worker in live_workers(ctx.redis) for model in worker.get("models", [])}
+    loaded = {
+        model["name"]: model for worker in live_workers(ctx.redis) for model in worker.get("models", [])
+    }
     if loaded and name not in loaded:
         raise ApiError(
             422,
@@ -63,6 +66,14 @@ def _check_model(ctx: ServiceContext, name: str) -> None:
             f"model {name!r} is not loaded; loaded: {', '.join(sorted(loaded))}",
             field="model",
         )
+    model = loaded.get(name, {})
+    modes = model.get("modes", ["relative", "absolute"])
+    if model and options.mode not in modes:
+        message = f"mode: model {name!r} renders {', '.join(modes)}, not {options.mode}"
+        raise ApiError(422, "unsupported_mode", message, field="mode")
+    if model and options.background_motion and not model.get("background_motion", False):
+        message = f"background_motion: model {name!r} has no background motion predictor"
+        raise ApiError(422, "unsupported_option", message, field="background_motion")
 
 
 def _webhook(ctx: ServiceContext, fields: dict[str, str]) -> str | None:
@@ -94,7 +105,7 @@ def _check_and_queue(ctx: ServiceContext, job_id: str, form: ReceivedForm, owner
             raise ApiError(422, "missing_field", f"field {role!r} (a file) is required", field=role)
     options = _options(fields)
     model = fields.get("model") or settings.default_model
-    _check_model(ctx, model)
+    _check_model(ctx, model, options)
     webhook = _webhook(ctx, fields)
     source, source_kind = _sniffed(files[SOURCE], SOURCE, sniff_image)
     driving, driving_kind = _sniffed(files[DRIVING], DRIVING, sniff_video)
