@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     crop.add_argument("--size", type=int, default=512, help="output side in pixels (default: 512)")
     crop.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
 
-    inspect = commands.add_parser("inspect", help="print a checkpoint's inferred architecture")
+    inspect = commands.add_parser(
+        "inspect", help="print a checkpoint's family, inferred architecture, modes and parameter counts"
+    )
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
 
@@ -173,14 +175,17 @@ def _inspect(args: argparse.Namespace) -> int:
         model = load_checkpoint(args.checkpoint, config=args.config)
     except CheckpointError as exc:
         return _fail(str(exc))
-    counts = {
-        "kp_detector": sum(p.numel() for p in model.kp_detector.parameters()),
-        "generator": sum(p.numel() for p in model.generator.parameters()),
-    }
     report = {
+        "family": model.family,
         "frame_shape": list(model.frame_shape),
+        "num_kp": model.num_kp,
+        **({"num_tps": model.num_tps} if model.family == "tpsmm" else {}),
+        "modes": list(model.modes),
+        "background_predictor": model.background_motion,
         "model_params": model.config,
-        "parameters": counts,
+        "parameters": {
+            name: sum(p.numel() for p in network.parameters()) for name, network in model.named_children()
+        },
     }
     print(json.dumps(report, indent=2))
     return 0
