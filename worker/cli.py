@@ -34,8 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
     render.add_argument("--out", required=True, help="output MP4")
     render.add_argument("--config", help="YAML in the published config format overriding the inferred one")
-    render.add_argument("--mode", choices=["relative", "absolute"], default="relative")
+    render.add_argument(
+        "--mode",
+        choices=["relative", "absolute", "avd"],
+        default="relative",
+        help="motion transfer (default: relative); avd: TPSMM files with a trained AVD network",
+    )
     render.add_argument("--adapt-scale", action=argparse.BooleanOptionalAction, default=True)
+    render.add_argument(
+        "--background-motion",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="move the background by TPSMM's predicted affine motion (files with one; default: off)",
+    )
     render.add_argument("--driving-start", type=_start_frame, default=0, metavar="N|best")
     render.add_argument("--batch-size", type=int, default=4)
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -122,6 +133,7 @@ def _render(args: argparse.Namespace) -> int:
         precision=precision,
         crop=args.crop,
         paste_back=args.paste_back,
+        background_motion=args.background_motion,
     )
     bar = ProgressBar("rendering")
     try:
@@ -233,6 +245,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             return _fail("--device cuda: no CUDA device is available")
     try:
         model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
+        if model.family != "fomm":
+            return _fail(f"eval measures FOMM checkpoints; {args.checkpoint} is a {model.family} checkpoint")
         report = evaluate(model_reconstructor(model, args.device), args.data, model.frame_shape)
     except (CheckpointError, DataError) as exc:
         return _fail(str(exc))
