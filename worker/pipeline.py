@@ -11,7 +11,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,17 +20,16 @@ from pydantic import Field, model_validator
 
 from contract.job import JobResult
 from contract.options import AnimationOptions
+from worker.adapters import SourceState, model_adapter
 from worker.errors import RenderCanceled, RenderError, StorageError
-from worker.models import AnimationModel, Generator, SourceFeatures, normalize_kp
+from worker.models import AnimationModel, TPSMModel
 from worker.models.motion_transfer import convex_hull_area
-from worker.optimize import low_precision_generator, prepare_for_inference
 from worker.subject.framing import plan_framing
 from worker.video_io import Mp4Writer, VideoInfo, probe_video
 
 # (frames done, frames expected, stage): "analysing" while the crop follows the subject through the
 # driving video (crop other than "none"), then "rendering".
 ProgressCallback = Callable[[int, int, str], None]
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class RenderOptions(AnimationOptions):
@@ -189,61 +187,56 @@ class _BackgroundWriter:
             self.writer.close()
 
 
-@dataclass
-class SourceState:
-    """What a job computes once from its source image, then reuses for every driving frame."""
-
-    features: SourceFeatures
-    kp_source: dict[str, torch.Tensor]
-    precision: str = "fp32"
-    relative: bool = True
-    adapt_scale: bool = True
-    kp_initial: dict[str, torch.Tensor] | None = None  # taken from the first frame when None
-
-
 class Renderer:
     """Holds a loaded model, prepared for inference, and renders jobs with it.
 
     One instance per worker process. It takes ownership of `model`: batch norm is folded into the
-    convolutions and the weights are made channels-last, in place.
+    convolutions and the weights are made channels-last, in place. What differs between model
+    families is in its adapter (`worker/adapters/`).
     """
 
-    def __init__(self, model: AnimationModel, device: str = "cpu"):
-        self.model = prepare_for_inference(model, device)
+    def __init__(self, model: AnimationModel | TPSMModel, device: str = "cpu"):
+        self.adapter = model_adapter(model, device)
+        self.model = self.adapter.model
         self.device = device
-        self._generators = {"fp32": self.model.generator}
 
-    def generator(self, precision: str) -> Generator:
-        """The generator for a precision; a lowered copy is made on first use and kept."""
-        if precision not in self._generators:
-            self._generators[precision] = low_precision_generator(self.model.generator, PRECISIONS[precision])
-        return self._generators[precision]
+    def check_mode(self, mode: str, background_motion: bool = False) -> None:
+        """A RenderError (invalid_option) when the model cannot render in `mode` or with background motion."""
+        if mode not in self.model.modes:
+            raise RenderError(
+                f"mode {mode!r} is not available with this {self.model.family} model "
+                f"(it offers {', '.join(self.model.modes)})",
+                "invalid_option",
+            )
+        if background_motion and not self.model.background_motion:
+            raise RenderError("this model has no background motion predictor", "invalid_option")
 
     def _input(self, frames: torch.Tensor) -> torch.Tensor:
         return frames.to(self.device).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keypoints of (N, 3, H, W) frames, always in float32: softmax heatmaps need the range."""
-        return self.model.kp_detector(self._input(frames))
+        """Keypoints of (N, 3, H, W) frames, always in float32: heatmaps and splines need the range."""
+        return self.adapter.keypoints(self._input(frames))
 
     @torch.inference_mode()
     def prepare_source(
         self,
         source: torch.Tensor,
         precision: str = "fp32",
-        relative: bool = True,
+        mode: str = "relative",
         adapt_scale: bool = True,
+        background_motion: bool = False,
     ) -> SourceState:
         """Source keypoints and encoder features for a (1, 3, H, W) source in [0, 1].
 
         The driving frame that motion is measured from (`kp_initial`) is the first one animated,
         unless the caller sets it.
         """
-        source = self._input(source)
-        kp_source = self.model.kp_detector(source)
-        features = self.generator(precision).encode_source(source)
-        return SourceState(features, kp_source, precision, relative, adapt_scale)
+        self.check_mode(mode, background_motion)
+        return self.adapter.prepare_source(
+            self._input(source), precision, mode, adapt_scale, background_motion
+        )
 
     @torch.inference_mode()
     def animate_batch(
@@ -253,41 +246,25 @@ class Renderer:
 
         `kp_driving`: the frames' keypoints when an earlier pass over the video already has them.
         """
+        frames = self._input(frames)
         if kp_driving is None:
-            kp_driving = self.keypoints(frames)
+            kp_driving = self.adapter.keypoints(frames)
         if state.kp_initial is None:
             state.kp_initial = {k: v[:1] for k, v in kp_driving.items()}
-        kp_norm = normalize_kp(
-            state.kp_source,
-            kp_driving,
-            state.kp_initial,
-            adapt_movement_scale=state.adapt_scale and state.relative,
-            use_relative_movement=state.relative,
-            use_relative_jacobian=state.relative,
-        )
-        n = frames.shape[0]
-        kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
-        generator = self.generator(state.precision)
-        out = generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
-        return out["prediction"]
+        return self.adapter.animate(state, frames, kp_driving)
 
     @torch.inference_mode()
     def _driving_keypoints(self, frames: Iterator[np.ndarray], batch_size: int, stop_at: int | None):
-        """Keypoints (T, K, 2) and jacobians of the driving frames, up to and including stop_at."""
-        values, jacobians = [], []
+        """The detector's outputs (keypoints (T, K, 2), ...) for the driving frames up to and including
+        stop_at."""
+        parts = []
         seen = 0
         for batch in _batched(frames, batch_size):
-            kp = self.keypoints(to_tensor(batch, self.device))
-            values.append(kp["value"])
-            if "jacobian" in kp:
-                jacobians.append(kp["jacobian"])
+            parts.append(self.keypoints(to_tensor(batch, self.device)))
             seen += len(batch)
             if stop_at is not None and seen > stop_at:
                 break
-        out = {"value": torch.cat(values)}
-        if jacobians:
-            out["jacobian"] = torch.cat(jacobians)
-        return out
+        return {key: torch.cat([kp[key] for kp in parts]) for key in parts[0]}
 
     @torch.inference_mode()
     def render(
@@ -305,6 +282,7 @@ class Renderer:
         The MP4 appears at `out_path` only when complete; on any failure nothing is left there.
         """
         options = options or RenderOptions()
+        self.check_mode(options.mode, options.background_motion)
         started = time.perf_counter()
         driving_path, out_path = Path(driving_path), Path(out_path)
         info = info or probe_video(driving_path)
@@ -321,8 +299,9 @@ class Renderer:
             state = self.prepare_source(
                 source,
                 precision=options.precision,
-                relative=options.mode == "relative",
+                mode=options.mode,
                 adapt_scale=options.adapt_scale,
+                background_motion=options.background_motion,
             )
 
         start = options.driving_start if options.mode == "relative" else 0
@@ -331,15 +310,16 @@ class Renderer:
             with decode.timed():
                 stop_at = None if start == "best" else start
                 kp_all = self._driving_keypoints(framing.driving_frames(h, w), options.batch_size, stop_at)
+            points = self.adapter.points(kp_all)
             if start == "best":
                 start = best_start_frame(
-                    state.kp_source["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy()
+                    self.adapter.points(state.kp_source)[0].cpu().numpy(), points.cpu().numpy()
                 )
-            elif start >= len(kp_all["value"]):
-                last = len(kp_all["value"]) - 1
+            elif start >= len(points):
+                last = len(points) - 1
                 raise RenderError(f"driving_start {start} is past the last frame ({last})", "invalid_option")
             state.kp_initial = {k: v[start : start + 1] for k, v in kp_all.items()}
-        known_frames = len(kp_all["value"]) if kp_all else 0  # their keypoints are not computed again
+        known_frames = len(self.adapter.points(kp_all)) if kp_all else 0  # not computed again
 
         audio = options.audio and info.has_audio
         out_size = (options.size, options.size) if options.size else None
