@@ -191,14 +191,7 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
         if error.code == "internal_error":
             log.exception("job %s failed", job_id, extra={"job_id": job_id})
         status = "canceled" if error.code == "canceled" else "failed"
-        job_ended(
-            engine.queue.redis,
-            record,
-            status,
-            error,
-            time.monotonic() - reporter.started,
-            reporter.frames_done,
-        )
+        job_ended(engine.queue.redis, record, status, error, time.monotonic() - began, reporter.frames_done)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
