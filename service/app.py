@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from contract.logs import configure_logging
 from contract.settings import Settings
 from service import background
+from service.body_guard import BodyGuard
 from service.cleanup import sweep
 from service.context import ServiceContext
 from service.errors import install_error_handlers
@@ -65,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="animate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.context = ctx
+    app.add_middleware(
+        BodyGuard, deadline=settings.upload_deadline_seconds, idle=settings.upload_idle_seconds
+    )
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(live_router)

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.storage import StorageError
+from service.body_guard import UploadTimeout
 
 log = logging.getLogger("service")
 
@@ -20,6 +21,7 @@ STATUS_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "upload_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -75,6 +77,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers, exc.field)
+
+    @app.exception_handler(UploadTimeout)
+    async def _upload_timeout(request: Request, exc: UploadTimeout) -> JSONResponse:
+        return error_response(408, "upload_timeout", f"{exc}: send the whole request sooner")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -109,8 +109,8 @@ class EmbeddedRedis:
 
 
 def start_api(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory"]
-    command += ["--host", settings.host, "--port", str(settings.port), "--no-access-log"]
+    command = [sys.executable, "-m", "service", "--no-access-log"]
+    env = {**env, "HOST": settings.host, "PORT": str(settings.port)}
     return subprocess.Popen(command, env=env, start_new_session=True)
 
 

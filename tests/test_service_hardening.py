@@ -1,0 +1,212 @@
+"""Attacks on the running service, each one a defect found once: real processes, real sockets, loopback.
+
+One stack (Redis, a worker, the API) serves the module, with short upload deadlines so that stalled
+clients are cut off within the tests' time; tests that need a process of their own (a launcher, a
+full disk) start it themselves.
+"""
+
+import json
+import resource
+import secrets
+import selectors
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from service.auth import hash_key
+from tests.hostile_media import gradient, image_bytes, make_clip
+from tests.service_stack import ServiceStack
+
+pytestmark = pytest.mark.slow
+KEY = secrets.token_urlsafe(32)
+UPLOAD_IDLE = 2
+UPLOAD_DEADLINE = 4
+STALLED = 2000
+DRIPPING = 100  # of the stalled: one byte every DRIP_INTERVAL, never idle for long
+DRIP_INTERVAL = 0.5
+# Beyond the deadline: the API starts and answers 2,000 requests at once, on a shared 2-core machine
+# where that alone took up to 23 s; without deadlines the connections are never closed.
+CLOSE_GRACE = 30.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, small_checkpoint):
+    with ServiceStack(
+        tmp_path_factory.mktemp("hardening"),
+        small_checkpoint.parent,
+        API_KEYS=f"tester:{hash_key(KEY)}",
+        RATE_LIMIT="0",
+        UPLOAD_IDLE_SECONDS=str(UPLOAD_IDLE),
+        UPLOAD_DEADLINE_SECONDS=str(UPLOAD_DEADLINE),
+        MAX_CONNECTIONS=str(STALLED + 500),
+        BATCH_SIZE="2",
+    ) as service:
+        service.http.headers["X-API-Key"] = KEY
+        yield service
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("media")
+    make_clip(folder / "clip.mp4", 1.0, 64, 10)
+    (folder / "source.png").write_bytes(image_bytes(gradient(64, 64), "PNG"))
+    return folder
+
+
+def _post(stack: ServiceStack, media: Path, driving: Path | None = None, **fields: str):
+    files = {"source": ("s.png", (media / "source.png").read_bytes())}
+    files["driving"] = ("d.mp4", (driving or media / "clip.mp4").read_bytes())
+    return stack.http.post("/animate", files=files, data={"crop": "none", **fields})
+
+
+def _job_folders(stack: ServiceStack) -> set[str]:
+    root = stack.data_dir / "jobs"
+    return {entry.name for entry in root.iterdir()} if root.is_dir() else set()
+
+
+def _stalled_request(port: int) -> bytes:
+    """Headers and the first bytes of a multipart body that claims a megabyte more."""
+    boundary = "stall" + secrets.token_hex(8)
+    part = (
+        (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="source"; filename="s.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + b"\x89PNG\r\n\x1a\n"
+        + b"\0" * 100
+    )
+    head = (
+        f"POST /animate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-Key: {KEY}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(part) + 1_000_000}\r\n\r\n"
+    ).encode()
+    return head + part
+
+
+def _raise_open_files(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"this test needs {needed} open files; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+class StalledClients:
+    """`count` connections that send headers and part of a body, then nothing (the first `dripping`
+    of them: one byte every DRIP_INTERVAL). Records when the server closed each, and what it said."""
+
+    def __init__(self, port: int, count: int, dripping: int):
+        self.selector = selectors.DefaultSelector()
+        self.opened: dict[socket.socket, float] = {}
+        self.closed: dict[socket.socket, float] = {}
+        self.answers: dict[socket.socket, bytes] = {}
+        self.dripping: list[socket.socket] = []
+        for index in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(_stalled_request(port))
+            sock.setblocking(False)
+            self.opened[sock] = time.monotonic()
+            self.answers[sock] = b""
+            self.selector.register(sock, selectors.EVENT_READ)
+            if index < dripping:
+                self.dripping.append(sock)
+
+    def watch(self, until: float) -> None:
+        """Read answers and notice closes until every connection is closed or `until` passes."""
+        next_drip = time.monotonic()
+        while len(self.closed) < len(self.opened) and time.monotonic() < until:
+            if time.monotonic() >= next_drip:
+                for sock in self.dripping:
+                    if sock not in self.closed:
+                        try:
+                            sock.send(b"\0")
+                        except OSError:
+                            self._closed(sock)
+                next_drip += DRIP_INTERVAL
+            for key, _ in self.selector.select(timeout=0.1):
+                sock = key.fileobj
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    self.answers[sock] += data
+                else:
+                    self._closed(sock)
+
+    def _closed(self, sock: socket.socket) -> None:
+        if sock not in self.closed:
+            self.closed[sock] = time.monotonic()
+            self.selector.unregister(sock)
+
+    def close(self) -> None:
+        for sock in self.opened:
+            sock.close()
+        self.selector.close()
+
+
+def test_stalled_uploads_are_cut_off_and_leave_nothing_behind(stack, media):
+    _raise_open_files(STALLED + 1024)
+    before = _job_folders(stack)
+    clients = StalledClients(stack.port, STALLED, DRIPPING)
+    try:
+        normal: dict[str, int] = {}
+
+        def submit_meanwhile() -> None:  # while every stalled connection is still open
+            normal["animate"] = _post(stack, media).status_code
+            normal["healthz"] = stack.http.get("/healthz").status_code
+
+        meanwhile = threading.Thread(target=submit_meanwhile)
+        meanwhile.start()
+        clients.watch(until=time.monotonic() + UPLOAD_DEADLINE + CLOSE_GRACE + 5)
+        meanwhile.join(60)
+        assert normal == {"animate": 202, "healthz": 200}
+        assert len(clients.closed) == STALLED, (
+            f"{STALLED - len(clients.closed)} stalled connections still open"
+        )
+        slowest = max(clients.closed[sock] - clients.opened[sock] for sock in clients.opened)
+        assert slowest <= UPLOAD_DEADLINE + CLOSE_GRACE, f"the last stalled connection lasted {slowest:.1f} s"
+        for answer in clients.answers.values():
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower(), head[:200]
+            assert json.loads(body)["error"]["code"] == "upload_timeout"
+    finally:
+        clients.close()
+    assert len(_job_folders(stack) - before) <= 1, "the stalled uploads' folders are removed"
+
+
+def test_the_api_stops_promptly_on_sigterm_with_uploads_stalled(stack, media):
+    api_env = stack.env
+    stack.api.terminate()
+    stack.api.wait()
+    stack.env = {**api_env, "UPLOAD_DEADLINE_SECONDS": "300", "UPLOAD_IDLE_SECONDS": "300"}
+    stack.env["SHUTDOWN_TIMEOUT_SECONDS"] = "2"
+    try:
+        stack.start_api()
+        before = _job_folders(stack)
+        clients = StalledClients(stack.port, 20, 0)
+        try:
+            time.sleep(1)  # the uploads have begun: their folders exist
+            assert len(_job_folders(stack) - before) == 20
+            stack.api.send_signal(signal.SIGTERM)
+            asked = time.monotonic()
+            stack.api.wait(30)
+            assert time.monotonic() - asked < 10, "the API waits at most SHUTDOWN_TIMEOUT_SECONDS for uploads"
+            clients.watch(until=time.monotonic() + 5)
+            assert len(clients.closed) == 20
+        finally:
+            clients.close()
+        assert _job_folders(stack) == before
+    finally:
+        if stack.api.poll() is None:
+            stack.api.kill()
+            stack.api.wait()
+        stack.env = api_env
+        stack.start_api()
