@@ -5,6 +5,7 @@ clients are cut off within the tests' time; tests that need a process of their o
 full disk) start it themselves.
 """
 
+import http.server
 import json
 import resource
 import secrets
@@ -44,6 +45,10 @@ def stack(tmp_path_factory, small_checkpoint):
         UPLOAD_DEADLINE_SECONDS=str(UPLOAD_DEADLINE),
         MAX_CONNECTIONS=str(STALLED + 500),
         BATCH_SIZE="2",
+        WEBHOOK_SECRET="whsec_" + "aGFyZGVuaW5nLXRlc3Rz",
+        WEBHOOK_ALLOW_PRIVATE="true",
+        WEBHOOK_BACKOFF="0.2",
+        WEBHOOK_RETRIES="1",
     ) as service:
         service.http.headers["X-API-Key"] = KEY
         yield service
@@ -210,3 +215,69 @@ def test_the_api_stops_promptly_on_sigterm_with_uploads_stalled(stack, media):
             stack.api.wait()
         stack.env = api_env
         stack.start_api()
+
+
+class HookReceiver:
+    """A local HTTP server that accepts every webhook and keeps its Host header and body."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
+        calls = self.calls
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["content-length"]))
+                calls.append((self.headers["host"], json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def delivered(self, job_id: str, timeout: float = 60) -> str:
+        """The Host header of the job's delivery, once it has arrived."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for host, job in self.calls:
+                if job["id"] == job_id:
+                    return host
+            time.sleep(0.05)
+        raise AssertionError(
+            f"no webhook for job {job_id}; deliveries: {[job['id'] for _, job in self.calls]}"
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_hostile_webhook_url_does_not_stop_the_other_deliveries(stack, media):
+    receiver = HookReceiver()
+    try:
+        hostile = {
+            # fullwidth letters: IDNA maps them to "localhost"; as a Host header they cannot be encoded
+            "fullwidth": f"http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:{receiver.port}/hook",
+            "control": f"http://127.0.0.1:{receiver.port}/ho\x01ok",  # no HTTP client sends this
+        }
+        accepted = {}
+        for name, url in hostile.items():
+            answer = _post(stack, media, webhook_url=url)
+            if answer.status_code == 202:
+                accepted[name] = answer.json()["id"]
+            else:
+                error = answer.json()["error"]
+                assert (answer.status_code, error["field"]) == (422, "webhook_url"), answer.text
+        assert "control" not in accepted, "a URL with a control character is refused at submission"
+        for job_id in accepted.values():
+            stack.wait_finished(job_id)
+        plain = _post(stack, media, webhook_url=f"http://127.0.0.1:{receiver.port}/hook").json()["id"]
+        stack.wait_finished(plain)
+        assert receiver.delivered(plain) == f"127.0.0.1:{receiver.port}"
+        if "fullwidth" in accepted:  # delivered to the host IDNA names, under its ASCII name
+            assert receiver.delivered(accepted["fullwidth"]) == f"localhost:{receiver.port}"
+    finally:
+        receiver.close()
