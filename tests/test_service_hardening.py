@@ -7,20 +7,25 @@ full disk) start it themselves.
 
 import http.server
 import json
+import os
 import resource
 import secrets
 import selectors
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.auth import hash_key
+from service.launcher import free_port, stop_process
 from tests.hostile_media import gradient, image_bytes, make_clip
-from tests.service_stack import ServiceStack
+from tests.service_stack import ROOT, ServiceStack, clean_env
 
 pytestmark = pytest.mark.slow
 KEY = secrets.token_urlsafe(32)
@@ -281,3 +286,68 @@ def test_a_hostile_webhook_url_does_not_stop_the_other_deliveries(stack, media):
             assert receiver.delivered(accepted["fullwidth"]) == f"localhost:{receiver.port}"
     finally:
         receiver.close()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The processes `pid` started, by pid: their command lines."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            found[int(child)] = cmdline
+    return found
+
+
+def _wait(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_make_serve_restarts_a_crashed_worker_and_keeps_serving(tmp_path, small_checkpoint):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = clean_env(
+        DATA_DIR=str(tmp_path / "data"),
+        WEIGHTS_DIR=str(small_checkpoint.parent),
+        DEFAULT_MODEL="small",
+        PORT=str(port),
+        LOG_LEVEL="WARNING",
+    )
+    stderr = (tmp_path / "serve.log").open("w+")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "service.launcher"], env=env, cwd=ROOT, stdout=stderr, stderr=stderr
+    )
+    try:
+        _wait(lambda: _ready(url), 180, "make serve ready")
+
+        def worker_pid() -> int | None:
+            found = [pid for pid, cmd in _children(launcher.pid).items() if "worker.run" in cmd]
+            return found[0] if found else None
+
+        crashed = worker_pid()
+        os.kill(crashed, signal.SIGKILL)
+        message = _wait(
+            lambda: "restarting" in (text := Path(stderr.name).read_text()) and text, 30, "a restart notice"
+        )
+        assert "worker" in message and "status -9" in message, message
+        assert launcher.poll() is None, "the launcher keeps running"
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200, "the API stayed up"
+        restarted = _wait(lambda: (pid := worker_pid()) not in (None, crashed) and pid, 60, "a new worker")
+        _wait(lambda: _ready(url), 180, "ready again with the new worker")
+        assert restarted != crashed
+    finally:
+        assert stop_process(launcher, 60) == 0
+        stderr.close()
+    assert "serve: stopped" in Path(stderr.name).read_text()
