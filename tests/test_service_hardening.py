@@ -26,6 +26,7 @@ from service.auth import hash_key
 from service.launcher import free_port, stop_process
 from tests.hostile_media import gradient, image_bytes, make_clip
 from tests.service_stack import ROOT, ServiceStack, clean_env
+from worker.video_io import probe_video as worker_probe
 
 pytestmark = pytest.mark.slow
 KEY = secrets.token_urlsafe(32)
@@ -37,6 +38,8 @@ DRIP_INTERVAL = 0.5
 # Beyond the deadline: the API starts and answers 2,000 requests at once, on a shared 2-core machine
 # where that alone took up to 23 s; without deadlines the connections are never closed.
 CLOSE_GRACE = 30.0
+MAX_SECONDS = 10
+MAX_PIXELS = 100 * 100
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,8 @@ def stack(tmp_path_factory, small_checkpoint):
         UPLOAD_IDLE_SECONDS=str(UPLOAD_IDLE),
         UPLOAD_DEADLINE_SECONDS=str(UPLOAD_DEADLINE),
         MAX_CONNECTIONS=str(STALLED + 500),
+        MAX_DRIVING_SECONDS=str(MAX_SECONDS),
+        MAX_DRIVING_PIXELS=str(MAX_PIXELS),
         BATCH_SIZE="2",
         WEBHOOK_SECRET="whsec_" + "aGFyZGVuaW5nLXRlc3Rz",
         WEBHOOK_ALLOW_PRIVATE="true",
@@ -351,3 +356,26 @@ def test_make_serve_restarts_a_crashed_worker_and_keeps_serving(tmp_path, small_
         assert stop_process(launcher, 60) == 0
         stderr.close()
     assert "serve: stopped" in Path(stderr.name).read_text()
+
+
+def test_tags_that_imitate_ffmpegs_description_do_not_pass_for_limits(stack, media, tmp_path):
+    """A title is printed among ffmpeg's own lines: it could forge a short "Duration:" or a small
+    "Video:" line. The limits are read from the container's fields, by the API and by the worker."""
+    long = make_clip(
+        tmp_path / "long.mp4", 3 * MAX_SECONDS, 64, 1, "-metadata", "title=Duration: 00:00:01.00, start: 0"
+    )
+    wide = make_clip(
+        tmp_path / "wide.mp4",
+        1.0,
+        128,
+        10,
+        "-metadata",
+        "title=Stream #0:0: Video: h264, yuv420p, 64x64, 10 fps",
+    )
+    for clip, code, said in ((long, "video_too_long", "30.0 s"), (wide, "video_too_large", "128x128")):
+        answer = _post(stack, media, clip)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert (error["code"], error["field"]) == (code, "driving") and said in error["message"], error
+    assert worker_probe(long).duration == pytest.approx(3 * MAX_SECONDS, abs=0.1)
+    assert (worker_probe(wide).width, worker_probe(wide).height) == (128, 128)

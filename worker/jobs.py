@@ -133,7 +133,7 @@ def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: P
         precision=settings.render_precision,
     )
     image = load_image(inputs[SOURCE], settings.max_pixels)
-    info = probe_video(inputs[DRIVING])
+    info = probe_video(inputs[DRIVING], settings.max_driving_pixels)
     if info.duration > settings.max_driving_seconds or info.frames > settings.max_driving_frames:
         raise InvalidVideo(f"driving lasts {info.duration:.1f} s, {info.frames} frames: over the limits")
     if info.width * info.height > settings.max_driving_pixels:
