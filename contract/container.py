@@ -64,10 +64,13 @@ def _rate(stream: av.video.stream.VideoStream) -> Fraction | None:
 def read_container(path: Path, demuxer: str, max_packets: int) -> ContainerFacts:
     """The facts of `path` opened as `demuxer`; reading stops after `max_packets` video packets.
 
-    UnreadableVideo when it cannot be opened as that container or has no video stream.
+    UnreadableVideo when it cannot be opened as that container or has no video stream; MemoryError
+    when FFmpeg runs out of memory (a limited probe process).
     """
     try:
         container = av.open(str(path), format=demuxer, options=OPEN_OPTIONS)
+    except av.error.MemoryError:
+        raise MemoryError(f"out of memory opening {path.name}") from None
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise UnreadableVideo(f"not a readable {demuxer} file ({type(exc).__name__})") from None
     with container:
@@ -98,6 +101,8 @@ def read_container(path: Path, demuxer: str, max_packets: int) -> ContainerFacts
                 if packets >= max_packets:
                     complete = False
                     break
+        except av.error.MemoryError:
+            raise MemoryError(f"out of memory reading {path.name}") from None
         except av.error.FFmpegError:
             complete = False
         width, height = video.codec_context.width, video.codec_context.height

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     max_driving_frames: int = Field(3600, gt=0, description="most frames in a driving video")
     max_driving_pixels: int = Field(3840 * 2160, gt=0, description="largest driving frame, width x height")
     max_pixels: int = Field(16_000_000, gt=0, description="largest source image, width x height")
+    probe_timeout_seconds: float = Field(
+        30, gt=0, description="longest one upload's video probe may take (wall and CPU time)"
+    )
+    probe_memory_mb: float = Field(256, ge=32, description="memory one video probe may allocate")
+    probe_concurrency: int = Field(2, ge=1, description="video probes one API process runs at once")
     upload_deadline_seconds: float = Field(
         600, gt=0, description="longest a request's body may take to arrive; beyond: 408 upload_timeout"
     )

@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(ctx.prober.warm_up)
         task = asyncio.create_task(_sweep_forever(ctx))
         duties = background.start(ctx)
         yield

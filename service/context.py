@@ -9,6 +9,7 @@ from contract.queue import JobQueue, connect
 from contract.settings import Settings
 from contract.storage import JobStore, open_store
 from service.auth import parse_keys
+from service.probe import Prober
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class ServiceContext:
     queue: JobQueue
     store: JobStore
     api_keys: dict[str, bytes]  # owner -> SHA-256 of the key; empty: keys are off
+    prober: Prober  # reads uploaded videos in limited child processes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServiceContext":
@@ -28,6 +30,9 @@ class ServiceContext:
             queue=JobQueue(redis, settings.job_timeout, settings.result_ttl, settings.job_retries),
             store=open_store(settings),
             api_keys=parse_keys(settings.api_keys),
+            prober=Prober(
+                settings.probe_concurrency, settings.probe_timeout_seconds, settings.probe_memory_mb
+            ),
         )
 
 

@@ -3,9 +3,10 @@
 The file name and the declared Content-Type are the client's word and are ignored. Images are
 opened with Pillow, which reads the header first: a size over MAX_PIXELS (a decompression bomb) is
 refused before any pixel is decoded. Videos are described from their container's structured fields
-and their packets, without decoding a frame (contract/container.py): no tag in the file can pass
-for a length or a size, and only local files are opened, with the demuxer of the sniffed container
-forced, so a playlist or concat script cannot make FFmpeg open anything else. The worker checks again.
+and their packets, without decoding a frame (contract/container.py), in a child process with
+memory, time and concurrency limits (service/probe.py): no tag in the file can pass for a length or
+a size, and only local files are opened, with the demuxer of the sniffed container forced, so a
+playlist or concat script cannot make FFmpeg open anything else. The worker checks again.
 """
 
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from contract.container import UnreadableVideo, read_container
 from contract.settings import Settings
 from service.errors import ApiError
+from service.probe import ProbeBusy, ProbeFailed, Prober
 
 IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 VIDEO_DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}  # the allow-list
@@ -100,15 +102,26 @@ def _bad_video(code: str, message: str) -> ApiError:
     return ApiError(400, code, message, field="driving")
 
 
-def probe_video(path: Path, kind: str, settings: Settings) -> VideoSummary:
-    """The container's own fields and its packets (no frame is decoded); 400 when it has no video
-    stream or its length, frame count or frame size is over the limits."""
+def probe_video(path: Path, kind: str, settings: Settings, prober: Prober | None = None) -> VideoSummary:
+    """The container's own fields and its packets (no frame is decoded), read by `prober` in a
+    limited child process (in this process without one); 400 when it has no video stream or its
+    length, frame count or frame size is over the limits; 503 when no probe slot came free."""
+    demuxer, max_packets = VIDEO_DEMUXERS[kind], settings.max_driving_frames + 1
     try:
-        facts = read_container(path, VIDEO_DEMUXERS[kind], settings.max_driving_frames + 1)
+        if prober is None:
+            facts = read_container(path, demuxer, max_packets)
+        else:
+            facts = prober.read(path, demuxer, max_packets)
     except UnreadableVideo:
         raise _bad_video("invalid_video", f"driving is not a readable {kind.upper()} video") from None
+    except ProbeFailed as exc:
+        raise _bad_video("invalid_video", f"driving could not be checked: {exc}") from None
+    except ProbeBusy:
+        raise ApiError(
+            503, "server_busy", "too many uploads are being checked; retry shortly", {"Retry-After": "5"}
+        ) from None
     width, height, fps = facts.width, facts.height, facts.fps
-    if fps <= 0 or width <= 0 or height <= 0:
+    if fps <= 0 or width <= 0 or height <= 0 or facts.packets == 0:
         raise _bad_video("invalid_video", "driving has no decodable video stream")
     if width * height > settings.max_driving_pixels:
         raise _bad_video(

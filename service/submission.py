@@ -99,7 +99,7 @@ def _check_and_queue(ctx: ServiceContext, job_id: str, form: ReceivedForm, owner
     source, source_kind = _sniffed(files[SOURCE], SOURCE, sniff_image)
     driving, driving_kind = _sniffed(files[DRIVING], DRIVING, sniff_video)
     image = probe_image(source, source_kind, settings.max_pixels)
-    video = probe_video(driving, driving_kind, settings)
+    video = probe_video(driving, driving_kind, settings, ctx.prober)
     inputs = InputSummary(source=SourceSummary(**image.to_dict()), driving=DrivingSummary(**video.to_dict()))
     ctx.store.commit_inputs(job_id, {SOURCE: source, DRIVING: driving})
     record = ctx.queue.enqueue(

@@ -24,7 +24,8 @@ import pytest
 
 from service.auth import hash_key
 from service.launcher import free_port, stop_process
-from tests.hostile_media import gradient, image_bytes, make_clip
+from service.probe import ProbeFailed, Prober
+from tests.hostile_media import gradient, image_bytes, make_clip, png_coded_mkv
 from tests.service_stack import ROOT, ServiceStack, clean_env
 from worker.video_io import probe_video as worker_probe
 
@@ -379,3 +380,71 @@ def test_tags_that_imitate_ffmpegs_description_do_not_pass_for_limits(stack, med
         assert (error["code"], error["field"]) == (code, "driving") and said in error["message"], error
     assert worker_probe(long).duration == pytest.approx(3 * MAX_SECONDS, abs=0.1)
     assert (worker_probe(wide).width, worker_probe(wide).height) == (128, 128)
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of `root` and every process below it, summed."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= below
+        grew = bool(below)
+    total = 0
+    for pid in tree:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * resource.getpagesize()
+        except OSError:
+            continue
+    return total
+
+
+PNG_FRAME = 6000  # px: 108 MB a decoded frame
+PROBE_TREE_LIMIT = 450 * 1024 * 1024  # the API and its probes; decoding 4 such frames at once: > 600 MB
+
+
+def test_describing_a_video_decodes_no_frame_and_costs_little(stack, media, tmp_path):
+    bomb = png_coded_mkv(tmp_path / "bomb.mkv", PNG_FRAME)
+    peak, sampling = [0], threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            peak[0] = max(peak[0], _tree_rss_bytes(stack.api.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        answers: list = [None] * 4
+        threads = [
+            threading.Thread(target=lambda i=i: answers.__setitem__(i, _post(stack, media, bomb)))
+            for i in range(len(answers))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        sampling.set()
+        sampler.join()
+    for answer in answers:
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "video_too_large", answer.text
+        assert f"{PNG_FRAME}x{PNG_FRAME}" in answer.json()["error"]["message"]
+    assert peak[0] < PROBE_TREE_LIMIT, f"the API and its probes peaked at {peak[0] >> 20} MB"
+
+
+def test_a_probe_runs_within_its_memory_and_time_limits(media, tmp_path):
+    noise = png_coded_mkv(tmp_path / "noise.mkv", 1600, 1, noise=True)  # one 7.7 MB packet
+    assert Prober(1, 30, 256).read(noise, "matroska", 100).packets == 1
+    try:  # 4 MB beyond the fork server's own memory: FFmpeg fails, or drops the packet it cannot hold
+        assert Prober(1, 30, 4).read(noise, "matroska", 100).packets == 0
+    except ProbeFailed as exc:
+        assert "more than 4 MB" in str(exc)
+    with pytest.raises(ProbeFailed, match="within"):
+        Prober(1, 0.001, 256).read(media / "clip.mp4", "mov", 100)
