@@ -448,3 +448,17 @@ def test_a_probe_runs_within_its_memory_and_time_limits(media, tmp_path):
         assert "more than 4 MB" in str(exc)
     with pytest.raises(ProbeFailed, match="within"):
         Prober(1, 0.001, 256).read(media / "clip.mp4", "mov", 100)
+
+
+def test_a_1000_fps_video_is_rendered(stack, media, tmp_path):
+    """ffmpeg describes 1000 fps as "1k fps"; read as a number, it is just a fast clip."""
+    fast = make_clip(tmp_path / "fast.mp4", 0.03, 64, 1000)
+    answer = _post(stack, media, fast)
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["inputs"]["driving"]["fps"] == 1000
+    done = stack.wait_finished(answer.json()["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert (done["result"]["fps"], done["result"]["frames"]) == (1000, 30)
+    rendered = tmp_path / "rendered.mp4"
+    rendered.write_bytes(stack.http.get(f"/jobs/{done['id']}/result").content)
+    assert (worker_probe(rendered).fps, worker_probe(rendered).frames) == (1000, 30)
