@@ -462,3 +462,16 @@ def test_a_1000_fps_video_is_rendered(stack, media, tmp_path):
     rendered = tmp_path / "rendered.mp4"
     rendered.write_bytes(stack.http.get(f"/jobs/{done['id']}/result").content)
     assert (worker_probe(rendered).fps, worker_probe(rendered).frames) == (1000, 30)
+
+
+def test_a_truncated_mkv_fails_like_a_truncated_mp4(stack, media, tmp_path):
+    """A Matroska file cut short just ends, where MP4's index misses its data: both must fail."""
+    whole = make_clip(tmp_path / "whole.mkv", 3.1, 64, 10)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 5])  # the header declares 31 frames; the data holds a few
+    answer = _post(stack, media, cut)
+    assert answer.status_code == 202, answer.text
+    done = stack.wait_finished(answer.json()["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "video_decode_error", done
+    assert "truncated" in done["error"]["message"]

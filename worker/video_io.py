@@ -114,7 +114,8 @@ def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoInfo:
     """Size as shown, frame rate, duration, frame count and audio of a video, from the container's
     own fields and its packets (contract/container.py): no tag in the file can pass for either.
 
-    With `max_pixels`, a larger frame size is refused before any frame is decoded.
+    With `max_pixels`, a larger frame size is refused before any frame is decoded. A file whose
+    packets stop well before the end its header declares is truncated: VideoDecodeError.
     """
     path = Path(path)
     if not path.is_file():
@@ -129,6 +130,11 @@ def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoInfo:
         raise InvalidVideo(f"{path.name} has no decodable video stream")
     if max_pixels is not None and width * height > max_pixels:
         raise InvalidVideo(f"{path.name} is {width}x{height}: over {max_pixels} pixels a frame")
+    if facts.truncated:  # Matroska just ends where it was cut; MP4 fails on decoding, see read_frames
+        raise VideoDecodeError(
+            f"{path.name} is truncated: its data ends at {facts.ends_seconds:.1f} s of the "
+            f"{facts.declared_seconds:.1f} s its header declares"
+        )
     if _shown_turned(path, demux):
         width, height = height, width
     frames = facts.packets if facts.complete and facts.packets > 0 else facts.frames
