@@ -15,7 +15,9 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from contract.container import UnreadableVideo, read_container
+from contract.redaction import without_paths
 from contract.settings import Settings
+from contract.storage import SOURCE
 from service.errors import ApiError
 from service.probe import ProbeBusy, ProbeFailed, Prober
 
@@ -94,7 +96,10 @@ def probe_image(path: Path, kind: str, max_pixels: int) -> ImageSummary:
     except Image.DecompressionBombError:
         raise _bad_image("image_too_large", f"source is over {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise _bad_image("invalid_image", f"source is not a readable {kind.upper()} image ({exc})") from None
+        reason = without_paths(str(exc), (SOURCE,))
+        raise _bad_image(
+            "invalid_image", f"source is not a readable {kind.upper()} image ({reason})"
+        ) from None
     return ImageSummary(kind, width, height, path.stat().st_size)
 
 

@@ -493,3 +493,23 @@ def test_api_keys_in_urls_never_reach_the_logs(stack):
     assert "/models?api_key=" in text and "/live?" in text, "both requests were logged"
     assert KEY not in text
     assert "api_key=[redacted]" in text
+
+
+def _names_no_server_file(message: str, field: str) -> None:
+    assert field in message, message
+    assert "/" not in message and f"{field}." not in message, f"a server path or file name: {message}"
+
+
+def test_error_messages_name_the_upload_field_never_a_server_path(stack, media, tmp_path):
+    not_a_jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\0" * 30  # passes the sniffing, not Pillow
+    files = {"source": ("me.jpg", not_a_jpeg), "driving": ("d.mp4", (media / "clip.mp4").read_bytes())}
+    refused = stack.http.post("/animate", files=files)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_image", refused.text
+    _names_no_server_file(refused.json()["error"]["message"], "source")
+
+    whole = make_clip(tmp_path / "whole.mkv", 3.1, 64, 10)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 5])
+    done = stack.wait_finished(_post(stack, media, cut).json()["id"])
+    assert done["error"]["code"] == "video_decode_error", done
+    _names_no_server_file(done["error"]["message"], "driving")
