@@ -1,10 +1,15 @@
 """Every error the API answers is JSON `{"error": {"code", "message"}}` with a fitting status.
 
 Handlers here turn FastAPI's and Starlette's own errors (validation, unknown route, wrong method)
-and an outage of Redis or the store into that shape; anything else is a bug and answers 500 without details.
+and an outage of Redis or the store into that shape: a disk with no room left is 507
+`insufficient_storage`, and a Redis that refuses writes (its append-only file cannot be written, it
+is out of memory or a read-only replica) is 503 `queue_unavailable`, like a Redis that is down.
+Anything else is a bug and answers 500 without details.
 """
 
+import errno
 import logging
+import re
 
 import redis
 from fastapi import FastAPI, Request
@@ -17,6 +22,8 @@ from service.body_guard import UploadTimeout
 
 log = logging.getLogger("service")
 
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+REDIS_REFUSING_WRITES = re.compile(r"\b(MISCONF|OOM|READONLY|LOADING)\b")  # also inside a pipeline's error
 STATUS_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -28,6 +35,7 @@ STATUS_CODES = {
     422: "invalid_request",
     429: "too_many_requests",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -100,6 +108,26 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("Redis unreachable while serving %s %s: %s", request.method, request.url.path, exc)
         error = queue_unavailable()
         return error_response(error.status, error.code, error.message, error.headers)
+
+    @app.exception_handler(redis.exceptions.ResponseError)
+    async def _redis_refused(request: Request, exc: redis.exceptions.ResponseError) -> JSONResponse:
+        if not REDIS_REFUSING_WRITES.search(str(exc)):
+            return await _bug(request, exc)
+        log.warning("Redis refused a write while serving %s %s: %s", request.method, request.url.path, exc)
+        error = queue_unavailable()
+        return error_response(error.status, error.code, error.message, error.headers)
+
+    @app.exception_handler(OSError)
+    async def _disk_full(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno not in DISK_FULL:
+            return await _bug(request, exc)
+        log.warning("no room on disk while serving %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            507,
+            "insufficient_storage",
+            "the service has no room for this now; retry later",
+            {"Retry-After": "60"},
+        )
 
     @app.exception_handler(StorageError)
     async def _store_down(request: Request, exc: StorageError) -> JSONResponse:

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contract.queue import QUEUE_NAME
 from service.auth import hash_key
 from service.launcher import free_port, stop_process
 from service.probe import ProbeFailed, Prober
@@ -513,3 +514,81 @@ def test_error_messages_name_the_upload_field_never_a_server_path(stack, media, 
     done = stack.wait_finished(_post(stack, media, cut).json()["id"])
     assert done["error"]["code"] == "video_decode_error", done
     _names_no_server_file(done["error"]["message"], "driving")
+
+
+def _mount_small_disk(folder: Path, size: str) -> Path:
+    folder.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"a small disk needs a tmpfs mount, refused here: {done.stderr.decode().strip()}")
+    return folder
+
+
+def _fill(folder: Path) -> Path:
+    """Write into `folder` until its disk is full; the filler file, to remove to free it."""
+    filler = folder / "filler"
+    with filler.open("wb") as file:
+        try:
+            while True:
+                file.write(b"\0" * 65536)
+                file.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_is_a_documented_answer_and_leaves_nothing(tmp_path, media):
+    """The store's disk and Redis's append-only file, each full in turn: 507 and 503, never a 500."""
+    folder = tmp_path / "stack"
+    data = _mount_small_disk(folder / "data", "2m")
+    aof = _mount_small_disk(tmp_path / "aof", "1m")
+    stack = ServiceStack(folder, tmp_path / "no-weights")
+    stack.redis.folder = aof
+    try:
+        stack.redis.start()
+        stack.start_api()
+        queue = stack.redis_client()
+        assert _post(stack, media).status_code == 202
+        jobs = _job_folders(stack)
+
+        filler = _fill(data)
+        big = tmp_path / "noise.png"
+        big.write_bytes(image_bytes(gradient(64, 64).resize((512, 512)).effect_spread(40), "PNG"))
+        files = {
+            "source": ("s.png", big.read_bytes()),
+            "driving": ("d.mp4", (media / "clip.mp4").read_bytes()),
+        }
+        full = stack.http.post("/animate", files=files)
+        assert full.status_code == 507 and full.json()["error"]["code"] == "insufficient_storage", full.text
+        assert int(full.headers["retry-after"]) > 0
+        assert _job_folders(stack) == jobs
+        filler.unlink()
+
+        filler = _fill(aof)
+        queue.set("poke", "1")  # Redis finds it cannot append this to its file, and refuses writes
+        _wait(lambda: b"MISCONF" in _write_refused(queue), 30, "Redis refusing writes")
+        waiting = queue.llen(f"rq:queue:{QUEUE_NAME}")
+        refused = _post(stack, media)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_unavailable", (
+            refused.text
+        )
+        assert _job_folders(stack) == jobs and queue.llen(f"rq:queue:{QUEUE_NAME}") == waiting
+        filler.unlink()
+        _wait(lambda: not _write_refused(queue), 30, "Redis writing again")
+        assert _post(stack, media).status_code == 202
+    finally:
+        stack.close()
+        for mount in (data, aof):
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _write_refused(client) -> bytes:
+    import redis
+
+    try:
+        client.set("poke", "2")
+    except redis.exceptions.ResponseError as exc:
+        return str(exc).encode()
+    return b""
