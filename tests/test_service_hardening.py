@@ -592,3 +592,20 @@ def _write_refused(client) -> bytes:
     except redis.exceptions.ResponseError as exc:
         return str(exc).encode()
     return b""
+
+
+def test_bad_ranges_of_a_result_are_json_errors(stack, media):
+    done = stack.wait_finished(_post(stack, media).json()["id"])
+    assert done["status"] == "succeeded", done
+    url = f"/jobs/{done['id']}/result"
+    size = len(stack.http.get(url).content)
+    part = stack.http.get(url, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.headers["content-range"] == f"bytes 10-19/{size}"
+
+    backwards = stack.http.get(url, headers={"Range": "bytes=100-50"})
+    assert backwards.status_code == 400 and backwards.headers["content-type"] == "application/json"
+    assert backwards.json()["error"]["code"] == "invalid_range"
+    beyond = stack.http.get(url, headers={"Range": f"bytes={size + 10}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-type"] == "application/json"
+    assert beyond.json()["error"]["code"] == "range_not_satisfiable"
+    assert beyond.headers["content-range"] == f"bytes */{size}"
