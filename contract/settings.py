@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         30, gt=0, description="longest one upload's video probe may take (wall and CPU time)"
     )
     probe_memory_mb: float = Field(256, ge=32, description="memory one video probe may allocate")
-    probe_concurrency: int = Field(2, ge=1, description="video probes one API process runs at once")
+    probe_concurrency: int = Field(
+        2, ge=1, description="uploads one API process checks at once (image decoded, video probed)"
+    )
     upload_deadline_seconds: float = Field(
         600, gt=0, description="longest a request's body may take to arrive; beyond: 408 upload_timeout"
     )

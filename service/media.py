@@ -19,7 +19,7 @@ from contract.redaction import without_paths
 from contract.settings import Settings
 from contract.storage import SOURCE
 from service.errors import ApiError
-from service.probe import ProbeBusy, ProbeFailed, Prober
+from service.probe import ProbeFailed, Prober
 
 IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 VIDEO_DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}  # the allow-list
@@ -110,7 +110,7 @@ def _bad_video(code: str, message: str) -> ApiError:
 def probe_video(path: Path, kind: str, settings: Settings, prober: Prober | None = None) -> VideoSummary:
     """The container's own fields and its packets (no frame is decoded), read by `prober` in a
     limited child process (in this process without one); 400 when it has no video stream or its
-    length, frame count or frame size is over the limits; 503 when no probe slot came free."""
+    length, frame count or frame size is over the limits."""
     demuxer, max_packets = VIDEO_DEMUXERS[kind], settings.max_driving_frames + 1
     try:
         if prober is None:
@@ -121,10 +121,6 @@ def probe_video(path: Path, kind: str, settings: Settings, prober: Prober | None
         raise _bad_video("invalid_video", f"driving is not a readable {kind.upper()} video") from None
     except ProbeFailed as exc:
         raise _bad_video("invalid_video", f"driving could not be checked: {exc}") from None
-    except ProbeBusy:
-        raise ApiError(
-            503, "server_busy", "too many uploads are being checked; retry shortly", {"Retry-After": "5"}
-        ) from None
     width, height, fps = facts.width, facts.height, facts.fps
     if fps <= 0 or width <= 0 or height <= 0 or facts.packets == 0:
         raise _bad_video("invalid_video", "driving has no decodable video stream")

@@ -4,15 +4,14 @@ FFmpeg parsing a client's bytes is the riskiest work the API does, so it runs in
 own, forked from a server process that loaded PyAV once (multiprocessing's forkserver: a fork costs
 milliseconds, not an interpreter start). The child may allocate PROBE_MEMORY_MB beyond what it
 starts with (an address-space limit), use PROBE_TIMEOUT_SECONDS of CPU and write no file; it is
-killed when it has not answered within PROBE_TIMEOUT_SECONDS. At most PROBE_CONCURRENCY probes run
-at once in one API process; an upload waits for a slot as long as a probe may take, then is answered
-503. A probe that crashes, runs out of memory or out of time fails its upload, never the API.
+killed when it has not answered within PROBE_TIMEOUT_SECONDS. A probe that crashes, runs out of
+memory or out of time fails its upload, never the API. (How many run at once is the submission's
+business: service/submission.py checks at most PROBE_CONCURRENCY uploads at a time.)
 """
 
 import multiprocessing
 import os
 import resource
-import threading
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -25,10 +24,6 @@ _context.set_forkserver_preload(["contract.container"])
 
 class ProbeFailed(Exception):
     """The probe crashed, ran out of memory or of time: the file is not read."""
-
-
-class ProbeBusy(Exception):
-    """No probe slot came free in time."""
 
 
 def _address_space_bytes() -> int:
@@ -52,10 +47,9 @@ def _probe_in_child(
 
 
 class Prober:
-    """Runs read_container in limited child processes, a few at a time."""
+    """Runs read_container in limited child processes."""
 
-    def __init__(self, concurrency: int, timeout: float, memory_mb: float):
-        self.slots = threading.BoundedSemaphore(concurrency)
+    def __init__(self, timeout: float, memory_mb: float):
         self.timeout = timeout
         self.memory_bytes = int(memory_mb * 1024 * 1024)
 
@@ -64,15 +58,7 @@ class Prober:
         forkserver.ensure_running()
 
     def read(self, path: Path, demuxer: str, max_packets: int) -> ContainerFacts:
-        """The facts of `path`; UnreadableVideo, ProbeFailed or ProbeBusy otherwise."""
-        if not self.slots.acquire(timeout=self.timeout):
-            raise ProbeBusy(f"no probe slot came free within {self.timeout:g} s")
-        try:
-            return self._read(path, demuxer, max_packets)
-        finally:
-            self.slots.release()
-
-    def _read(self, path: Path, demuxer: str, max_packets: int) -> ContainerFacts:
+        """The facts of `path`; UnreadableVideo or ProbeFailed otherwise."""
         receiver, sender = _context.Pipe(duplex=False)
         cpu_seconds = max(1, int(self.timeout))
         process = _context.Process(

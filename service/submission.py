@@ -6,8 +6,10 @@ owner, who alone sees it afterwards, and the owner's submissions are rate limite
 `Idempotency-Key` makes a repeated request return the job of the first (service/idempotency.py).
 """
 
+import asyncio
 import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis
@@ -120,6 +122,24 @@ def _replay(ctx: ServiceContext, job_id: str, owner: str | None) -> JobResource:
     return describe(record)
 
 
+@contextlib.asynccontextmanager
+async def _check_slot(ctx: ServiceContext) -> AsyncIterator[None]:
+    """One of PROBE_CONCURRENCY slots for checking an upload (its image decoded, its video probed),
+    waited for in the event loop, not in a worker thread: 503 when none comes free as long as a
+    probe may take."""
+    try:
+        async with asyncio.timeout(ctx.settings.probe_timeout_seconds):
+            await ctx.upload_checks.acquire()
+    except TimeoutError:
+        raise ApiError(
+            503, "server_busy", "too many uploads are being checked; retry shortly", {"Retry-After": "5"}
+        ) from None
+    try:
+        yield
+    finally:
+        ctx.upload_checks.release()
+
+
 async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tuple[JobResource, bool]:
     """The job queued for this request, and whether it is an earlier one (an idempotent replay)."""
     settings = ctx.settings
@@ -143,7 +163,8 @@ async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tu
                 ctx.store.remove(job_id)
                 return await run_in_threadpool(_replay, ctx, earlier, owner), True
             claimed = True
-        return await run_in_threadpool(_check_and_queue, ctx, job_id, form, owner), False
+        async with _check_slot(ctx):
+            return await run_in_threadpool(_check_and_queue, ctx, job_id, form, owner), False
     except BaseException:
         ctx.store.remove(job_id)
         if claimed:

@@ -442,13 +442,13 @@ def test_describing_a_video_decodes_no_frame_and_costs_little(stack, media, tmp_
 
 def test_a_probe_runs_within_its_memory_and_time_limits(media, tmp_path):
     noise = png_coded_mkv(tmp_path / "noise.mkv", 1600, 1, noise=True)  # one 7.7 MB packet
-    assert Prober(1, 30, 256).read(noise, "matroska", 100).packets == 1
+    assert Prober(30, 256).read(noise, "matroska", 100).packets == 1
     try:  # 4 MB beyond the fork server's own memory: FFmpeg fails, or drops the packet it cannot hold
-        assert Prober(1, 30, 4).read(noise, "matroska", 100).packets == 0
+        assert Prober(30, 4).read(noise, "matroska", 100).packets == 0
     except ProbeFailed as exc:
         assert "more than 4 MB" in str(exc)
     with pytest.raises(ProbeFailed, match="within"):
-        Prober(1, 0.001, 256).read(media / "clip.mp4", "mov", 100)
+        Prober(0.001, 256).read(media / "clip.mp4", "mov", 100)
 
 
 def test_a_1000_fps_video_is_rendered(stack, media, tmp_path):
