@@ -50,6 +50,30 @@ class Settings(BaseSettings):
     max_driving_frames: int = Field(3600, gt=0, description="most frames in a driving video")
     max_driving_pixels: int = Field(3840 * 2160, gt=0, description="largest driving frame, width x height")
     max_pixels: int = Field(16_000_000, gt=0, description="largest source image, width x height")
+    probe_timeout_seconds: float = Field(
+        30, gt=0, description="longest one upload's video probe may take (wall and CPU time)"
+    )
+    probe_memory_mb: float = Field(256, ge=32, description="memory one video probe may allocate")
+    probe_concurrency: int = Field(
+        2, ge=1, description="uploads one API process checks at once (image decoded, video probed)"
+    )
+    upload_deadline_seconds: float = Field(
+        600, gt=0, description="longest a request's body may take to arrive; beyond: 408 upload_timeout"
+    )
+    upload_idle_seconds: float = Field(
+        30,
+        gt=0,
+        description="longest wait for the next bytes of a request's body; beyond: 408 upload_timeout",
+    )
+    max_connections: int = Field(
+        2048, ge=16, description="connections and requests one API process serves at once; beyond: 503"
+    )
+    keep_alive_seconds: float = Field(
+        5, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    shutdown_timeout_seconds: float = Field(
+        10, gt=0, description="on SIGTERM, how long requests in progress may finish before they are cut off"
+    )
     result_ttl: int = Field(24 * 3600, ge=1, description="seconds a finished job and its MP4 are kept")
     worker_device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(4, ge=1, le=256)

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from contract.logs import configure_logging
 from contract.settings import Settings
 from service import background
+from service.body_guard import BodyGuard
 from service.cleanup import sweep
 from service.context import ServiceContext
 from service.errors import install_error_handlers
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(ctx.prober.warm_up)
         task = asyncio.create_task(_sweep_forever(ctx))
         duties = background.start(ctx)
         yield
@@ -66,6 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="animate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.context = ctx
+    app.add_middleware(
+        BodyGuard, deadline=settings.upload_deadline_seconds, idle=settings.upload_idle_seconds
+    )
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(live_router)

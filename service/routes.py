@@ -72,7 +72,7 @@ def _job(ctx: ServiceContext, job_id: str, owner: str | None) -> JobRecord:
                 },
             }
         },
-        **_errors(400, 401, 409, 413, 415, 422, 429, 503),
+        **_errors(400, 401, 408, 409, 413, 415, 422, 429, 503, 507),
     },
 )
 async def animate(

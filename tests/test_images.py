@@ -107,7 +107,7 @@ def test_api_stage_runs_without_torch(api_venv, redis_server, tmp_path):
 
     port = free_port()
     env = clean_env(REDIS_URL=redis_server.url, DATA_DIR=str(tmp_path / "data"), PORT=str(port))
-    command = [str(api_venv / "bin" / "uvicorn"), "service.app:create_app", "--factory", "--port", str(port)]
+    command = [str(api_venv / "bin" / "python"), "-m", "service"]  # the stage's CMD
     api = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
 
@@ -117,7 +117,7 @@ def test_api_stage_runs_without_torch(api_venv, redis_server, tmp_path):
             except httpx.HTTPError:
                 return False
 
-        wait_until(answers, 60, "the API stage's uvicorn", api)
+        wait_until(answers, 60, "the API stage's server", api)
         healthcheck = (
             f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=4)"
         )

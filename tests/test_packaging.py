@@ -82,7 +82,7 @@ def test_api_image_has_no_torch_and_worker_is_on_cuda_pytorch():
     stages, args = _stages(), _arg_defaults()
     api_runs = _runs(stages["api"])
     assert "torch" not in api_runs and "[api]" in api_runs
-    assert "uvicorn service.app:create_app --factory" in dict(stages["api"])["CMD"]
+    assert '"-m", "service"' in dict(stages["api"])["CMD"], "the API with its connection limits"
 
     base = dict(stages["worker"])["FROM"]
     image = args.get(base.strip("${}"), base)

@@ -27,6 +27,7 @@ from contract.job import ErrorDetail, JobRecord, JobRequest, JobResult, JobTimin
 from contract.options import first_error
 from contract.outcomes import job_ended
 from contract.queue import JobQueue
+from contract.redaction import without_paths
 from contract.settings import Settings
 from contract.storage import DRIVING, RESULT, SOURCE, JobStore, StorageError
 from worker.catalog import LoadedModel
@@ -133,7 +134,7 @@ def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: P
         precision=settings.render_precision,
     )
     image = load_image(inputs[SOURCE], settings.max_pixels)
-    info = probe_video(inputs[DRIVING])
+    info = probe_video(inputs[DRIVING], settings.max_driving_pixels)
     if info.duration > settings.max_driving_seconds or info.frames > settings.max_driving_frames:
         raise InvalidVideo(f"driving lasts {info.duration:.1f} s, {info.frames} frames: over the limits")
     if info.width * info.height > settings.max_driving_pixels:
@@ -148,11 +149,12 @@ def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: P
 
 
 def _failure(exc: BaseException) -> ErrorDetail:
-    """The account a failed render gives its client: never a path or a traceback."""
+    """The account a failed render gives its client: never a path or a traceback; an input file is
+    called by its upload field."""
     if isinstance(exc, RenderCanceled):
         return ErrorDetail(code="canceled", message="the job was canceled")
     if isinstance(exc, RenderError):
-        return ErrorDetail(code=exc.code, message=str(exc))
+        return ErrorDetail(code=exc.code, message=without_paths(str(exc), (SOURCE, DRIVING)))
     if isinstance(exc, JobTimeoutException):
         return ErrorDetail(code="timeout", message="the render took longer than JOB_TIMEOUT")
     if isinstance(exc, StorageError):
