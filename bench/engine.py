@@ -1,13 +1,15 @@
-"""Engine benchmark at the published vox-256 widths (random weights) on 256x256 frames.
+"""Engine benchmark at the published vox-256 widths (random weights) on 256x256 frames, for FOMM
+and for TPSMM (the widths of the published TPSMM vox-256: 10 thin-plate splines).
 
 Each measurement runs in its own process so its peak memory is its own. Prints a Markdown table:
 seconds per frame, frames per second, GFLOP per frame, achieved GFLOP/s against this machine's
 measured matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the whole
-`animate render` process on a 60-frame clip against the plain per-frame float32 loop (the published
+`animate render` process on a clip against the plain per-frame float32 loop (the published
 demo's way). On a GPU the batch-1 row is the single-stream latency, and the engine rows include
 the driving frames' trip from host memory (uint8, pinned), as in a job.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--quick]
+        [--families fomm,tpsmm] [--clip-frames 60]
 """
 
 import argparse
@@ -47,6 +49,20 @@ VOX_256 = {
 }
 
 
+# The published TPSMM vox-256 model_params (../shared/tpsmm/tpsmm-official-manifests.json).
+TPSMM_VOX_256 = {
+    "common_params": {"num_tps": 10, "num_channels": 3, "bg": True, "multi_mask": True},
+    "generator_params": {"block_expansion": 64, "max_features": 512, "num_down_blocks": 3},
+    "dense_motion_params": {
+        "block_expansion": 64,
+        "max_features": 1024,
+        "num_blocks": 5,
+        "scale_factor": 0.25,
+    },
+    "avd_network_params": {"id_bottle_size": 128, "pose_bottle_size": 128},
+}
+
+
 def peak_mb(device: str) -> float:
     import torch
 
@@ -78,27 +94,45 @@ def device_name(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
-def vox_model():
+def vox_model(family: str = "fomm"):
+    """Published vox-256 widths, random weights, non-trivial batch-norm statistics as in a trained model."""
     import torch
 
-    from worker.models import build_model
+    from worker.models import build_model, tpsmm
 
     torch.manual_seed(0)
-    model = build_model(VOX_256, (256, 256)).eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics, as in a trained model
+    if family == "tpsmm":
+        model = tpsmm.build_model(TPSMM_VOX_256, (256, 256)).eval()
+    else:
+        model = build_model(VOX_256, (256, 256)).eval()
+    with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     return model
 
 
-def measure_matmul_peak(device: str) -> dict:
+def published_frame(model, source, kp_source, kp_initial, driving_frame):
+    """One frame as the published demo computes it (relative motion), everything recomputed."""
+    from worker.models import normalize_kp
+    from worker.models.tpsmm import relative_kp
+
+    kp = model.kp_detector(driving_frame)
+    if model.family == "tpsmm":
+        kp_norm = relative_kp(kp_source, kp, kp_initial)
+        motion = model.dense_motion_network(source_image=source, kp_driving=kp_norm, kp_source=kp_source)
+        return model.inpainting_network(source, motion)["prediction"]
+    kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
+    return model.generator(source, kp_source=kp_source, kp_driving=kp_norm)["prediction"]
+
+
+def measure_matmul_peak(device: str, precisions: tuple[str, ...]) -> dict:
     import torch
 
     out = {}
     n, reps = (8192, 20) if device == "cuda" else (2048, 5)
-    for name in precisions_for(device, quick=False):
+    for name in precisions:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
         a = torch.randn(n, n, dtype=dtype, device=device)
         b = torch.randn(n, n, dtype=dtype, device=device)
@@ -112,45 +146,43 @@ def measure_matmul_peak(device: str) -> dict:
     return out
 
 
-def gflop_per_frame(model) -> float:
+def gflop_per_frame(family: str) -> float:
+    """Our path's work per frame (the Renderer's step for one frame, source work excluded)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    source = torch.rand(1, 3, 256, 256)
-    with torch.no_grad():
-        kp_source = model.kp_detector(source)
-        features = model.generator.encode_source(source)
-        with FlopCounterMode(display=False) as counter:
-            kp = model.kp_detector(torch.rand(1, 3, 256, 256))
-            model.generator.animate(features, kp_source, kp, maps=False)
+    from worker.pipeline import Renderer
+
+    renderer = Renderer(vox_model(family))
+    state = renderer.prepare_source(torch.rand(1, 3, 256, 256))
+    frame = torch.rand(1, 3, 256, 256)
+    renderer.animate_batch(state, frame)  # sets the initial frame
+    with FlopCounterMode(display=False) as counter:
+        renderer.animate_batch(state, frame)
     return counter.get_total_flops() / 1e9
 
 
-def run_plain_loop(frames: int, device: str) -> dict:
-    """The published demo's loop: one frame at a time, float32, the whole generator every frame."""
+def run_plain_loop(family: str, frames: int, device: str) -> dict:
+    """The published demo's loop: one frame at a time, float32, the whole model every frame."""
     import torch
 
-    from worker.models import normalize_kp
-
     torch.manual_seed(1)
-    model = vox_model().to(device)
+    model = vox_model(family).to(device)
     source = torch.rand(1, 3, 256, 256, device=device)
     driving = torch.rand(frames + 1, 3, 256, 256, device=device)
     with torch.no_grad():
         kp_source = model.kp_detector(source)
         kp_initial = model.kp_detector(driving[:1])
-        model.generator(source, kp_source=kp_source, kp_driving=kp_initial)  # warm-up
+        published_frame(model, source, kp_source, kp_initial, driving[:1])  # warm-up
         synchronize(device)
         start = time.perf_counter()
         for t in range(1, frames + 1):
-            kp = model.kp_detector(driving[t : t + 1])
-            kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
-            model.generator(source, kp_source=kp_source, kp_driving=kp_norm)["prediction"].cpu()
+            published_frame(model, source, kp_source, kp_initial, driving[t : t + 1]).cpu()
         seconds = time.perf_counter() - start
     return {"seconds_per_frame": seconds / frames, "peak_mb": peak_mb(device)}
 
 
-def run_engine(frames: int, batch: int, precision: str, device: str) -> dict:
+def run_engine(family: str, frames: int, batch: int, precision: str, device: str) -> dict:
     """Our path: source encoded once, frames in batches, the Renderer's inference step.
 
     Each batch starts as host uint8 frames and ends as host uint8 frames, as in a job.
@@ -161,7 +193,7 @@ def run_engine(frames: int, batch: int, precision: str, device: str) -> dict:
     from worker.pipeline import Renderer, to_frames, to_tensor
 
     torch.manual_seed(1)
-    renderer = Renderer(vox_model().to(device), device)
+    renderer = Renderer(vox_model(family).to(device), device)
     source = torch.rand(1, 3, 256, 256)
     state = renderer.prepare_source(source, precision=precision)
     batches = max(1, frames // batch)
@@ -196,11 +228,11 @@ def make_clip(path: Path, frames: int) -> None:
     writer.close()
 
 
-def whole_process(precision: str, workdir: Path, device: str) -> float:
-    checkpoint, clip, image = workdir / "vox.pth.tar", workdir / "clip.mp4", workdir / "source.png"
+def whole_process(family: str, precision: str, workdir: Path, device: str) -> float:
+    checkpoint, clip, image = workdir / f"{family}.pth.tar", workdir / "clip.mp4", workdir / "source.png"
     cmd = [
         sys.executable, "-m", "worker.cli", "render", "--source", str(image), "--driving", str(clip),
-        "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{precision}.mp4"),
+        "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{family}-{precision}.mp4"),
         "--precision", precision, "--crop", "none", "--device", device,
     ]  # fmt: skip
     start = time.perf_counter()
@@ -213,57 +245,63 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--child", nargs="+")
-    parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only")
+    parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only (also its peak)")
+    parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: fomm, tpsmm")
+    parser.add_argument("--clip-frames", type=int, default=60, help="frames of the whole-process clip")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     device = args.device
     if args.child:
-        kind, *rest = args.child
+        kind, family, *rest = args.child
         if kind == "plain":
-            result = run_plain_loop(int(rest[0]), device)
+            result = run_plain_loop(family, int(rest[0]), device)
         elif kind == "engine":
-            result = run_engine(int(rest[0]), int(rest[1]), rest[2], device)
-        elif kind == "static":
-            result = {
-                "gflop": gflop_per_frame(vox_model()),
-                "peak": measure_matmul_peak(device),
-                "device": device_name(device),
-            }
+            result = run_engine(family, int(rest[0]), int(rest[1]), rest[2], device)
+        elif kind == "gflop":
+            result = {"gflop": gflop_per_frame(family)}
+        elif kind == "peak":
+            precisions = precisions_for(device, quick=rest[0] == "quick")
+            result = {"peak": measure_matmul_peak(device, precisions), "device": device_name(device)}
         print(json.dumps(result))
         return
 
+    families = args.families.split(",")
+    if not set(families) <= {"fomm", "tpsmm"}:
+        sys.exit("bench: --families takes fomm and/or tpsmm")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             sys.exit("bench: --device cuda: no CUDA device is available")
-    static = child(["static"], device)
-    gflop, peak = static["gflop"], static["peak"]
-    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d')}, {device}: {static['device']}")
-    print(
-        f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
-        f"model {gflop:.1f} GFLOP per frame (our path)\n"
-    )
-    print("| path | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    plain = child(["plain", str(args.frames)], device)
-    rate = 1 / plain["seconds_per_frame"]
-    print(
-        f"| plain per-frame loop | 1 | fp32 | {plain['seconds_per_frame']:.3f} | {rate:.2f} | - | - "
-        f"| {plain['peak_mb']:.0f} |"
-    )
+    machine = child(["peak", "-", "quick" if args.quick else "full"], device)
+    peak = machine["peak"]
+    gflop = {family: child(["gflop", family], device)["gflop"] for family in families}
+    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d')}, {device}: {machine['device']}")
+    gflops = ", ".join(f"{family} {gflop[family]:.1f}" for family in families)
+    peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
+    print(f"matmul peak: {peaks}; GFLOP per frame (our path): {gflops}\n")
+    print("| model | path | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
     precisions = precisions_for(device, args.quick)
-    for precision in precisions:
-        for batch in batches:
-            r = child(["engine", str(max(args.frames, batch)), str(batch), precision], device)
-            spf = r["seconds_per_frame"]
-            achieved = gflop / spf
-            print(
-                f"| engine | {batch} | {precision} | {spf:.3f} | {1 / spf:.2f} | {achieved:.0f} | "
-                f"{100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
-            )
-    print(f"\nin-run baseline: plain loop {plain['seconds_per_frame']:.3f} s/frame")
+    plain = {}
+    for family in families:
+        plain[family] = child(["plain", family, str(args.frames)], device)
+        spf, mb = plain[family]["seconds_per_frame"], plain[family]["peak_mb"]
+        print(
+            f"| {family} | plain per-frame loop | 1 | fp32 | {spf:.3f} | {1 / spf:.2f} | - | - | {mb:.0f} |"
+        )
+        for precision in precisions:
+            for batch in batches:
+                r = child(["engine", family, str(max(args.frames, batch)), str(batch), precision], device)
+                spf = r["seconds_per_frame"]
+                achieved = gflop[family] / spf
+                print(
+                    f"| {family} | engine | {batch} | {precision} | {spf:.3f} | {1 / spf:.2f} | "
+                    f"{achieved:.0f} | {100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
+                )
+    baselines = ", ".join(f"{family} {plain[family]['seconds_per_frame']:.3f}" for family in families)
+    print(f"\nin-run baseline, plain loop s/frame: {baselines}")
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -272,17 +310,20 @@ def main() -> None:
 
         from worker.models import save_checkpoint
 
-        save_checkpoint(workdir / "vox.pth.tar", vox_model())
-        make_clip(workdir / "clip.mp4", 60)
+        for family in families:
+            save_checkpoint(workdir / f"{family}.pth.tar", vox_model(family))
+        make_clip(workdir / "clip.mp4", args.clip_frames)
         Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
             workdir / "source.png"
         )
-        print("\n| whole `animate render` process, 60 frames 256x256 | seconds | vs plain loop x 60 |")
+        n = args.clip_frames
+        print(f"\n| whole `animate render` process, {n} frames 256x256 | seconds | vs plain loop x {n} |")
         print("|---|---|---|")
-        for precision in precisions:
-            seconds = whole_process(precision, workdir, device)
-            ratio = plain["seconds_per_frame"] * 60 / seconds
-            print(f"| --precision {precision} | {seconds:.1f} | {ratio:.2f}x |")
+        for family in families:
+            for precision in precisions:
+                seconds = whole_process(family, precision, workdir, device)
+                ratio = plain[family]["seconds_per_frame"] * n / seconds
+                print(f"| {family} --precision {precision} | {seconds:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

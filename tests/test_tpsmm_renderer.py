@@ -111,3 +111,23 @@ def test_animate_render_with_avd_and_background_motion(tpsmm_64, small_checkpoin
         result = run_animate("render", *common, "--checkpoint", checkpoint, "--out", out, flag)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_worker_describes_each_model_with_its_family_and_modes(tpsmm_64, small_checkpoint):
+    from worker.catalog import load_models
+
+    loaded = load_models({"tps": tpsmm_64["tpsmm-small-nobg"], "small": small_checkpoint}, "cpu")
+    assert loaded["tps"].describe() == {
+        "name": "tps",
+        "family": "tpsmm",
+        "frame_size": [64, 64],
+        "num_kp": 10,
+        "modes": ["relative", "absolute", "avd"],
+        "background_motion": False,
+    }
+    fomm = loaded["small"].describe()
+    assert (fomm["family"], fomm["modes"], fomm["background_motion"]) == (
+        "fomm",
+        ["relative", "absolute"],
+        False,
+    )
