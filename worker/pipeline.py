@@ -23,6 +23,7 @@ from worker.models import AnimationModel, Generator, SourceFeatures, normalize_k
 from worker.models.motion_transfer import convex_hull_area
 from worker.optimize import low_precision_generator, prepare_for_inference
 from worker.subject.framing import DEFAULT_CROP, check_framing, plan_framing
+from worker.subject.paste import ModelFrame
 from worker.video_io import Mp4Writer, VideoInfo, probe_video
 
 # (frames done, frames expected, stage): "analysing" while the crop follows the subject through the
@@ -92,6 +93,23 @@ def to_tensor(frames: np.ndarray, device: str) -> torch.Tensor:
 def to_frames(images: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
     return images.float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def model_frames(out: dict[str, torch.Tensor]) -> list[ModelFrame]:
+    """The generator's output as numpy frames with their motion, for paste-back."""
+    images = to_frames(out["prediction"])
+    deformation = out.get("deformation")
+    occlusion = out.get("occlusion_map")
+    deformation = None if deformation is None else deformation.float().cpu().numpy()  # (N, h, w, 2)
+    occlusion = None if occlusion is None else occlusion.float()[:, 0].cpu().numpy()  # (N, h, w)
+    return [
+        ModelFrame(
+            image,
+            None if deformation is None else deformation[i],
+            None if occlusion is None else occlusion[i],
+        )
+        for i, image in enumerate(images)
+    ]
 
 
 def _normalized_shape(kp: np.ndarray) -> np.ndarray:
@@ -268,11 +286,18 @@ class Renderer:
         features = self.generator(precision).encode_source(source)
         return SourceState(features, kp_source, precision, relative, adapt_scale)
 
+    def _generate(self, state: SourceState, kp_norm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        n = kp_norm["value"].shape[0]
+        kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
+        generator = self.generator(state.precision)
+        return generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
+
     @torch.inference_mode()
-    def animate_batch(
+    def animate_with_motion(
         self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """Animated frames (N, 3, H, W) in [0, 1] for driving frames (N, 3, H, W) in [0, 1].
+    ) -> dict[str, torch.Tensor]:
+        """The generator's output for driving frames (N, 3, H, W) in [0, 1]: `prediction` (N, 3, H, W)
+        in [0, 1] and, for models with dense motion, `deformation` and `occlusion_map`.
 
         `kp_driving`: the frames' keypoints when an earlier pass over the video already has them.
         """
@@ -288,11 +313,20 @@ class Renderer:
             use_relative_movement=state.relative,
             use_relative_jacobian=state.relative,
         )
-        n = frames.shape[0]
-        kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
-        generator = self.generator(state.precision)
-        out = generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
-        return out["prediction"]
+        return self._generate(state, kp_norm)
+
+    @torch.inference_mode()
+    def animate_batch(
+        self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Animated frames (N, 3, H, W) in [0, 1] for driving frames (N, 3, H, W) in [0, 1]."""
+        return self.animate_with_motion(state, frames, kp_driving)["prediction"]
+
+    @torch.inference_mode()
+    def still(self, state: SourceState) -> ModelFrame:
+        """The source rendered with no motion (driving keypoints = the source's): what paste-back
+        compares every frame with."""
+        return model_frames(self._generate(state, state.kp_source))[0]
 
     @torch.inference_mode()
     def _driving_keypoints(self, frames: Iterator[np.ndarray], batch_size: int, stop_at: int | None):
@@ -348,6 +382,8 @@ class Renderer:
                 relative=options.mode == "relative",
                 adapt_scale=options.adapt_scale,
             )
+            if framing.pastes:
+                framing.prepare_paste(self.still(state))
 
         start = options.driving_start if options.mode == "relative" else 0
         kp_all: dict[str, torch.Tensor] = {}  # (T, K, 2) / (T, K, 2, 2) of the first T driving frames
@@ -390,7 +426,8 @@ class Renderer:
                 with infer.timed():
                     end = done + len(batch)
                     known = {k: v[done:end] for k, v in kp_all.items()} if end <= known_frames else None
-                    rendered = to_frames(self.animate_batch(state, to_tensor(batch, self.device), known))
+                    out = self.animate_with_motion(state, to_tensor(batch, self.device), known)
+                    rendered = model_frames(out) if framing.pastes else to_frames(out["prediction"])
                 with encode.timed():
                     writer.put(framing.finish(rendered))
                 done += len(batch)

@@ -12,11 +12,11 @@ crop:
 - "x,y,w,h": the source image is cut at that box (integer source pixels, inside the image); the
   driving video is cropped as with "auto".
 
-paste_back (default off): the rendered square is composited back into the full source image with a
-feathered edge, so the video has the source's size (trimmed to even sides for H.264) and
-background. Off by default because the animated region then has the model's resolution inside a
-possibly much sharper photo, and the video is as large as the photo. It needs a crop, and `size`
-does not apply to it.
+paste_back (default off): the rendered square is composited back into the full source image, so
+the video has the source's size (trimmed to even sides for H.264) and background: the photo's own
+pixels wherever the animation leaves them unchanged, its detail moved along where the animation
+moves them, and no border (worker/subject/paste.py). Off by default because the video is then as
+large as the photo. It needs a crop, and `size` does not apply to it.
 """
 
 from collections.abc import Callable, Iterator
@@ -28,7 +28,7 @@ from worker.errors import RenderCanceled, RenderError
 from worker.subject.autocrop import KINDS, CropPlan, Kind, image_crop, video_crop
 from worker.subject.box import Box, parse_box
 from worker.subject.cutout import cut_out
-from worker.subject.paste import Paster
+from worker.subject.paste import ModelFrame, Paster
 from worker.video_io import VideoInfo, read_frames, resize_image
 
 CROPS = ("auto", "none", *KINDS[1:])
@@ -72,10 +72,13 @@ class Framing:
         self.driving_path = driving_path
         self.info = info
         self.driving_plan = driving_plan  # None or whole_frame: the whole frames, resized
-        self.paster = None
-        if paste_back:
-            height, width = source.shape[:2]
-            self.paster = Paster(source, source_box or Box(0, 0, width, height))
+        self.pastes = paste_back
+        self.paster: Paster | None = None  # made by prepare_paste
+
+    def prepare_paste(self, still: ModelFrame) -> None:
+        """Readies paste-back with the model's rendering of the source with no motion."""
+        height, width = self.source.shape[:2]
+        self.paster = Paster(self.source, self.source_box or Box(0, 0, width, height), still)
 
     def source_input(self, height: int, width: int) -> np.ndarray:
         """The source as the model takes it, (height, width, 3) uint8."""
@@ -95,14 +98,16 @@ class Framing:
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the output frames for a model rendering width x height."""
-        if self.paster is None:
+        if not self.pastes:
             return width, height
         return self.source.shape[1], self.source.shape[0]
 
-    def finish(self, rendered: np.ndarray) -> np.ndarray:
-        """(N, h, w, 3) rendered frames -> the frames to encode (pasted back when asked)."""
-        if self.paster is None:
+    def finish(self, rendered: np.ndarray | list[ModelFrame]) -> np.ndarray:
+        """Rendered frames ((N, h, w, 3) uint8; with paste-back, ModelFrames) -> the frames to encode."""
+        if not self.pastes:
             return rendered
+        if self.paster is None:
+            raise RuntimeError("paste-back needs prepare_paste(still) before the first frame")
         return np.stack([self.paster(frame) for frame in rendered])
 
 
