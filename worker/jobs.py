@@ -27,6 +27,7 @@ from service.storage import DRIVING, SOURCE, JobStore
 from worker.catalog import LoadedModel
 from worker.errors import InvalidVideo, RenderCanceled, RenderError
 from worker.pipeline import RenderOptions
+from worker.progress import Progress
 from worker.video_io import load_image, probe_video
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
@@ -66,7 +67,7 @@ class JobReporter:
         self.job = job
         self.engine = engine
         self.started = time.monotonic()
-        self.stage = "rendering"
+        self.stage: str | None = None
         self.last_write = 0.0
         self.last_poll = 0.0
         self.canceled = False
@@ -79,15 +80,14 @@ class JobReporter:
         except redis.exceptions.RedisError as exc:
             log.warning("job %s: could not save its progress: %s", self.job.id, exc)
 
-    def progress(self, done: int, total: int, stage: str = "rendering") -> None:
+    def progress(self, progress: Progress) -> None:
+        """The engine's progress (stage, frames, overall_percent, eta_seconds, fps) into the meta."""
         now = time.monotonic()
-        if stage != self.stage:  # each stage has its own rate, so its own clock
-            self.stage, self.started, self.last_write = stage, now, 0.0
-        if now - self.last_write < PROGRESS_INTERVAL and done < total:
+        finished = progress.frames_done >= progress.frames_total
+        if now - self.last_write < PROGRESS_INTERVAL and not finished and progress.stage == self.stage:
             return
-        self.last_write = now
-        fps = done / max(now - self.started, 1e-6)
-        self.save(progress={"stage": stage, "frames_done": done, "frames_total": total, "fps": round(fps, 2)})
+        self.stage, self.last_write = progress.stage, now
+        self.save(progress=progress.to_dict())
 
     def should_cancel(self) -> bool:
         if self.engine.stopping.is_set():

@@ -1,12 +1,12 @@
-"""The rendering pipeline: one source image, one driving video, one MP4 out.
+"""The rendering pipeline: one source image, one driving video, one video out (worker/output.py).
 
-Decoding (an ffmpeg process fed by a reader thread), the model (this thread) and encoding (an
-ffmpeg process fed by a writer thread) overlap, with small bounded queues between them so memory
-does not grow with the video's length.
+Decoding (an ffmpeg process fed by a reader thread), the model (this thread) and paste-back with
+encoding (an ffmpeg process fed by a writer thread) overlap, with small bounded queues between them
+so memory does not grow with the video's length. Progress: worker/progress.py.
 """
 
 import contextlib
-import os
+import math
 import queue
 import threading
 import time
@@ -18,17 +18,16 @@ from typing import Literal
 import numpy as np
 import torch
 
-from worker.errors import RenderCanceled, RenderError, StorageError
+from worker.errors import RenderCanceled, RenderError
 from worker.models import AnimationModel, Generator, SourceFeatures, normalize_kp
 from worker.models.motion_transfer import convex_hull_area
 from worker.optimize import low_precision_generator, prepare_for_inference
+from worker.output import FORMATS, RenderOutput, encoding_units, frame_step, output_size
+from worker.progress import ProgressCallback, ProgressModel, StageCosts
 from worker.subject.framing import DEFAULT_CROP, check_framing, plan_framing
 from worker.subject.paste import ModelFrame
-from worker.video_io import Mp4Writer, VideoInfo, probe_video
+from worker.video_io import VideoInfo, probe_video
 
-# (frames done, frames expected, stage): "analysing" while the crop follows the subject through the
-# driving video (crop other than "none"), then "rendering".
-ProgressCallback = Callable[[int, int, str], None]
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -44,6 +43,10 @@ class RenderOptions:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     crop: str = DEFAULT_CROP  # "auto", "face", "body", "none" or "x,y,w,h": see worker/subject/framing.py
     paste_back: bool = False
+    format: str = "mp4"  # mp4, webm, gif or webp: see worker/output.py
+    loop: bool = False  # forward then backward, seamless on repeat (no audio)
+    poster: bool = False  # also write a JPEG of frame `poster_frame`
+    poster_frame: int = 0
 
     def validate(self) -> None:
         if self.mode not in ("relative", "absolute"):
@@ -62,6 +65,18 @@ class RenderOptions:
             raise RenderError(str(exc), "invalid_option") from None
         if self.precision not in PRECISIONS:
             raise RenderError(f"precision must be one of {', '.join(PRECISIONS)}", "invalid_option")
+        if self.format not in FORMATS:
+            raise RenderError(
+                f"format must be one of {', '.join(FORMATS)}, not {self.format!r}", "invalid_option"
+            )
+        if not isinstance(self.loop, bool) or not isinstance(self.poster, bool):
+            raise RenderError("loop and poster must be true or false", "invalid_option")
+        if (
+            isinstance(self.poster_frame, bool)
+            or not isinstance(self.poster_frame, int)
+            or self.poster_frame < 0
+        ):
+            raise RenderError("poster_frame must be a frame index >= 0", "invalid_option")
 
 
 @dataclass
@@ -73,6 +88,11 @@ class RenderResult:
     audio: bool
     driving_start: int
     precision: str
+    format: str = "mp4"
+    mime_type: str = "video/mp4"
+    bytes: int = 0
+    loop: bool = False
+    poster: str | None = None  # the poster's file name, next to the result unless placed elsewhere
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -192,10 +212,11 @@ def _batched(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
 
 
 class _BackgroundWriter:
-    """Feeds an Mp4Writer from a thread so encoding overlaps the next batch's inference."""
+    """Runs `consume` on each batch in a thread, so paste-back and encoding overlap the next batch's
+    inference; its errors are raised by put() or finish()."""
 
-    def __init__(self, writer: Mp4Writer):
-        self.writer = writer
+    def __init__(self, consume: Callable[[object], None]):
+        self.consume = consume
         self.slots: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="encode", daemon=True)
@@ -206,12 +227,11 @@ class _BackgroundWriter:
             if self.error is not None:
                 continue
             try:
-                for frame in batch:
-                    self.writer.write(frame)
+                self.consume(batch)
             except BaseException as exc:  # reported by put() or finish()
                 self.error = exc
 
-    def put(self, batch: np.ndarray) -> None:
+    def put(self, batch: object) -> None:
         if self.error is not None:
             raise self.error
         self.slots.put(batch)
@@ -221,13 +241,10 @@ class _BackgroundWriter:
         self.thread.join()
         if self.error is not None:
             raise self.error
-        self.writer.close()
 
     def abort(self) -> None:
         self.slots.put(None)
         self.thread.join(timeout=10)
-        with contextlib.suppress(RenderError, OSError):
-            self.writer.close()
 
 
 @dataclass
@@ -252,6 +269,7 @@ class Renderer:
     def __init__(self, model: AnimationModel, device: str = "cpu"):
         self.model = prepare_for_inference(model, device)
         self.device = device
+        self.costs = StageCosts()  # seconds per frame of each stage, for progress; learnt job by job
         self._generators = {"fp32": self.model.generator}
 
     def generator(self, precision: str) -> Generator:
@@ -329,7 +347,13 @@ class Renderer:
         return model_frames(self._generate(state, state.kp_source))[0]
 
     @torch.inference_mode()
-    def _driving_keypoints(self, frames: Iterator[np.ndarray], batch_size: int, stop_at: int | None):
+    def _driving_keypoints(
+        self,
+        frames: Iterator[np.ndarray],
+        batch_size: int,
+        stop_at: int | None,
+        on_frames: Callable[[int], None] | None = None,
+    ):
         """Keypoints (T, K, 2) and jacobians of the driving frames, up to and including stop_at."""
         values, jacobians = [], []
         seen = 0
@@ -339,6 +363,8 @@ class Renderer:
             if "jacobian" in kp:
                 jacobians.append(kp["jacobian"])
             seen += len(batch)
+            if on_frames is not None:
+                on_frames(seen)
             if stop_at is not None and seen > stop_at:
                 break
         out = {"value": torch.cat(values)}
@@ -356,22 +382,52 @@ class Renderer:
         on_progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
         info: VideoInfo | None = None,
+        poster_path: str | Path | None = None,
     ) -> RenderResult:
         """Animate `source_image` ((H, W, 3) uint8) by the video at `driving_path` into `out_path`.
 
-        The MP4 appears at `out_path` only when complete; on any failure nothing is left there.
+        The video (and with `options.poster` the JPEG at `poster_path`, by default poster.jpg next
+        to the video) appear only when complete; on any failure nothing is left there.
         """
         options = options or RenderOptions()
         options.validate()
         started = time.perf_counter()
         driving_path, out_path = Path(driving_path), Path(out_path)
         info = info or probe_video(driving_path)
+        fmt = FORMATS[options.format]
+        step = frame_step(info.fps, fmt)  # driving frames per output frame
+        expected = math.ceil(info.frames / step)
+        if options.poster and options.poster_frame >= expected:
+            message = f"poster_frame {options.poster_frame} is past the last frame ({expected - 1})"
+            raise RenderError(message, "invalid_option")
+        start = options.driving_start if options.mode == "relative" else 0
+        crop_frames = 0 if options.crop == "none" else info.frames
+        keypoint_frames = info.frames if start == "best" else min(start + 1, info.frames) if start else 0
+        progress = ProgressModel(
+            [
+                ("analysing", crop_frames + keypoint_frames),
+                ("rendering", expected),
+                ("encoding", encoding_units(expected, fmt, options.loop)),
+            ],
+            on_progress,
+            self.costs,
+        )
+        analysis_total = crop_frames + keypoint_frames
         h, w = self.model.frame_shape
         decode, infer, encode, crop = _Stage(), _Stage(), _Stage(), _Stage()
-        analysed = None if on_progress is None else lambda done, total: on_progress(done, total, "analysing")
+
+        def analysing(done: int) -> None:
+            progress.update("analysing", done, max(analysis_total, done))
+
         with crop.timed():
             framing = plan_framing(
-                source_image, driving_path, info, options.crop, options.paste_back, should_cancel, analysed
+                source_image,
+                driving_path,
+                info,
+                options.crop,
+                options.paste_back,
+                should_cancel,
+                lambda done, _expected: analysing(done),
             )
         source = to_tensor(framing.source_input(h, w)[None], self.device)
 
@@ -385,12 +441,16 @@ class Renderer:
             if framing.pastes:
                 framing.prepare_paste(self.still(state))
 
-        start = options.driving_start if options.mode == "relative" else 0
         kp_all: dict[str, torch.Tensor] = {}  # (T, K, 2) / (T, K, 2, 2) of the first T driving frames
         if start != 0:
             with decode.timed():
                 stop_at = None if start == "best" else start
-                kp_all = self._driving_keypoints(framing.driving_frames(h, w), options.batch_size, stop_at)
+                kp_all = self._driving_keypoints(
+                    framing.driving_frames(h, w),
+                    options.batch_size,
+                    stop_at,
+                    lambda seen: analysing(crop_frames + seen),
+                )
             if start == "best":
                 start = best_start_frame(
                     state.kp_source["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy()
@@ -401,21 +461,26 @@ class Renderer:
             state.kp_initial = {k: v[start : start + 1] for k, v in kp_all.items()}
         known_frames = len(kp_all["value"]) if kp_all else 0  # their keypoints are not computed again
 
-        audio = options.audio and info.has_audio
-        out_size = (options.size, options.size) if options.size else None
-        out_w, out_h = framing.output_size(w, h)
-        tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial.mp4")
-        try:
-            writer = _BackgroundWriter(
-                Mp4Writer(tmp_path, out_w, out_h, info.fps, driving_path if audio else None, out_size)
-            )
-        except RenderError:
-            tmp_path.unlink(missing_ok=True)
-            raise
+        frame_w, frame_h = framing.output_size(w, h)
+        output = RenderOutput(
+            out_path,
+            fmt,
+            (frame_w, frame_h),
+            output_size(frame_w, frame_h, options.size, fmt),
+            info.fps / step,
+            options.loop,
+            driving_path if options.audio and info.has_audio else None,
+            (Path(poster_path) if poster_path else out_path.with_name("poster.jpg"))
+            if options.poster
+            else None,
+            options.poster_frame,
+        )
+        writer = _BackgroundWriter(lambda batch: output.write(framing.finish(batch)))
         done = 0
-        total = info.frames
+        total = expected
         try:
-            batches = _prefetch(_batched(framing.driving_frames(h, w), options.batch_size))
+            progress.update("rendering", 0, total)
+            batches = _prefetch(_batched(framing.driving_frames(h, w, step), options.batch_size))
             while True:
                 with decode.timed():
                     batch = next(batches, None)
@@ -425,36 +490,40 @@ class Renderer:
                     raise RenderCanceled("the job was canceled")
                 with infer.timed():
                     end = done + len(batch)
-                    known = {k: v[done:end] for k, v in kp_all.items()} if end <= known_frames else None
+                    known = None
+                    if (end - 1) * step < known_frames:
+                        known = {k: v[done * step : end * step : step] for k, v in kp_all.items()}
                     out = self.animate_with_motion(state, to_tensor(batch, self.device), known)
                     rendered = model_frames(out) if framing.pastes else to_frames(out["prediction"])
                 with encode.timed():
-                    writer.put(framing.finish(rendered))
+                    writer.put(rendered)
                 done += len(batch)
                 total = max(total, done)
-                if on_progress is not None:
-                    on_progress(done, total, "rendering")
+                progress.update("rendering", done, total)
             if done == 0:
                 raise RenderError(f"{driving_path.name} has no decodable frame", "invalid_video")
             with encode.timed():
                 writer.finish()
-            try:
-                tmp_path.replace(out_path)
-            except OSError as exc:
-                raise StorageError(f"cannot write {out_path}: {exc}") from exc
+                summary = output.finish(lambda units, of: progress.update("encoding", units, of))
         except BaseException:
             writer.abort()
-            tmp_path.unlink(missing_ok=True)
+            output.abort()
             raise
+        progress.finish()
 
         return RenderResult(
-            frames=done,
-            fps=info.fps,
-            width=options.size or out_w,
-            height=options.size or out_h,
-            audio=audio,
+            frames=summary.frames,
+            fps=summary.fps,
+            width=summary.width,
+            height=summary.height,
+            audio=summary.audio,
             driving_start=start,
             precision=options.precision,
+            format=summary.format,
+            mime_type=summary.mime_type,
+            bytes=summary.bytes,
+            loop=summary.loop,
+            poster=summary.poster,
             timings={
                 "decode": round(decode.seconds, 4),
                 "inference": round(infer.seconds, 4),

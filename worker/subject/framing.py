@@ -19,6 +19,7 @@ moves them, and no border (worker/subject/paste.py). Off by default because the 
 large as the photo. It needs a crop, and `size` does not apply to it.
 """
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -86,15 +87,16 @@ class Framing:
             return resize_image(self.source, height, width)
         return cut_out(self.source, self.source_box, width, height)
 
-    def driving_frames(self, height: int, width: int) -> Iterator[np.ndarray]:
-        """The driving frames as the model takes them, (height, width, 3) uint8 each."""
+    def driving_frames(self, height: int, width: int, step: int = 1) -> Iterator[np.ndarray]:
+        """Every `step`-th driving frame as the model takes it, (height, width, 3) uint8 each."""
         plan = self.driving_plan
         if plan is None or plan.whole_frame:
-            yield from read_frames(self.driving_path, height, width)
+            yield from itertools.islice(read_frames(self.driving_path, height, width), 0, None, step)
             return
         frames = read_frames(self.driving_path, self.info.height, self.info.width)
         for index, frame in enumerate(frames):
-            yield cut_out(frame, plan.box(index), width, height)
+            if index % step == 0:
+                yield cut_out(frame, plan.box(index), width, height)
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the output frames for a model rendering width x height."""
