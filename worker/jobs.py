@@ -184,7 +184,11 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
     timings = summary.pop("timings")
     reporter.save(
         result=summary,
-        progress={"frames_done": summary["frames"], "frames_total": summary["frames"]},
+        progress={
+            "frames_done": summary["frames"],
+            "frames_total": summary["frames"],
+            "overall_percent": 100.0,
+        },
         timings={
             **job.meta.get("timings", {}),
             "decode": timings["decode"],

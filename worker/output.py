@@ -7,15 +7,15 @@ Formats (`RenderOptions.format`):
 - gif: for e-mail and marketplaces. At most GIF_SIDE pixels on the long side and MAX_ANIMATED_FPS
   frames per second (driving frames are skipped evenly, so fewer are rendered); one palette for
   the whole video (palettegen), ordered dithering (paletteuse), looping forever. The palette needs
-  every frame before the first is written, so frames go losslessly (FFV1) to an intermediate file
-  first and two more ffmpeg passes read it back, instead of frames held in memory.
+  every frame before the first is written, so frames go to a lossless intermediate file first
+  (x264 in RGB at qp 0) and two more ffmpeg passes read it back, instead of frames held in memory.
 - webp: animated WebP (libwebp_anim), at most WEBP_SIDE pixels and MAX_ANIMATED_FPS, looping
   forever; encoded as the frames come.
 
 `loop`: the video plays forward, then backward to its second frame (ping-pong), so played on repeat
 it never jumps: the frame after the last is the first's neighbour. A cross-fade was the other
-choice; it shows two faces at once while it fades. The backward half is read from a spool file on
-disk (each frame PNG-compressed), not from memory. No audio with a loop: it would not loop with it.
+choice; it shows two faces at once while it fades. The backward half is read back from a lossless
+spool on disk, a segment at a time, not from memory. No audio with a loop: it would not loop with it.
 
 Audio goes only into formats that carry it (mp4, webm), when asked, present, and not looping.
 
@@ -36,13 +36,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
 from worker.errors import RenderError, StorageError
-from worker.video_io import MP4_OUTPUT, FrameEncoder, feed_ffmpeg, run_ffmpeg
+from worker.video_io import MP4_OUTPUT, FrameEncoder, feed_ffmpeg, read_frames, run_ffmpeg
 
 GIF_SIDE = 480
 WEBP_SIDE = 640
@@ -83,7 +82,7 @@ def webm_options() -> tuple[list[str], list[str]]:
         video = ["-c:v", "libvpx-vp9", "-crf", "32", "-b:v", "0", "-row-mt", "1"]
     else:
         video = ["-c:v", "libvpx", "-crf", "10", "-b:v", "2M"]
-    video += ["-pix_fmt", "yuv420p", "-deadline", "good", "-cpu-used", "4", "-f", "webm"]
+    video += ["-pix_fmt", "yuv420p", "-deadline", "realtime", "-cpu-used", "6", "-f", "webm"]
     audio = ["-c:a", "libopus", "-b:a", "96k"] if "libopus" in encoders else ["-c:a", "opus", "-strict", "-2"]
     return video, audio
 
@@ -123,31 +122,57 @@ def partial_path(path: Path, suffix: str = "") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial{suffix or path.suffix}")
 
 
-class FrameSpool:
-    """Frames kept on disk, PNG-compressed (fast setting), to be read back in reverse order."""
+def lossless_video() -> list[str]:
+    """ffmpeg options for a fast lossless RGB video in Matroska: x264 in RGB at qp 0, else FFV1."""
+    if "libx264rgb" in available_encoders():
+        return ["-c:v", "libx264rgb", "-qp", "0", "-preset", "ultrafast", "-f", "matroska"]
+    return ["-c:v", "ffv1", "-f", "matroska"]
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.file = open(path, "w+b")  # noqa: SIM115 (closed by close())
-        self.spans: list[tuple[int, int]] = []
+
+class FrameSpool:
+    """Frames kept on disk, losslessly, to be read back in reverse order: short lossless videos of
+    SEGMENT frames each, decoded one at a time, so memory holds one segment at most."""
+
+    SEGMENT = 16
+
+    def __init__(self, path: Path, width: int, height: int, fps: float):
+        self.path, self.width, self.height, self.fps = path, width, height, fps
+        self.segments: list[tuple[Path, int]] = []  # (file, frames)
+        self.encoder: FrameEncoder | None = None
 
     def append(self, frame: np.ndarray) -> None:
-        ok, data = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])  # lossless: order kept
-        if not ok:
-            raise StorageError("cannot compress a frame for the loop")
-        self.spans.append((self.file.tell(), len(data)))
-        self.file.write(data.tobytes())
+        if self.encoder is None:
+            segment = self.path.with_name(f"{self.path.name}.{len(self.segments):05d}")
+            self.encoder = FrameEncoder(segment, self.width, self.height, self.fps, lossless_video())
+            self.segments.append((segment, 0))
+        self.encoder.write(frame)
+        segment, count = self.segments[-1]
+        self.segments[-1] = (segment, count + 1)
+        if count + 1 == self.SEGMENT:
+            self._close_segment()
+
+    def _close_segment(self) -> None:
+        if self.encoder is not None:
+            self.encoder.close()
+            self.encoder = None
 
     def backwards(self, skip_last: int = 0) -> Iterator[np.ndarray]:
         """The frames from the last (less `skip_last`) to the first."""
-        self.file.flush()
-        for start, length in reversed(self.spans[: len(self.spans) - skip_last]):
-            self.file.seek(start)
-            yield cv2.imdecode(np.frombuffer(self.file.read(length), np.uint8), cv2.IMREAD_UNCHANGED)
+        self._close_segment()
+        skip = skip_last
+        for segment, count in reversed(self.segments):
+            frames = list(read_frames(segment, self.height, self.width))
+            if len(frames) != count:
+                raise StorageError(f"the loop's spool lost frames ({len(frames)} of {count})")
+            kept = frames[: max(count - skip, 0)]
+            skip = max(skip - count, 0)
+            yield from reversed(kept)
 
     def close(self) -> None:
-        self.file.close()
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(StorageError):
+            self._close_segment()
+        for segment, _ in self.segments:
+            segment.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -192,7 +217,7 @@ class RenderOutput:
         self.intermediate = partial_path(path, ".mkv") if fmt.name == "gif" else None
         self.palette = partial_path(path, ".png") if fmt.name == "gif" else None
         self.poster_partial = partial_path(poster_path) if poster_path is not None else None
-        self.spool = FrameSpool(partial_path(path, ".spool")) if loop else None
+        self.spool = FrameSpool(partial_path(path, ".spool"), *frame_size, fps) if loop else None
         try:
             self.encoder = self._encoder(audio_from if self.audio else None)
         except BaseException:
@@ -210,7 +235,7 @@ class RenderOutput:
             output, audio = ["-c:v", "libwebp_anim", "-pix_fmt", "yuv420p", "-quality", "80"], []
             output += ["-loop", "0", "-f", "webp"]
         else:  # gif: a lossless intermediate, made into a GIF by finish()
-            output, audio = ["-c:v", "ffv1", "-f", "matroska"], []
+            output, audio = lossless_video(), []
         target = self.intermediate or self.partial
         return FrameEncoder(target, width, height, self.fps, output, audio_from, audio, self.out_size)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 STAGES = ("analysing", "rendering", "encoding")
-PRIOR_SECONDS = {"analysing": 0.006, "rendering": 0.03, "encoding": 0.004}  # per frame of each stage
+PRIOR_SECONDS = {"analysing": 0.02, "rendering": 0.1, "encoding": 0.02}  # per frame of each stage
 SAMPLE_SECONDS = 0.5
 SMOOTHING_SECONDS = 3.0
 MIN_SECONDS = 1.0
