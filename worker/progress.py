@@ -10,8 +10,9 @@ A render runs up to three stages, in this order, each counting its own frames:
   loop, the GIF's palette and dithering passes, and the encoder's final flush and muxing.
 
 The overall percent weighs each stage by its expected cost: its frames times the seconds a frame
-of that stage is expected to take. The estimates start from PRIOR_SECONDS (this machine's order of
-magnitude, starter model) and are replaced by what the same process measured in earlier jobs
+of that stage is expected to take. The estimates start from PRIOR_SECONDS (first-job guesses from
+the 2-core development machine: analysis at about 480 px, rendering with paste-back, GIF passes)
+and are replaced by what the same process measured in earlier jobs
 (`StageCosts`, kept by the renderer), so a worker's bar gets truer job after job. The weights are
 fixed when the job starts and the percent is never lowered, so the bar never runs backwards, even
 when a stage turns out longer than planned (it then pauses instead).
@@ -21,7 +22,8 @@ SAMPLE_SECONDS, with time constant SMOOTHING_SECONDS; a stage has no rate (so no
 until it has run MIN_SECONDS and measured one window. The ETA is the current stage's remaining
 frames at that rate (before it has one: at the cost measured in earlier jobs) plus the later stages'
 expected seconds. It is None while a stage it depends on has neither: on a process's first job,
-until rendering has run MIN_SECONDS (the encoding stage's prior is used as it is: it is small).
+until rendering has run MIN_SECONDS (the encoding stage's prior is used as it is: it is the
+smallest and least variable share).
 """
 
 import math
