@@ -1,105 +1,42 @@
 """Request options and response bodies of the API (pydantic v2); they are also the OpenAPI docs."""
 
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field
 
-JobStatusName = Literal["queued", "started", "succeeded", "failed", "canceled"]
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-
-class AnimateOptions(BaseModel):
-    """The plain form fields of POST /animate, validated from their text."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mode: Literal["relative", "absolute"] = Field(
-        "relative", description="relative: the source keeps its pose and follows the driving motion"
-    )
-    adapt_scale: bool = Field(True, description="scale the motion by the ratio of the faces' sizes")
-    driving_start: NonNegativeInt | Literal["best"] = Field(
-        0, description="the driving frame matched to the source's pose: an index, or best to search"
-    )
-    audio: bool = Field(True, description="copy the driving video's audio into the result")
-    crop: str | None = Field(
-        None,
-        pattern=r"^(none|auto|face|body|\d{1,5},\d{1,5},\d{1,5},\d{1,5})$",
-        description="framing of the subject: none, auto, face, body or x,y,w,h; unset: the engine's default",
-    )
-    paste_back: bool | None = Field(
-        None, description="paste the animated crop back into the full source; unset: the engine's default"
-    )
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(examples=["job_not_found"])
-    message: str = Field(examples=["no job 2c7c3b8e-9d1a-4a41-9a5e-0e1f3d6b2a10"])
-    field: str | None = Field(None, description="the request field at fault, when there is one")
+from contract.job import (
+    ErrorDetail,
+    InputSummary,
+    JobResult,
+    JobStatusName,
+    JobTimings,
+    ProgressStage,
+)
+from contract.options import AnimationOptions, Mode
 
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-ProgressStage = Literal["analysing", "rendering"]
-PROGRESS_STAGES: tuple[str, ...] = get_args(ProgressStage)
-
-
 class Progress(BaseModel):
-    """Of the running stage: with a crop, "analysing" (the subject followed through the driving
-    video, a fast pass) comes before "rendering"; frames and percent restart at 0 for each."""
+    """How far the job is. `stage`: "queued", then while it runs "analysing" (passes over the driving
+    video before the first frame: the crop following the subject, the search for a driving start),
+    "rendering", "encoding" (what is left once the last frame is rendered: a loop's backward half,
+    a GIF's palette passes, the final flush); None once it ended. `frames_done` and `frames_total`
+    count the stage's own frames; `percent` is of the whole job and never goes down."""
 
-    stage: ProgressStage | None = None
+    stage: Literal["queued"] | ProgressStage | None = None
     frames_done: int = 0
     frames_total: int | None = None
     percent: float = 0.0
+    eta_seconds: float | None = Field(None, description="seconds left, once the worker can estimate them")
 
 
-class SourceSummary(BaseModel):
-    format: str
-    width: int
-    height: int
-    bytes: int
-
-
-class DrivingSummary(BaseModel):
-    format: str
-    width: int
-    height: int
-    fps: float
-    duration: float
-    frames: int
-    audio: bool
-    bytes: int
-
-
-class JobInputs(BaseModel):
-    source: SourceSummary
-    driving: DrivingSummary
+class JobInputs(InputSummary):
     model: str
-    options: AnimateOptions
-
-
-class JobTimings(BaseModel):
-    """Seconds: waiting in the queue, then the engine's stages (they overlap) and the whole render."""
-
-    queue_wait: float | None = None
-    decode: float | None = None
-    inference: float | None = None
-    encode: float | None = None
-    render: float | None = None
-    precision: str | None = Field(None, description="fp32, bf16 or fp16: what the render ran in")
-
-
-class JobResult(BaseModel):
-    frames: int
-    fps: float
-    width: int
-    height: int
-    audio: bool
-    driving_start: int
-    precision: str
+    options: AnimationOptions
 
 
 JOB_EXAMPLE = {
@@ -108,7 +45,9 @@ JOB_EXAMPLE = {
     "created_at": "2026-11-25T12:44:06.749Z",
     "started_at": "2026-11-25T12:44:06.757Z",
     "finished_at": None,
-    "progress": {"stage": "rendering", "frames_done": 120, "frames_total": 250, "percent": 48.0},
+    "progress": {
+        "stage": "rendering", "frames_done": 120, "frames_total": 250, "percent": 48.0, "eta_seconds": 3.1
+    },
     "eta_seconds": 3.1,
     "error": None,
     "result_url": None,
@@ -120,8 +59,8 @@ JOB_EXAMPLE = {
             "audio": True, "bytes": 1430968,
         },
         "model": "starter",
-        "options": {"mode": "relative", "adapt_scale": True, "driving_start": 0, "audio": True, "crop": None,
-                    "paste_back": None},
+        "options": {"mode": "relative", "adapt_scale": True, "driving_start": 0, "audio": True,
+                    "crop": "auto", "paste_back": False},
     },
     "timings": {"queue_wait": 0.004, "decode": None, "inference": None, "encode": None, "render": None},
 }  # fmt: skip
@@ -136,7 +75,7 @@ class JobResource(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: Progress
-    eta_seconds: float | None = None
+    eta_seconds: float | None = Field(None, description="progress.eta_seconds, where clients read it first")
     error: ErrorDetail | None = None
     result_url: str | None = None
     result: JobResult | None = None
@@ -150,6 +89,11 @@ class ModelInfo(BaseModel):
         description="height, width the model animates at", examples=[[256, 256]]
     )
     num_kp: int = Field(description="keypoints the model detects", examples=[10])
+    family: Literal["fomm", "tpsmm"] = Field(
+        "fomm", description="First Order or Thin-Plate Spline Motion Model"
+    )
+    modes: list[Mode] = Field(["relative", "absolute"], description="the modes it renders, the default first")
+    background_motion: bool = Field(False, description="whether it can move the background")
     device: str = Field(examples=["cuda"])
     workers: int = Field(description="live workers that have it loaded")
 

@@ -246,3 +246,34 @@ def test_render_command_rejects_bad_output_options(small_checkpoint, portrait, s
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (name, result.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_clients_choose_formats_loops_and_posters_through_the_contract():
+    from typing import get_args
+
+    from pydantic import ValidationError
+
+    from contract.job import JobResult, ProgressReport
+    from contract.options import AnimationOptions, OutputFormatName
+    from contract.storage import POSTER, result_name
+    from worker.pipeline import RenderOptions
+
+    assert get_args(OutputFormatName) == tuple(FORMATS), "the contract names exactly the engine's formats"
+    options = AnimationOptions(format="webp", loop="true", poster="1", poster_frame="4")  # as a form sends
+    assert (options.format, options.loop, options.poster, options.poster_frame) == ("webp", True, True, 4)
+    assert RenderOptions(**options.model_dump()).format == "webp"
+    for bad in ({"format": "avi"}, {"poster_frame": -1}, {"loop": "sometimes"}):
+        with pytest.raises(ValidationError) as refused:
+            AnimationOptions(**bad)
+        assert refused.value.errors()[0]["loc"] == (next(iter(bad)),)
+    old = JobResult(frames=3, fps=25, width=64, height=64, audio=False, driving_start=0, precision="fp32")
+    assert (old.format, old.mime_type, old.loop, old.poster) == ("mp4", "video/mp4", False, None)
+    assert [result_name(name) for name in FORMATS] == [
+        "result.mp4",
+        "result.webm",
+        "result.gif",
+        "result.webp",
+    ]
+    assert POSTER == "poster.jpg"
+    with pytest.raises(ValidationError):
+        ProgressReport(stage="encoding", overall_percent=101)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.queue import JobQueue, connect
+from contract.storage.local import LocalStore
 from service.cleanup import sweep
-from service.queue import JobQueue, connect
-from service.storage import JobStore
 from tests.service_stack import ROOT, ServiceStack, clean_env, cut_clip
 from worker.video_io import probe_video
 
@@ -70,6 +70,7 @@ def test_submit_poll_download(stack, portrait, short_clip, tmp_path):
     expected = probe_video(short_clip)
     job = _submit(stack, portrait, short_clip, mode="relative", audio="true", paste_back="false")
     assert job["status"] == "queued"
+    assert job["progress"]["stage"] == "queued" and job["progress"]["percent"] == 0.0
     assert job["inputs"]["driving"]["fps"] == 30
     assert job["inputs"]["options"]["crop"] == "none" and job["inputs"]["options"]["paste_back"] is False
 
@@ -80,6 +81,7 @@ def test_submit_poll_download(stack, portrait, short_clip, tmp_path):
         "frames_done": expected.frames,
         "frames_total": expected.frames,
         "percent": 100.0,
+        "eta_seconds": None,
     }
     assert done["result_url"] == f"/jobs/{job['id']}/result"
     assert done["inputs"]["model"] == "small"
@@ -234,14 +236,18 @@ def test_progress_names_its_stage(stack, portrait, long_clip):
 
     def note(job: dict) -> bool:
         if job["status"] == "started":
-            seen.append((job["progress"]["stage"], job["eta_seconds"]))
+            progress = job["progress"]
+            seen.append((progress["stage"], progress["percent"], progress["eta_seconds"], job["eta_seconds"]))
         return job["status"] in ("succeeded", "failed", "canceled")
 
     assert stack.wait_for(job["id"], note)["status"] == "succeeded"
-    stages = [stage for stage, _ in seen if stage is not None]
+    order = ("analysing", "rendering", "encoding")
+    stages = [stage for stage, *_ in seen if stage is not None]
     assert "rendering" in stages, seen
-    assert stages == sorted(stages), seen  # "analysing" never after "rendering"
-    assert all(eta is None for stage, eta in seen if stage == "analysing"), seen
+    assert stages == sorted(stages, key=order.index), seen  # the stages in their order, never back
+    percents = [percent for _, percent, *_ in seen]
+    assert percents == sorted(percents) and all(0 <= p <= 100 for p in percents), seen  # never backwards
+    assert all(eta == top for *_, eta, top in seen), seen
 
 
 def test_cancel_running_job(stack, portrait, long_clip):
@@ -315,7 +321,7 @@ def test_models_health_and_docs(stack):
 def test_expired_jobs_are_swept(stack, portrait, short_clip):
     job = _submit(stack, portrait, short_clip)
     assert stack.wait_finished(job["id"])["status"] == "succeeded"
-    store = JobStore(stack.data_dir)
+    store = LocalStore(stack.data_dir)
     orphan_old = store.folder(str(uuid.uuid4()))
     orphan_new = store.folder(str(uuid.uuid4()))
     for folder in (orphan_old, orphan_new):
@@ -380,3 +386,57 @@ def test_job_payload_is_plain_json(stack, portrait, short_clip):
     payload = json.loads(zlib.decompress(stack.redis_client().hget(f"rq:job:{job['id']}", "data")))
     assert payload[2] == [job["id"], {"model": "small", "options": job["inputs"]["options"]}]
     stack.wait_finished(job["id"])
+
+
+def test_a_client_generated_from_the_openapi_document_runs_a_job(stack, portrait, short_clip, tmp_path):
+    """openapi-python-client, a third-party generator, builds a client from /openapi.json as it is;
+    the client submits, polls and downloads the bytes."""
+    spec = tmp_path / "openapi.json"
+    spec.write_text(stack.http.get("/openapi.json").text)
+    generator = Path(sys.executable).with_name("openapi-python-client")
+    env = {**os.environ, "PATH": f"{generator.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [str(generator), "generate", "--path", str(spec), "--meta", "none"]
+    done = subprocess.run(
+        [*command, "--output-path", str(tmp_path / "animate_client")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Cannot parse" not in done.stdout + done.stderr and "Unsupported" not in done.stdout + done.stderr
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from animate_client import Client
+        from animate_client.api.default import animate, get_job, get_result
+        from animate_client.models import AnimateAnimateForm, ErrorBody, JobResource
+        from animate_client.types import File
+    finally:
+        sys.path.remove(str(tmp_path))
+
+    client = Client(base_url=stack.url, timeout=None)
+    with portrait.open("rb") as image, short_clip.open("rb") as video:
+        form = AnimateAnimateForm(
+            source=File(payload=image, file_name="photo.jpg", mime_type="image/jpeg"),
+            driving=File(payload=video, file_name="talk.mp4", mime_type="video/mp4"),
+            crop="none",
+        )
+        queued = animate.sync(client=client, body=form)
+    assert isinstance(queued, JobResource), queued
+    deadline = time.monotonic() + 300
+    job = queued
+    while str(job.status) not in ("succeeded", "failed", "canceled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = get_job.sync(client=client, job_id=queued.id)
+    assert str(job.status) == "succeeded", job
+    assert job.result.frames == probe_video(short_clip).frames
+
+    downloaded = get_result.sync(client=client, job_id=queued.id)
+    video_bytes = downloaded.payload.read()
+    assert video_bytes[4:8] == b"ftyp" and len(video_bytes) > 1000
+
+    missing = get_job.sync_detailed(client=client, job_id=str(uuid.uuid4()))
+    assert missing.status_code == 404 and isinstance(missing.parsed, ErrorBody)
+    assert missing.parsed.error.code == "job_not_found"

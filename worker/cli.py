@@ -6,11 +6,13 @@ Errors about inputs print one line on stderr and exit with status 2; no output f
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
+from contract.options import OutputFormatName
 from service.client import add_submit_arguments, submit
 
 EXIT_BAD_INPUT = 2
-OUTPUT_FORMATS = ("mp4", "webm", "gif", "webp")  # worker/output.py's, named here to keep torch unloaded
+OUTPUT_FORMATS = get_args(OutputFormatName)
 
 
 def _start_frame(value: str) -> int | str:
@@ -35,8 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
     render.add_argument("--out", required=True, help="output video")
     render.add_argument("--config", help="YAML in the published config format overriding the inferred one")
-    render.add_argument("--mode", choices=["relative", "absolute"], default="relative")
+    render.add_argument(
+        "--mode",
+        choices=["relative", "absolute", "avd"],
+        default="relative",
+        help="motion transfer (default: relative); avd: TPSMM files with a trained AVD network",
+    )
     render.add_argument("--adapt-scale", action=argparse.BooleanOptionalAction, default=True)
+    render.add_argument(
+        "--background-motion",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="move the background by TPSMM's predicted affine motion (files with one; default: off)",
+    )
     render.add_argument("--driving-start", type=_start_frame, default=0, metavar="N|best")
     render.add_argument("--batch-size", type=int, default=4)
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -81,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     crop.add_argument("--size", type=int, default=512, help="output side in pixels (default: 512)")
     crop.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
 
-    inspect = commands.add_parser("inspect", help="print a checkpoint's inferred architecture")
+    inspect = commands.add_parser(
+        "inspect", help="print a checkpoint's family, inferred architecture, modes and parameter counts"
+    )
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
 
@@ -133,6 +148,9 @@ def _render(args: argparse.Namespace) -> int:
     if problem is not None:
         return _fail(problem)
 
+    from pydantic import ValidationError
+
+    from contract.options import first_error
     from worker.errors import RenderError
     from worker.models import CheckpointError, load_checkpoint
     from worker.pipeline import Renderer, RenderOptions
@@ -149,25 +167,28 @@ def _render(args: argparse.Namespace) -> int:
     extension = out.suffix.lower().lstrip(".")
     output_format = args.format or (extension if extension in OUTPUT_FORMATS else "mp4")
     precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
-    options = RenderOptions(
-        mode=args.mode,
-        adapt_scale=args.adapt_scale,
-        driving_start=args.driving_start,
-        size=args.size,
-        batch_size=args.batch_size,
-        audio=args.audio,
-        device=args.device,
-        precision=precision,
-        crop=args.crop,
-        paste_back=args.paste_back,
-        format=output_format,
-        loop=args.loop,
-        poster=poster is not None,
-        poster_frame=args.poster_frame,
-    )
+    try:
+        options = RenderOptions(
+            mode=args.mode,
+            adapt_scale=args.adapt_scale,
+            driving_start=args.driving_start,
+            size=args.size,
+            batch_size=args.batch_size,
+            audio=args.audio,
+            device=args.device,
+            precision=precision,
+            crop=args.crop,
+            paste_back=args.paste_back,
+            background_motion=args.background_motion,
+            format=output_format,
+            loop=args.loop,
+            poster=poster is not None,
+            poster_frame=args.poster_frame,
+        )
+    except ValidationError as exc:
+        return _fail(first_error(exc)[1])
     bar = ProgressBar()
     try:
-        options.validate()
         image = load_image(args.source)
         info = probe_video(args.driving)
         model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
@@ -222,14 +243,17 @@ def _inspect(args: argparse.Namespace) -> int:
         model = load_checkpoint(args.checkpoint, config=args.config)
     except CheckpointError as exc:
         return _fail(str(exc))
-    counts = {
-        "kp_detector": sum(p.numel() for p in model.kp_detector.parameters()),
-        "generator": sum(p.numel() for p in model.generator.parameters()),
-    }
     report = {
+        "family": model.family,
         "frame_shape": list(model.frame_shape),
+        "num_kp": model.num_kp,
+        **({"num_tps": model.num_tps} if model.family == "tpsmm" else {}),
+        "modes": list(model.modes),
+        "background_predictor": model.background_motion,
         "model_params": model.config,
-        "parameters": counts,
+        "parameters": {
+            name: sum(p.numel() for p in network.parameters()) for name, network in model.named_children()
+        },
     }
     print(json.dumps(report, indent=2))
     return 0
@@ -277,6 +301,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             return _fail("--device cuda: no CUDA device is available")
     try:
         model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
+        if model.family != "fomm":
+            return _fail(f"eval measures FOMM checkpoints; {args.checkpoint} is a {model.family} checkpoint")
         report = evaluate(model_reconstructor(model, args.device), args.data, model.frame_shape)
     except (CheckpointError, DataError) as exc:
         return _fail(str(exc))

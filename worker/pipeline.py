@@ -11,92 +11,45 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
+from contract.job import JobResult
+from contract.options import AnimationOptions
+from worker.adapters import SourceState, model_adapter
 from worker.errors import RenderCanceled, RenderError
-from worker.models import AnimationModel, Generator, SourceFeatures, normalize_kp
+from worker.models import AnimationModel, TPSMModel
 from worker.models.motion_transfer import convex_hull_area
-from worker.optimize import low_precision_generator, prepare_for_inference
 from worker.output import FORMATS, RenderOutput, encoding_units, frame_step, output_size
 from worker.progress import ProgressCallback, ProgressModel, StageCosts
-from worker.subject.framing import DEFAULT_CROP, check_framing, plan_framing
+from worker.subject.framing import plan_framing
 from worker.subject.paste import ModelFrame
 from worker.video_io import VideoInfo, probe_video
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+class RenderOptions(AnimationOptions):
+    """A request's options (contract/options.py) plus how this engine runs them; checked when built."""
 
-@dataclass
-class RenderOptions:
-    mode: Literal["relative", "absolute"] = "relative"
-    adapt_scale: bool = True
-    driving_start: int | Literal["best"] = 0
-    size: int | None = None  # output side in pixels; the model's resolution when None
-    batch_size: int = 4
-    audio: bool = True
+    size: int | None = Field(None, ge=16, le=2048, multiple_of=2)  # output side; None: the model's
+    batch_size: int = Field(4, ge=1, le=256)
     device: str = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    crop: str = DEFAULT_CROP  # "auto", "face", "body", "none" or "x,y,w,h": see worker/subject/framing.py
-    paste_back: bool = False
-    format: str = "mp4"  # mp4, webm, gif or webp: see worker/output.py
-    loop: bool = False  # forward then backward, seamless on repeat (no audio)
-    poster: bool = False  # also write a JPEG of frame `poster_frame`
-    poster_frame: int = 0
 
-    def validate(self) -> None:
-        if self.mode not in ("relative", "absolute"):
-            raise RenderError(f"mode must be relative or absolute, not {self.mode!r}", "invalid_option")
-        if self.driving_start != "best" and (
-            not isinstance(self.driving_start, int) or self.driving_start < 0
-        ):
-            raise RenderError("driving_start must be a frame index >= 0 or 'best'", "invalid_option")
-        if self.size is not None and not (16 <= self.size <= 2048 and self.size % 2 == 0):
-            raise RenderError("size must be an even number of pixels from 16 to 2048", "invalid_option")
-        if not 1 <= self.batch_size <= 256:
-            raise RenderError("batch_size must be from 1 to 256", "invalid_option")
-        try:
-            check_framing(self.crop, self.paste_back, self.size)
-        except ValueError as exc:
-            raise RenderError(str(exc), "invalid_option") from None
-        if self.precision not in PRECISIONS:
-            raise RenderError(f"precision must be one of {', '.join(PRECISIONS)}", "invalid_option")
-        if self.format not in FORMATS:
-            raise RenderError(
-                f"format must be one of {', '.join(FORMATS)}, not {self.format!r}", "invalid_option"
-            )
-        if not isinstance(self.loop, bool) or not isinstance(self.poster, bool):
-            raise RenderError("loop and poster must be true or false", "invalid_option")
-        if (
-            isinstance(self.poster_frame, bool)
-            or not isinstance(self.poster_frame, int)
-            or self.poster_frame < 0
-        ):
-            raise RenderError("poster_frame must be a frame index >= 0", "invalid_option")
+    @model_validator(mode="after")
+    def _size_and_paste_back(self) -> "RenderOptions":
+        if self.paste_back and self.size is not None:
+            raise ValueError("size cannot be combined with paste_back: the video has the source image's size")
+        return self
 
 
-@dataclass
-class RenderResult:
-    frames: int
-    fps: float
-    width: int
-    height: int
-    audio: bool
-    driving_start: int
-    precision: str
-    format: str = "mp4"
-    mime_type: str = "video/mp4"
-    bytes: int = 0
-    loop: bool = False
-    poster: str | None = None  # the poster's file name, next to the result unless placed elsewhere
-    timings: dict[str, float] = field(default_factory=dict)
+class RenderResult(JobResult):
+    """The job's result summary (contract/job.py) plus the seconds each stage of the render took."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    timings: dict[str, float] = Field(default_factory=dict)
 
 
 def to_tensor(frames: np.ndarray, device: str) -> torch.Tensor:
@@ -116,7 +69,7 @@ def to_frames(images: torch.Tensor) -> np.ndarray:
 
 
 def model_frames(out: dict[str, torch.Tensor]) -> list[ModelFrame]:
-    """The generator's output as numpy frames with their motion, for paste-back."""
+    """An adapter's output as numpy frames with their motion, for paste-back."""
     images = to_frames(out["prediction"])
     deformation = out.get("deformation")
     occlusion = out.get("occlusion_map")
@@ -247,91 +200,73 @@ class _BackgroundWriter:
         self.thread.join(timeout=10)
 
 
-@dataclass
-class SourceState:
-    """What a job computes once from its source image, then reuses for every driving frame."""
-
-    features: SourceFeatures
-    kp_source: dict[str, torch.Tensor]
-    precision: str = "fp32"
-    relative: bool = True
-    adapt_scale: bool = True
-    kp_initial: dict[str, torch.Tensor] | None = None  # taken from the first frame when None
-
-
 class Renderer:
     """Holds a loaded model, prepared for inference, and renders jobs with it.
 
     One instance per worker process. It takes ownership of `model`: batch norm is folded into the
-    convolutions and the weights are made channels-last, in place.
+    convolutions and the weights are made channels-last, in place. What differs between model
+    families is in its adapter (`worker/adapters/`).
     """
 
-    def __init__(self, model: AnimationModel, device: str = "cpu"):
-        self.model = prepare_for_inference(model, device)
+    def __init__(self, model: AnimationModel | TPSMModel, device: str = "cpu"):
+        self.adapter = model_adapter(model, device)
+        self.model = self.adapter.model
         self.device = device
         self.costs = StageCosts()  # seconds per frame of each stage, for progress; learnt job by job
-        self._generators = {"fp32": self.model.generator}
 
-    def generator(self, precision: str) -> Generator:
-        """The generator for a precision; a lowered copy is made on first use and kept."""
-        if precision not in self._generators:
-            self._generators[precision] = low_precision_generator(self.model.generator, PRECISIONS[precision])
-        return self._generators[precision]
+    def check_mode(self, mode: str, background_motion: bool = False) -> None:
+        """A RenderError (invalid_option) when the model cannot render in `mode` or with background motion."""
+        if mode not in self.model.modes:
+            raise RenderError(
+                f"mode {mode!r} is not available with this {self.model.family} model "
+                f"(it offers {', '.join(self.model.modes)})",
+                "invalid_option",
+            )
+        if background_motion and not self.model.background_motion:
+            raise RenderError("this model has no background motion predictor", "invalid_option")
 
     def _input(self, frames: torch.Tensor) -> torch.Tensor:
         return frames.to(self.device).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keypoints of (N, 3, H, W) frames, always in float32: softmax heatmaps need the range."""
-        return self.model.kp_detector(self._input(frames))
+        """Keypoints of (N, 3, H, W) frames, always in float32: heatmaps and splines need the range."""
+        return self.adapter.keypoints(self._input(frames))
 
     @torch.inference_mode()
     def prepare_source(
         self,
         source: torch.Tensor,
         precision: str = "fp32",
-        relative: bool = True,
+        mode: str = "relative",
         adapt_scale: bool = True,
+        background_motion: bool = False,
     ) -> SourceState:
         """Source keypoints and encoder features for a (1, 3, H, W) source in [0, 1].
 
         The driving frame that motion is measured from (`kp_initial`) is the first one animated,
         unless the caller sets it.
         """
-        source = self._input(source)
-        kp_source = self.model.kp_detector(source)
-        features = self.generator(precision).encode_source(source)
-        return SourceState(features, kp_source, precision, relative, adapt_scale)
-
-    def _generate(self, state: SourceState, kp_norm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        n = kp_norm["value"].shape[0]
-        kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
-        generator = self.generator(state.precision)
-        return generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
+        self.check_mode(mode, background_motion)
+        return self.adapter.prepare_source(
+            self._input(source), precision, mode, adapt_scale, background_motion
+        )
 
     @torch.inference_mode()
     def animate_with_motion(
         self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:
-        """The generator's output for driving frames (N, 3, H, W) in [0, 1]: `prediction` (N, 3, H, W)
+        """The adapter's output for driving frames (N, 3, H, W) in [0, 1]: `prediction` (N, 3, H, W)
         in [0, 1] and, for models with dense motion, `deformation` and `occlusion_map`.
 
         `kp_driving`: the frames' keypoints when an earlier pass over the video already has them.
         """
+        frames = self._input(frames)
         if kp_driving is None:
-            kp_driving = self.keypoints(frames)
+            kp_driving = self.adapter.keypoints(frames)
         if state.kp_initial is None:
             state.kp_initial = {k: v[:1] for k, v in kp_driving.items()}
-        kp_norm = normalize_kp(
-            state.kp_source,
-            kp_driving,
-            state.kp_initial,
-            adapt_movement_scale=state.adapt_scale and state.relative,
-            use_relative_movement=state.relative,
-            use_relative_jacobian=state.relative,
-        )
-        return self._generate(state, kp_norm)
+        return self.adapter.animate(state, frames, kp_driving)
 
     @torch.inference_mode()
     def animate_batch(
@@ -342,9 +277,8 @@ class Renderer:
 
     @torch.inference_mode()
     def still(self, state: SourceState) -> ModelFrame:
-        """The source rendered with no motion (driving keypoints = the source's): what paste-back
-        compares every frame with."""
-        return model_frames(self._generate(state, state.kp_source))[0]
+        """The source rendered with no motion: what paste-back compares every frame with."""
+        return model_frames(self.adapter.still(state))[0]
 
     @torch.inference_mode()
     def _driving_keypoints(
@@ -354,23 +288,18 @@ class Renderer:
         stop_at: int | None,
         on_frames: Callable[[int], None] | None = None,
     ):
-        """Keypoints (T, K, 2) and jacobians of the driving frames, up to and including stop_at."""
-        values, jacobians = [], []
+        """The detector's outputs (keypoints (T, K, 2), ...) for the driving frames up to and including
+        stop_at."""
+        parts = []
         seen = 0
         for batch in _batched(frames, batch_size):
-            kp = self.keypoints(to_tensor(batch, self.device))
-            values.append(kp["value"])
-            if "jacobian" in kp:
-                jacobians.append(kp["jacobian"])
+            parts.append(self.keypoints(to_tensor(batch, self.device)))
             seen += len(batch)
             if on_frames is not None:
                 on_frames(seen)
             if stop_at is not None and seen > stop_at:
                 break
-        out = {"value": torch.cat(values)}
-        if jacobians:
-            out["jacobian"] = torch.cat(jacobians)
-        return out
+        return {key: torch.cat([kp[key] for kp in parts]) for key in parts[0]}
 
     @torch.inference_mode()
     def render(
@@ -390,7 +319,7 @@ class Renderer:
         to the video) appear only when complete; on any failure nothing is left there.
         """
         options = options or RenderOptions()
-        options.validate()
+        self.check_mode(options.mode, options.background_motion)
         started = time.perf_counter()
         driving_path, out_path = Path(driving_path), Path(out_path)
         info = info or probe_video(driving_path)
@@ -403,16 +332,16 @@ class Renderer:
         start = options.driving_start if options.mode == "relative" else 0
         crop_frames = 0 if options.crop == "none" else info.frames
         keypoint_frames = info.frames if start == "best" else min(start + 1, info.frames) if start else 0
+        analysis_total = crop_frames + keypoint_frames
         progress = ProgressModel(
             [
-                ("analysing", crop_frames + keypoint_frames),
+                ("analysing", analysis_total),
                 ("rendering", expected),
                 ("encoding", encoding_units(expected, fmt, options.loop)),
             ],
             on_progress,
             self.costs,
         )
-        analysis_total = crop_frames + keypoint_frames
         h, w = self.model.frame_shape
         decode, infer, encode, crop = _Stage(), _Stage(), _Stage(), _Stage()
 
@@ -435,8 +364,9 @@ class Renderer:
             state = self.prepare_source(
                 source,
                 precision=options.precision,
-                relative=options.mode == "relative",
+                mode=options.mode,
                 adapt_scale=options.adapt_scale,
+                background_motion=options.background_motion,
             )
             if framing.pastes:
                 framing.prepare_paste(self.still(state))
@@ -451,15 +381,16 @@ class Renderer:
                     stop_at,
                     lambda seen: analysing(crop_frames + seen),
                 )
+            points = self.adapter.points(kp_all)
             if start == "best":
                 start = best_start_frame(
-                    state.kp_source["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy()
+                    self.adapter.points(state.kp_source)[0].cpu().numpy(), points.cpu().numpy()
                 )
-            elif start >= len(kp_all["value"]):
-                last = len(kp_all["value"]) - 1
+            elif start >= len(points):
+                last = len(points) - 1
                 raise RenderError(f"driving_start {start} is past the last frame ({last})", "invalid_option")
             state.kp_initial = {k: v[start : start + 1] for k, v in kp_all.items()}
-        known_frames = len(kp_all["value"]) if kp_all else 0  # their keypoints are not computed again
+        known_frames = len(self.adapter.points(kp_all)) if kp_all else 0  # not computed again
 
         frame_w, frame_h = framing.output_size(w, h)
         output = RenderOutput(
