@@ -54,5 +54,9 @@ bench-live: setup
 bench-load: setup
 	$(BIN)/python bench/load.py
 
+.PHONY: bench-paste
+bench-paste: setup
+	$(BIN)/python bench/paste.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) out .pytest_cache
