@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tests.conftest import MEDIA, ROOT, TPSMM, need_shared
 from worker.errors import RenderError
 from worker.models import load_checkpoint, save_checkpoint
-from worker.pipeline import Renderer, RenderOptions, to_tensor
+from worker.pipeline import Renderer, RenderOptions, to_frames, to_tensor
 from worker.video_io import load_image, probe_video, read_frames, resize_image
 
 
@@ -146,12 +146,17 @@ def test_paste_back_gets_tpsmms_motion_and_a_still_that_does_not_move(
     still = renderer.still(state)
     h, w = still.deformation.shape[:2]
     identity = np.dstack(np.meshgrid(np.linspace(-1, 1, w), np.linspace(-1, 1, h)))
-    assert np.abs(still.deformation - identity).max() < 1e-3, "driven by its own keypoints, nothing moves"
+    assert np.abs(still.deformation - identity).max() < 0.1, "driven by its own keypoints, it barely moves"
     assert still.occlusion.shape == (64, 64) and 0 <= still.occlusion.min() <= still.occlusion.max() <= 1
+    itself = renderer.animate_with_motion(renderer.prepare_source(source, mode="absolute"), source)
+    assert np.allclose(itself["deformation"][0].numpy(), still.deformation, atol=1e-5)
+    assert np.array_equal(to_frames(itself["prediction"].clone())[0], still.image), (
+        "the still is the source driving itself"
+    )
     moving = renderer.animate_with_motion(state, driving)
     assert moving["deformation"].shape == (len(driving), h, w, 2)
     assert moving["occlusion_map"].shape == (len(driving), 1, 64, 64)
-    assert (moving["deformation"] - torch.from_numpy(identity).float()).abs().amax() > 1e-2
+    assert (moving["deformation"] - torch.from_numpy(still.deformation)).abs().amax() > 1e-2
 
     clip = cut_clip(need_shared(MEDIA / "clips" / "d3.mp4"), tmp_path / "d3.mp4", "-t", "0.3")
     photo = load_image(portrait)
