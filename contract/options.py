@@ -5,9 +5,10 @@ The HTTP form (service/submission.py) and the command line (worker/cli.py) both 
 carries it to the worker as JSON and the worker reads it back through the same type.
 """
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
 
 CROP_PATTERN = r"^(none|auto|face|body|\d{1,5},\d{1,5},\d{1,5},\d{1,5})$"
 Mode = Literal["relative", "absolute", "avd"]
@@ -31,7 +32,9 @@ class AnimationOptions(BaseModel):
     )
     audio: bool = Field(True, description="copy the driving video's audio into the result")
     crop: str = Field(
-        "auto", pattern=CROP_PATTERN, description="framing of the subject: none, auto, face, body or x,y,w,h"
+        "auto",
+        json_schema_extra={"pattern": CROP_PATTERN},  # checked below, with a message for people
+        description="framing of the subject: none, auto, face, body or x,y,w,h",
     )
     paste_back: bool = Field(False, description="paste the animated crop back into the full source image")
     background_motion: bool = Field(
@@ -49,6 +52,13 @@ class AnimationOptions(BaseModel):
     poster_frame: NonNegativeInt = Field(
         0, description="the poster's frame: an index into the result's frames (after any frame skipping)"
     )
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_is_known(cls, value: str) -> str:
+        if not re.fullmatch(CROP_PATTERN, value):
+            raise ValueError(f"must be one of none, auto, face, body or x,y,w,h, not {value[:40]!r}")
+        return value
 
     @model_validator(mode="after")
     def _crop_and_paste_back(self) -> "AnimationOptions":

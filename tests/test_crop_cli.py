@@ -131,7 +131,7 @@ def test_render_paste_back_keeps_the_source_size_and_background(s32_short, tmp_p
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--crop", "sideways"], "crop must be one of"),
+        (["--crop", "sideways"], "crop: must be one of"),
         (["--crop", "0,0,5000,5000"], "not inside"),
         (["--crop", "none", "--paste-back"], "paste_back needs a crop"),
         (["--paste-back", "--size", "128"], "size cannot be combined"),
