@@ -24,12 +24,15 @@ def _onednn(x: torch.Tensor) -> bool:
 class ConvReLU(nn.Module):
     """A convolution (zero padding), optionally followed by ReLU, as one primitive on CPU."""
 
-    def __init__(self, conv: nn.Conv2d, relu: bool):
+    def __init__(self, conv: nn.Conv2d, relu: bool, weight: torch.Tensor | None = None):
+        """`weight` (with the bias repeated to match) replaces conv's when given."""
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("only explicit zero padding is fused")
-        self.weight = conv.weight
+        self.weight = conv.weight if weight is None else nn.Parameter(weight)
         self.bias = conv.bias
+        if weight is not None and conv.bias is not None:
+            self.bias = nn.Parameter(conv.bias.detach().repeat(weight.shape[0] // conv.bias.shape[0]))
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
@@ -55,10 +58,11 @@ class DownConvReLU(nn.Module):
         return F.avg_pool2d(self.conv(x), kernel_size=2)
 
 
-# For an output row of parity a, the three kernel rows of a 3x3 convolution over a nearest-2x
-# upsampled input fall on two input rows: a = 0 reads rows (i-1, i) with kernel rows (0, 1+2);
-# a = 1 reads rows (i, i+1) with kernel rows (0+1, 2). PHASE_TAPS[a, tap, kernel_row] says which.
-PHASE_TAPS = torch.tensor([[[1.0, 0, 0], [0, 1, 1]], [[1.0, 1, 0], [0, 0, 1]]], dtype=torch.float64)
+# An output row of parity 0 after nearest 2x upsampling reads input rows (i-1, i) with kernel rows
+# (0, 1+2); parity 1 reads rows (i, i+1) with kernel rows (0+1, 2). PHASE_TAPS[parity, tap, kernel_row].
+PHASE_TAPS = torch.tensor([[[1.0, 0, 0], [0, 1, 1]], [[1.0, 1, 0], [0, 0, 1]]])
+# The 9 taps of a 3x3 kernel -> the 4 phases' 2x2 taps: (3 * 3, a * b * 2 * 2).
+PHASE_MAP = torch.einsum("aps,bqt->stabpq", PHASE_TAPS, PHASE_TAPS).reshape(9, 16)
 
 
 class UpsampleConvReLU(nn.Module):
@@ -74,16 +78,13 @@ class UpsampleConvReLU(nn.Module):
         super().__init__()
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
             raise ValueError("only a 3x3 convolution with padding 1 folds into the upsampling")
-        kernel = conv.weight.detach().double()  # (O, I, 3, 3)
-        phases = torch.einsum("aps,oist,bqt->aboipq", PHASE_TAPS, kernel, PHASE_TAPS)
-        out_channels = kernel.shape[0]
-        weight = phases.reshape(4 * out_channels, kernel.shape[1], 2, 2)  # phase-major: (a, b, o)
-        bias = conv.bias.detach().repeat(4) if conv.bias is not None else None
-        like = conv.weight
-        self.conv = ConvReLU(nn.Conv2d(kernel.shape[1], 4 * out_channels, 2, padding=1), relu=True)
-        self.conv.weight = nn.Parameter(weight.to(like.dtype).contiguous(memory_format=_format(like)))
-        self.conv.bias = None if bias is None else nn.Parameter(bias)
-        self.out_channels = out_channels
+        kernel = conv.weight.detach()  # (O, I, 3, 3)
+        o, i = kernel.shape[:2]
+        phases = kernel.reshape(o * i, 9) @ PHASE_MAP.to(kernel)  # (O I, a b p q): one small GEMM
+        weight = phases.view(o, i, 4, 2, 2).permute(2, 0, 1, 3, 4).reshape(4 * o, i, 2, 2)  # (a b o, I, 2, 2)
+        self.conv = ConvReLU(conv, relu=True, weight=weight)
+        self.conv.padding = [1, 1]
+        self.out_channels = kernel.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -117,9 +118,3 @@ class PreActResidual(nn.Module):
                 "add", 1.0, None, [], None,
             )  # fmt: skip
         return c(hidden).add_(x)
-
-
-def _format(tensor: torch.Tensor) -> torch.memory_format:
-    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
