@@ -179,11 +179,22 @@ def build_model(config: dict, frame_shape=DEFAULT_FRAME_SHAPE) -> AnimationModel
     return AnimationModel(kp_detector, generator, config, frame_shape)
 
 
+def _torch_load(path: Path) -> object:
+    """torch.load with weights_only; memory-mapped (tensors read from the page cache as they are
+    used, no second copy) unless the file is in the legacy, non-zip format, which cannot be mapped."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _load_file(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _torch_load(path)
     except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
         raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({exc})") from exc
     except Exception as exc:  # the unpickler raises many types for hostile or foreign files
@@ -219,7 +230,8 @@ def _load_state(module: nn.Module, state: dict, part: str) -> None:
         problems.append(f"wrong shape {', '.join(wrong[:5])}")
     if problems:
         raise CheckpointError(f"{part}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
+    # The module was built on the meta device: its tensors become the file's, in the module's dtypes.
+    module.load_state_dict({k: state[k].to(v.dtype) for k, v in expected.items()}, strict=True, assign=True)
 
 
 def load_checkpoint(
@@ -248,7 +260,8 @@ def load_checkpoint(
         and all(isinstance(v, int) and 16 <= v <= 4096 for v in frame_shape[:2])
     ):
         raise CheckpointError(f"{path.name}: invalid frame_shape {frame_shape!r}")
-    model = build_model(inferred, frame_shape[:2])
+    with torch.device("meta"):  # no memory and no random initialisation for weights about to be replaced
+        model = build_model(inferred, frame_shape[:2])
     _load_state(model.kp_detector, kp_state, "kp_detector")
     _load_state(model.generator, gen_state, "generator")
     return model.to(device).eval()
