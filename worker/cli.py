@@ -5,6 +5,7 @@ Errors about inputs print one line on stderr and exit with status 2; no output f
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from service.client import add_submit_arguments, submit
@@ -94,21 +95,40 @@ def _fail(message: str) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from worker.errors import RenderError
-    from worker.models import CheckpointError, load_checkpoint
-    from worker.pipeline import Renderer, RenderOptions
-    from worker.progress import ProgressBar
     from worker.video_io import load_image, probe_video
 
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            return _fail("--device cuda: no CUDA device is available")
     out = Path(args.out)
     if not out.parent.is_dir():
         return _fail(f"output folder does not exist: {out.parent}")
-    precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    # The inputs are read and probed (ffmpeg processes) while torch loads and the model is prepared.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        inputs = pool.submit(lambda: (load_image(args.source), probe_video(args.driving)))
+        try:
+            return _render_loaded(args, out, inputs.result)
+        except RenderError as exc:
+            return _fail(str(exc))
+
+
+def _render_loaded(args: argparse.Namespace, out: Path, inputs: Callable[[], tuple]) -> int:
+    import torch
+
+    from worker.errors import RenderError
+    from worker.hardware import default_precision, native_bf16
+    from worker.models import CheckpointError, load_checkpoint
+    from worker.pipeline import Renderer, RenderOptions
+    from worker.progress import ProgressBar
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _fail("--device cuda: no CUDA device is available")
+    precision = args.precision or default_precision(args.device)
+    if args.device == "cpu" and precision == "bf16" and not native_bf16():
+        print(
+            "animate: warning: this CPU has no native bf16 (AVX-512 BF16 or AMX): fp32 is faster",
+            file=sys.stderr,
+        )
     options = RenderOptions(
         mode=args.mode,
         adapt_scale=args.adapt_scale,
@@ -124,10 +144,14 @@ def _render(args: argparse.Namespace) -> int:
     bar = ProgressBar("rendering")
     try:
         options.validate()
-        image = load_image(args.source)
-        info = probe_video(args.driving)
-        model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
-        result = Renderer(model, args.device).render(image, args.driving, out, options, bar, info=info)
+        try:
+            model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
+        except CheckpointError:
+            inputs()  # a bad input is reported first, as when the inputs were read before the model
+            raise
+        renderer = Renderer(model, args.device)
+        image, info = inputs()
+        result = renderer.render(image, args.driving, out, options, bar, info=info)
     except (RenderError, CheckpointError) as exc:
         bar.close() if bar.last else None
         return _fail(str(exc))

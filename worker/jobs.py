@@ -26,6 +26,7 @@ from service.settings import Settings
 from service.storage import DRIVING, SOURCE, JobStore
 from worker.catalog import LoadedModel
 from worker.errors import InvalidVideo, RenderCanceled, RenderError
+from worker.hardware import default_precision
 from worker.pipeline import RenderOptions
 from worker.video_io import load_image, probe_video
 
@@ -108,7 +109,7 @@ def _options(request: dict[str, Any], settings: Settings) -> RenderOptions:
         **{name: given[name] for name in OPTION_NAMES if given.get(name) is not None},
         batch_size=settings.batch_size,
         device=settings.worker_device,
-        precision=settings.render_precision,
+        precision=settings.precision or default_precision(settings.worker_device),
     )
 
 
