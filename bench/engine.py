@@ -1,20 +1,24 @@
 """Engine benchmark at the published vox-256 widths (random weights) on 256x256 frames.
 
 Each measurement runs in its own process so its peak memory is its own. Prints a Markdown table:
-seconds per frame, frames per second, GFLOP per frame, achieved GFLOP/s against this machine's
-measured matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the whole
-`animate render` process on a 60-frame clip against the plain per-frame float32 loop (the published
-demo's way). On a GPU the batch-1 row is the single-stream latency, and the engine rows include
-the driving frames' trip from host memory (uint8, pinned), as in a job.
+seconds per frame (wall and CPU), frames per second, GFLOP per frame, achieved GFLOP/s against this
+machine's measured matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the
+fixed cost of a run (model load; a whole `animate render` of a 1-frame clip: start-up to the first
+frame written), and the whole `animate render` process on a 60-frame clip raced against the
+published demo's way as a whole process (bench/reference_demo.py), interleaved in one run. CPU
+seconds are reported next to wall seconds: on a shared machine they move much less with the load.
+bf16 rows run only where the CPU has native bf16 (on others PyTorch falls back to a slow loop).
+On a GPU the batch-1 row is the single-stream latency, and the engine rows include the driving
+frames' trip from host memory (uint8, pinned), as in a job.
 
-    .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--quick]
+    .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
 """
 
 import argparse
 import json
 import os
-import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,18 +68,24 @@ def synchronize(device: str) -> None:
 
 
 def precisions_for(device: str, quick: bool) -> tuple[str, ...]:
+    """fp32, and the low precisions this device runs natively."""
+    from worker.hardware import native_bf16
+
     if quick:
         return ("fp32",)
-    return ("fp32", "bf16", "fp16") if device == "cuda" else ("fp32", "bf16")
+    if device == "cuda":
+        return ("fp32", "bf16", "fp16")
+    return ("fp32", "bf16") if native_bf16() else ("fp32",)
 
 
 def device_name(device: str) -> str:
     import torch
 
+    from worker.hardware import describe_cpu
+
     if device == "cuda":
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+        return f"{torch.cuda.get_device_name()}; host CPU {describe_cpu()}"
+    return describe_cpu()
 
 
 def vox_model():
@@ -112,17 +122,39 @@ def measure_matmul_peak(device: str) -> dict:
     return out
 
 
-def gflop_per_frame(model) -> float:
+def _pointwise_conv_flops(x_shape, *shapes, out_shape=None, **_) -> int:
+    """FLOPs of oneDNN's fused convolutions (worker/fused.py), which FlopCounterMode does not know."""
+    import torch
+    from torch.utils.flop_counter import conv_flop_count
+
+    binary = len(shapes) > 1 and all(
+        isinstance(s, (tuple, list, torch.Size)) and len(s) == 4 for s in shapes[:2]
+    )
+    weight = shapes[1] if binary else shapes[0]  # binary: (x, other, weight, ...); else (x, weight, ...)
+    return conv_flop_count(x_shape, weight, out_shape, transposed=False)
+
+
+def gflop_per_frame(model, prepared: bool) -> float:
+    """GFLOP per frame: the published loop's (keypoints and the whole generator each frame), or,
+    `prepared`, our path's (source encoded once, no deformed map, the model folded and fused)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    source = torch.rand(1, 3, 256, 256)
+    from worker.pipeline import Renderer
+
+    custom = {torch.ops.mkldnn._convolution_pointwise: _pointwise_conv_flops}
+    source, frame = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
     with torch.no_grad():
-        kp_source = model.kp_detector(source)
-        features = model.generator.encode_source(source)
-        with FlopCounterMode(display=False) as counter:
-            kp = model.kp_detector(torch.rand(1, 3, 256, 256))
-            model.generator.animate(features, kp_source, kp, maps=False)
+        if not prepared:
+            kp_source = model.kp_detector(source)
+            with FlopCounterMode(display=False) as counter:
+                model.generator(source, kp_source=kp_source, kp_driving=model.kp_detector(frame))
+            return counter.get_total_flops() / 1e9
+        renderer = Renderer(model)
+        state = renderer.prepare_source(source)
+        renderer.animate_batch(state, frame)  # the initial frame
+        with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+            renderer.animate_batch(state, frame)
     return counter.get_total_flops() / 1e9
 
 
@@ -141,13 +173,13 @@ def run_plain_loop(frames: int, device: str) -> dict:
         kp_initial = model.kp_detector(driving[:1])
         model.generator(source, kp_source=kp_source, kp_driving=kp_initial)  # warm-up
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for t in range(1, frames + 1):
             kp = model.kp_detector(driving[t : t + 1])
             kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
             model.generator(source, kp_source=kp_source, kp_driving=kp_norm)["prediction"].cpu()
-        seconds = time.perf_counter() - start
-    return {"seconds_per_frame": seconds / frames, "peak_mb": peak_mb(device)}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"seconds_per_frame": seconds / frames, "cpu_per_frame": cpu / frames, "peak_mb": peak_mb(device)}
 
 
 def run_engine(frames: int, batch: int, precision: str, device: str) -> dict:
@@ -170,11 +202,24 @@ def run_engine(frames: int, batch: int, precision: str, device: str) -> dict:
         for _ in range(3 if device == "cuda" else 1):  # warm-up (and the initial frame)
             to_frames(renderer.animate_batch(state, to_tensor(driving, device)))
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(batches):
             to_frames(renderer.animate_batch(state, to_tensor(driving, device)))
-        seconds = time.perf_counter() - start
-    return {"seconds_per_frame": seconds / (batches * batch), "peak_mb": peak_mb(device)}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    frames = batches * batch
+    return {"seconds_per_frame": seconds / frames, "cpu_per_frame": cpu / frames, "peak_mb": peak_mb(device)}
+
+
+def run_model_load(checkpoint: str, device: str) -> dict:
+    """A worker's or the CLI's model load: the checkpoint read and checked, then prepared."""
+    import torch  # noqa: F401  (imported before the clock starts: start-up is measured separately)
+
+    from worker.models import load_checkpoint
+    from worker.pipeline import Renderer
+
+    start, cpu = time.perf_counter(), time.process_time()
+    Renderer(load_checkpoint(checkpoint, device=device), device)
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
 
 
 def child(args: list[str], device: str) -> dict:
@@ -196,22 +241,98 @@ def make_clip(path: Path, frames: int) -> None:
     writer.close()
 
 
-def whole_process(precision: str, workdir: Path, device: str) -> float:
-    checkpoint, clip, image = workdir / "vox.pth.tar", workdir / "clip.mp4", workdir / "source.png"
-    cmd = [
-        sys.executable, "-m", "worker.cli", "render", "--source", str(image), "--driving", str(clip),
-        "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{precision}.mp4"),
-        "--precision", precision, "--crop", "none", "--device", device,
-    ]  # fmt: skip
+def timed_process(cmd: list[str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of a child process run to its end."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def render_command(workdir: Path, clip: str, precision: str, device: str) -> list[str]:
+    return [
+        sys.executable, "-m", "worker.cli", "render", "--source", str(workdir / "source.png"),
+        "--driving", str(workdir / clip), "--checkpoint", str(workdir / "vox.pth.tar"),
+        "--out", str(workdir / f"out-{precision}.mp4"), "--precision", precision, "--crop", "none",
+        "--device", device,
+    ]  # fmt: skip
+
+
+def reference_command(workdir: Path) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "bench" / "reference_demo.py"),
+        "--checkpoint", str(workdir / "vox.pth.tar"), "--source", str(workdir / "source.png"),
+        "--driving", str(workdir / "clip.mp4"),
+        "--out", str(workdir / "out-reference.mp4"),
+    ]  # fmt: skip
+
+
+def make_inputs(workdir: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from worker.models import save_checkpoint
+
+    save_checkpoint(workdir / "vox.pth.tar", vox_model())
+    make_clip(workdir / "clip.mp4", 60)
+    make_clip(workdir / "one.mp4", 1)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
+        workdir / "source.png"
+    )
+
+
+def print_fixed_cost(workdir: Path, device: str, repeat: int) -> None:
+    loads = [child(["load", str(workdir / "vox.pth.tar")], device) for _ in range(repeat)]
+    starts = [timed_process(render_command(workdir, "one.mp4", "fp32", device)) for _ in range(repeat)]
+    print("\n| fixed cost of a run (median of runs) | wall s | CPU s |")
+    print("|---|---|---|")
+    load_wall = statistics.median(r["seconds"] for r in loads)
+    load_cpu = statistics.median(r["cpu"] for r in loads)
+    print(
+        f"| model load: checkpoint read and checked, folded, fused, channels-last "
+        f"| {load_wall:.2f} | {load_cpu:.2f} |"
+    )
+    print(
+        f"| whole `animate render` of a 1-frame clip: start-up, imports, load, ffmpeg, first frame written | "
+        f"{statistics.median(w for w, _ in starts):.2f} | {statistics.median(c for _, c in starts):.2f} |"
+    )
+
+
+def print_whole_process(workdir: Path, device: str, precisions: tuple[str, ...], repeat: int) -> None:
+    """Ours against the published demo's way, whole processes, interleaved run by run."""
+    runs: dict[str, list[tuple[float, float]]] = {"reference": [], **{p: [] for p in precisions}}
+    for _ in range(repeat):
+        runs["reference"].append(timed_process(reference_command(workdir)))
+        for precision in precisions:
+            runs[precision].append(timed_process(render_command(workdir, "clip.mp4", precision, device)))
+    ref_wall = statistics.median(w for w, _ in runs["reference"])
+    ref_cpu = statistics.median(c for _, c in runs["reference"])
+    print(
+        f"\n| whole process, 60 frames 256x256, {repeat} run(s) each, interleaved | wall s (median) | CPU s "
+        "| reference / ours, wall | reference / ours, CPU | runs, wall s |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, values in runs.items():
+        wall = statistics.median(w for w, _ in values)
+        cpu = statistics.median(c for _, c in values)
+        label = (
+            "published demo's way (bench/reference_demo.py)"
+            if name == "reference"
+            else f"`animate render --precision {name}`"
+        )
+        each = " ".join(f"{w:.1f}" for w, _ in values)
+        print(
+            f"| {label} | {wall:.1f} | {cpu:.1f} | {ref_wall / wall:.2f}x | {ref_cpu / cpu:.2f}x | {each} |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each whole process (medians)")
     parser.add_argument("--child", nargs="+")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only")
     args = parser.parse_args()
@@ -223,9 +344,12 @@ def main() -> None:
             result = run_plain_loop(int(rest[0]), device)
         elif kind == "engine":
             result = run_engine(int(rest[0]), int(rest[1]), rest[2], device)
+        elif kind == "load":
+            result = run_model_load(rest[0], device)
         elif kind == "static":
             result = {
-                "gflop": gflop_per_frame(vox_model()),
+                "gflop_plain": gflop_per_frame(vox_model(), prepared=False),
+                "gflop": gflop_per_frame(vox_model(), prepared=True),
                 "peak": measure_matmul_peak(device),
                 "device": device_name(device),
             }
@@ -239,18 +363,19 @@ def main() -> None:
             sys.exit("bench: --device cuda: no CUDA device is available")
     static = child(["static"], device)
     gflop, peak = static["gflop"], static["peak"]
-    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d')}, {device}: {static['device']}")
+    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {device}: {static['device']}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
-        f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
-        f"model {gflop:.1f} GFLOP per frame (our path)\n"
-    )
-    print("| path | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
+        "matmul peak: " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
+        + f"; GFLOP per frame: published loop {static['gflop_plain']:.1f}, our path {gflop:.1f}\n"
+    )  # fmt: skip
+    print("| path | batch | precision | s/frame | CPU s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     plain = child(["plain", str(args.frames)], device)
     rate = 1 / plain["seconds_per_frame"]
     print(
-        f"| plain per-frame loop | 1 | fp32 | {plain['seconds_per_frame']:.3f} | {rate:.2f} | - | - "
-        f"| {plain['peak_mb']:.0f} |"
+        f"| plain per-frame loop | 1 | fp32 | {plain['seconds_per_frame']:.3f} "
+        f"| {plain['cpu_per_frame']:.3f} | {rate:.2f} | - | - | {plain['peak_mb']:.0f} |"
     )
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
     precisions = precisions_for(device, args.quick)
@@ -260,29 +385,18 @@ def main() -> None:
             spf = r["seconds_per_frame"]
             achieved = gflop / spf
             print(
-                f"| engine | {batch} | {precision} | {spf:.3f} | {1 / spf:.2f} | {achieved:.0f} | "
-                f"{100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
+                f"| engine | {batch} | {precision} | {spf:.3f} | {r['cpu_per_frame']:.3f} | {1 / spf:.2f} | "
+                f"{achieved:.0f} | {100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
             )
-    print(f"\nin-run baseline: plain loop {plain['seconds_per_frame']:.3f} s/frame")
+    if "bf16" not in precisions and device == "cpu":
+        print("\nbf16: not measured, this CPU has no native bf16 (AVX-512 BF16 or AMX)")
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        import numpy as np
-        from PIL import Image
-
-        from worker.models import save_checkpoint
-
-        save_checkpoint(workdir / "vox.pth.tar", vox_model())
-        make_clip(workdir / "clip.mp4", 60)
-        Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
-            workdir / "source.png"
-        )
-        print("\n| whole `animate render` process, 60 frames 256x256 | seconds | vs plain loop x 60 |")
-        print("|---|---|---|")
-        for precision in precisions:
-            seconds = whole_process(precision, workdir, device)
-            ratio = plain["seconds_per_frame"] * 60 / seconds
-            print(f"| --precision {precision} | {seconds:.1f} | {ratio:.2f}x |")
+        make_inputs(workdir)
+        print_fixed_cost(workdir, device, args.repeat)
+        print_whole_process(workdir, device, precisions, args.repeat)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
