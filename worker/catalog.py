@@ -4,7 +4,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.models import AnimationModel, CheckpointError, load_checkpoint
+from worker.models import AnimationModel, CheckpointError, TPSMModel, load_checkpoint
 from worker.pipeline import Renderer
 
 log = logging.getLogger("worker")
@@ -14,12 +14,20 @@ log = logging.getLogger("worker")
 class LoadedModel:
     name: str
     path: Path
-    model: AnimationModel
+    model: AnimationModel | TPSMModel
     renderer: Renderer
 
     def describe(self) -> dict:
-        """What the worker publishes for /models."""
-        return {"name": self.name, "frame_size": list(self.model.frame_shape), "num_kp": self.model.num_kp}
+        """What the worker publishes for /models: `family` ("fomm" or "tpsmm"), the motion transfer
+        `modes` it can render (the default first) and whether it predicts background motion."""
+        return {
+            "name": self.name,
+            "family": self.model.family,
+            "frame_size": list(self.model.frame_shape),
+            "num_kp": self.model.num_kp,
+            "modes": list(self.model.modes),
+            "background_motion": self.model.background_motion,
+        }
 
 
 def load_models(checkpoints: dict[str, Path], device: str) -> dict[str, LoadedModel]:
@@ -33,6 +41,11 @@ def load_models(checkpoints: dict[str, Path], device: str) -> dict[str, LoadedMo
             continue
         loaded[name] = LoadedModel(name, path, model, Renderer(model, device))
         log.info(
-            "loaded model %r from %s (%dx%d, %d keypoints)", name, path, *model.frame_shape, model.num_kp
+            "loaded %s model %r from %s (%dx%d, %d keypoints)",
+            model.family,
+            name,
+            path,
+            *model.frame_shape,
+            model.num_kp,
         )
     return loaded

@@ -35,8 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
     render.add_argument("--out", required=True, help="output MP4")
     render.add_argument("--config", help="YAML in the published config format overriding the inferred one")
-    render.add_argument("--mode", choices=["relative", "absolute"], default="relative")
+    render.add_argument(
+        "--mode",
+        choices=["relative", "absolute", "avd"],
+        default="relative",
+        help="motion transfer (default: relative); avd: TPSMM files with a trained AVD network",
+    )
     render.add_argument("--adapt-scale", action=argparse.BooleanOptionalAction, default=True)
+    render.add_argument(
+        "--background-motion",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="move the background by TPSMM's predicted affine motion (files with one; default: off)",
+    )
     render.add_argument("--driving-start", type=_start_frame, default=0, metavar="N|best")
     render.add_argument("--batch-size", type=int, default=4)
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -64,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     crop.add_argument("--size", type=int, default=512, help="output side in pixels (default: 512)")
     crop.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
 
-    inspect = commands.add_parser("inspect", help="print a checkpoint's inferred architecture")
+    inspect = commands.add_parser(
+        "inspect", help="print a checkpoint's family, inferred architecture, modes and parameter counts"
+    )
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
 
@@ -114,7 +127,9 @@ def _render(args: argparse.Namespace) -> int:
 
 def _render_loaded(args: argparse.Namespace, out: Path, inputs: Callable[[], tuple]) -> int:
     import torch
+    from pydantic import ValidationError
 
+    from contract.options import first_error
     from worker.errors import RenderError
     from worker.hardware import default_precision, native_bf16
     from worker.models import CheckpointError, load_checkpoint
@@ -129,21 +144,24 @@ def _render_loaded(args: argparse.Namespace, out: Path, inputs: Callable[[], tup
             "animate: warning: this CPU has no native bf16 (AVX-512 BF16 or AMX): fp32 is faster",
             file=sys.stderr,
         )
-    options = RenderOptions(
-        mode=args.mode,
-        adapt_scale=args.adapt_scale,
-        driving_start=args.driving_start,
-        size=args.size,
-        batch_size=args.batch_size,
-        audio=args.audio,
-        device=args.device,
-        precision=precision,
-        crop=args.crop,
-        paste_back=args.paste_back,
-    )
+    try:
+        options = RenderOptions(
+            mode=args.mode,
+            adapt_scale=args.adapt_scale,
+            driving_start=args.driving_start,
+            size=args.size,
+            batch_size=args.batch_size,
+            audio=args.audio,
+            device=args.device,
+            precision=precision,
+            crop=args.crop,
+            paste_back=args.paste_back,
+            background_motion=args.background_motion,
+        )
+    except ValidationError as exc:
+        return _fail(first_error(exc)[1])
     bar = ProgressBar("rendering")
     try:
-        options.validate()
         try:
             model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
         except CheckpointError:
@@ -197,14 +215,17 @@ def _inspect(args: argparse.Namespace) -> int:
         model = load_checkpoint(args.checkpoint, config=args.config)
     except CheckpointError as exc:
         return _fail(str(exc))
-    counts = {
-        "kp_detector": sum(p.numel() for p in model.kp_detector.parameters()),
-        "generator": sum(p.numel() for p in model.generator.parameters()),
-    }
     report = {
+        "family": model.family,
         "frame_shape": list(model.frame_shape),
+        "num_kp": model.num_kp,
+        **({"num_tps": model.num_tps} if model.family == "tpsmm" else {}),
+        "modes": list(model.modes),
+        "background_predictor": model.background_motion,
         "model_params": model.config,
-        "parameters": counts,
+        "parameters": {
+            name: sum(p.numel() for p in network.parameters()) for name, network in model.named_children()
+        },
     }
     print(json.dumps(report, indent=2))
     return 0
@@ -252,6 +273,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             return _fail("--device cuda: no CUDA device is available")
     try:
         model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
+        if model.family != "fomm":
+            return _fail(f"eval measures FOMM checkpoints; {args.checkpoint} is a {model.family} checkpoint")
         report = evaluate(model_reconstructor(model, args.device), args.data, model.frame_shape)
     except (CheckpointError, DataError) as exc:
         return _fail(str(exc))

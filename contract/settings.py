@@ -1,7 +1,7 @@
 """The service's configuration: one pydantic-settings class read from the environment.
 
-The API, the worker and `make serve` read the same class, so a variable means the same thing to all
-of them.
+The API, the workers and `make serve` read the same class, so a variable means the same thing to
+all of them.
 """
 
 from pathlib import Path
@@ -21,6 +21,26 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     data_dir: Path = Path("data")
+    storage_url: str | None = Field(
+        None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$",
+        description="s3://BUCKET/PREFIX: jobs' files in an S3-compatible store; unset: the folder DATA_DIR",
+    )
+    result_delivery: Literal["redirect", "proxy"] = Field(
+        "redirect",
+        description="with S3: redirect to a presigned URL, or proxy: the API streams the result itself",
+    )
+    presign_seconds: int = Field(300, ge=10, le=7 * 24 * 3600, description="lifetime of a presigned URL")
+    scratch_dir: Path | None = Field(
+        None,
+        description="this machine's folder for uploads being checked and renders; unset: DATA_DIR/scratch",
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="auto: path-style when AWS_ENDPOINT_URL_S3 is set, else boto3's choice"
+    )
+    s3_multipart_mb: float = Field(
+        8, ge=1, le=5120, description="files above this go up in multipart uploads"
+    )
     weights_dir: Path = Path("weights")
     default_model: str = "starter"
     max_upload_mb: float = Field(100, gt=0, description="whole request body, enforced while it streams in")
@@ -30,11 +50,37 @@ class Settings(BaseSettings):
     max_driving_frames: int = Field(3600, gt=0, description="most frames in a driving video")
     max_driving_pixels: int = Field(3840 * 2160, gt=0, description="largest driving frame, width x height")
     max_pixels: int = Field(16_000_000, gt=0, description="largest source image, width x height")
+    probe_timeout_seconds: float = Field(
+        30, gt=0, description="longest one upload's video probe may take (wall and CPU time)"
+    )
+    probe_memory_mb: float = Field(256, ge=32, description="memory one video probe may allocate")
+    probe_concurrency: int = Field(
+        2, ge=1, description="uploads one API process checks at once (image decoded, video probed)"
+    )
+    upload_deadline_seconds: float = Field(
+        600, gt=0, description="longest a request's body may take to arrive; beyond: 408 upload_timeout"
+    )
+    upload_idle_seconds: float = Field(
+        30,
+        gt=0,
+        description="longest wait for the next bytes of a request's body; beyond: 408 upload_timeout",
+    )
+    max_connections: int = Field(
+        2048, ge=16, description="connections and requests one API process serves at once; beyond: 503"
+    )
+    keep_alive_seconds: float = Field(
+        5, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    shutdown_timeout_seconds: float = Field(
+        10, gt=0, description="on SIGTERM, how long requests in progress may finish before they are cut off"
+    )
     result_ttl: int = Field(24 * 3600, ge=1, description="seconds a finished job and its MP4 are kept")
     worker_device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(4, ge=1, le=256)
     precision: Literal["fp32", "bf16", "fp16"] | None = Field(
-        None, description="inference precision; unset: fp32 on cpu, bf16 on cuda"
+        None,
+        description="inference precision; unset: bf16 on cuda and on CPUs with native bf16 (AVX-512 BF16 "
+        "or AMX), fp32 on other CPUs (the worker decides: it needs torch)",
     )
     job_timeout: int = Field(1800, ge=1, description="seconds one render may take before RQ stops it")
     job_retries: int = Field(2, ge=0, description="times a job whose worker died is queued again")
@@ -77,6 +123,10 @@ class Settings(BaseSettings):
         return (self.webhook_secret.get_secret_value() or None) if self.webhook_secret else None
 
     @property
+    def scratch_path(self) -> Path:
+        return self.scratch_dir or self.data_dir / "scratch"
+
+    @property
     def queue_url(self) -> str:
         """The Redis the API and the workers use; the conventional local one when REDIS_URL is unset."""
         return self.redis_url or LOCAL_REDIS_URL
@@ -91,8 +141,3 @@ class Settings(BaseSettings):
             if suffix and path.is_file() and len(path.name) > len(suffix):
                 found.setdefault(path.name[: -len(suffix)], path)
         return found
-
-    @property
-    def render_precision(self) -> str:
-        """The precision renders use: PRECISION, or the device's default."""
-        return self.precision or ("bf16" if self.worker_device == "cuda" else "fp32")
