@@ -20,7 +20,8 @@ test: setup browser
 # Debian's chromium for the page tests (Playwright drives it; it never downloads a browser of its own).
 CHROMIUM ?= /usr/bin/chromium
 browser:
-	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@test -x $(CHROMIUM) || { echo "make: installing Debian's chromium with apt-get, for the web page's tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: setup
 	$(BIN)/ruff check .
@@ -52,6 +53,10 @@ bench-live: setup
 .PHONY: bench-load
 bench-load: setup
 	$(BIN)/python bench/load.py
+
+.PHONY: bench-paste
+bench-paste: setup
+	$(BIN)/python bench/paste.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -1,17 +1,20 @@
-"""Engine benchmark at the published vox-256 widths (random weights) on 256x256 frames.
+"""Engine benchmark at the published vox-256 widths (random weights) on 256x256 frames, for FOMM
+and for TPSMM (the widths of the published TPSMM vox-256: 10 thin-plate splines).
 
 Each measurement runs in its own process so its peak memory is its own. Prints a Markdown table:
-seconds per frame (wall and CPU), frames per second, GFLOP per frame, achieved GFLOP/s against this
-machine's measured matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the
-fixed cost of a run (model load; a whole `animate render` of a 1-frame clip: start-up to the first
-frame written), and the whole `animate render` process on a 60-frame clip raced against the
-published demo's way as a whole process (bench/reference_demo.py), interleaved in one run. CPU
-seconds are reported next to wall seconds: on a shared machine they move much less with the load.
-bf16 rows run only where the CPU has native bf16 (on others PyTorch falls back to a slow loop).
-On a GPU the batch-1 row is the single-stream latency, and the engine rows include the driving
-frames' trip from host memory (uint8, pinned), as in a job.
+seconds per frame (wall and CPU), frames per second, GFLOP per frame (the published loop's and our
+path's, counted through the fused convolutions), achieved GFLOP/s against this machine's measured
+matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the fixed cost of a run
+(model load; a whole `animate render` of a 1-frame clip: start-up to the first frame written), and
+the whole `animate render` process on a clip, for FOMM raced against the published demo's way as a
+whole process (bench/reference_demo.py), interleaved in one run. CPU seconds are reported next to
+wall seconds: on a shared machine they move much less with the load. bf16 rows run only where the
+CPU has native bf16 (on others PyTorch falls back to a slow loop). On a GPU the batch-1 row is the
+single-stream latency, and the engine rows include the driving frames' trip from host memory
+(uint8, pinned), as in a job.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
+        [--families fomm,tpsmm] [--clip-frames 60]
 """
 
 import argparse
@@ -48,6 +51,20 @@ VOX_256 = {
             "scale_factor": 0.25,
         },
     },
+}
+
+
+# The published TPSMM vox-256 model_params (../shared/tpsmm/tpsmm-official-manifests.json).
+TPSMM_VOX_256 = {
+    "common_params": {"num_tps": 10, "num_channels": 3, "bg": True, "multi_mask": True},
+    "generator_params": {"block_expansion": 64, "max_features": 512, "num_down_blocks": 3},
+    "dense_motion_params": {
+        "block_expansion": 64,
+        "max_features": 1024,
+        "num_blocks": 5,
+        "scale_factor": 0.25,
+    },
+    "avd_network_params": {"id_bottle_size": 128, "pose_bottle_size": 128},
 }
 
 
@@ -88,27 +105,45 @@ def device_name(device: str) -> str:
     return describe_cpu()
 
 
-def vox_model():
+def vox_model(family: str = "fomm"):
+    """Published vox-256 widths, random weights, non-trivial batch-norm statistics as in a trained model."""
     import torch
 
-    from worker.models import build_model
+    from worker.models import build_model, tpsmm
 
     torch.manual_seed(0)
-    model = build_model(VOX_256, (256, 256)).eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics, as in a trained model
+    if family == "tpsmm":
+        model = tpsmm.build_model(TPSMM_VOX_256, (256, 256)).eval()
+    else:
+        model = build_model(VOX_256, (256, 256)).eval()
+    with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     return model
 
 
-def measure_matmul_peak(device: str) -> dict:
+def published_frame(model, source, kp_source, kp_initial, driving_frame):
+    """One frame as the published demo computes it (relative motion), everything recomputed."""
+    from worker.models import normalize_kp
+    from worker.models.tpsmm import relative_kp
+
+    kp = model.kp_detector(driving_frame)
+    if model.family == "tpsmm":
+        kp_norm = relative_kp(kp_source, kp, kp_initial)
+        motion = model.dense_motion_network(source_image=source, kp_driving=kp_norm, kp_source=kp_source)
+        return model.inpainting_network(source, motion)["prediction"]
+    kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
+    return model.generator(source, kp_source=kp_source, kp_driving=kp_norm)["prediction"]
+
+
+def measure_matmul_peak(device: str, precisions: tuple[str, ...]) -> dict:
     import torch
 
     out = {}
     n, reps = (8192, 20) if device == "cuda" else (2048, 5)
-    for name in precisions_for(device, quick=False):
+    for name in precisions:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
         a = torch.randn(n, n, dtype=dtype, device=device)
         b = torch.randn(n, n, dtype=dtype, device=device)
@@ -134,55 +169,52 @@ def _pointwise_conv_flops(x_shape, *shapes, out_shape=None, **_) -> int:
     return conv_flop_count(x_shape, weight, out_shape, transposed=False)
 
 
-def gflop_per_frame(model, prepared: bool) -> float:
-    """GFLOP per frame: the published loop's (keypoints and the whole generator each frame), or,
-    `prepared`, our path's (source encoded once, no deformed map, the model folded and fused)."""
+def gflop_per_frame(family: str, prepared: bool) -> float:
+    """GFLOP per frame: the published loop's (keypoints and the whole model each frame), or,
+    `prepared`, our path's (the Renderer's step: source work done once, the model folded and fused)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from worker.pipeline import Renderer
 
     custom = {torch.ops.mkldnn._convolution_pointwise: _pointwise_conv_flops}
+    model = vox_model(family)
     source, frame = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
     with torch.no_grad():
         if not prepared:
             kp_source = model.kp_detector(source)
             with FlopCounterMode(display=False) as counter:
-                model.generator(source, kp_source=kp_source, kp_driving=model.kp_detector(frame))
+                published_frame(model, source, kp_source, kp_source, frame)
             return counter.get_total_flops() / 1e9
         renderer = Renderer(model)
         state = renderer.prepare_source(source)
-        renderer.animate_batch(state, frame)  # the initial frame
+        renderer.animate_batch(state, frame)  # sets the initial frame
         with FlopCounterMode(display=False, custom_mapping=custom) as counter:
             renderer.animate_batch(state, frame)
     return counter.get_total_flops() / 1e9
 
 
-def run_plain_loop(frames: int, device: str) -> dict:
-    """The published demo's loop: one frame at a time, float32, the whole generator every frame."""
+def run_plain_loop(family: str, frames: int, device: str) -> dict:
+    """The published demo's loop: one frame at a time, float32, the whole model every frame."""
     import torch
 
-    from worker.models import normalize_kp
-
     torch.manual_seed(1)
-    model = vox_model().to(device)
+    model = vox_model(family).to(device)
     source = torch.rand(1, 3, 256, 256, device=device)
     driving = torch.rand(frames + 1, 3, 256, 256, device=device)
     with torch.no_grad():
         kp_source = model.kp_detector(source)
         kp_initial = model.kp_detector(driving[:1])
-        model.generator(source, kp_source=kp_source, kp_driving=kp_initial)  # warm-up
+        published_frame(model, source, kp_source, kp_initial, driving[:1])  # warm-up
         synchronize(device)
         start, cpu = time.perf_counter(), time.process_time()
         for t in range(1, frames + 1):
-            kp = model.kp_detector(driving[t : t + 1])
-            kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
-            model.generator(source, kp_source=kp_source, kp_driving=kp_norm)["prediction"].cpu()
+            published_frame(model, source, kp_source, kp_initial, driving[t : t + 1]).cpu()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"seconds_per_frame": seconds / frames, "cpu_per_frame": cpu / frames, "peak_mb": peak_mb(device)}
 
 
-def run_engine(frames: int, batch: int, precision: str, device: str) -> dict:
+def run_engine(family: str, frames: int, batch: int, precision: str, device: str) -> dict:
     """Our path: source encoded once, frames in batches, the Renderer's inference step.
 
     Each batch starts as host uint8 frames and ends as host uint8 frames, as in a job.
@@ -193,7 +225,7 @@ def run_engine(frames: int, batch: int, precision: str, device: str) -> dict:
     from worker.pipeline import Renderer, to_frames, to_tensor
 
     torch.manual_seed(1)
-    renderer = Renderer(vox_model().to(device), device)
+    renderer = Renderer(vox_model(family).to(device), device)
     source = torch.rand(1, 3, 256, 256)
     state = renderer.prepare_source(source, precision=precision)
     batches = max(1, frames // batch)
@@ -251,81 +283,95 @@ def timed_process(cmd: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def render_command(workdir: Path, clip: str, precision: str, device: str) -> list[str]:
+def render_command(workdir: Path, family: str, clip: str, precision: str, device: str) -> list[str]:
     return [
         sys.executable, "-m", "worker.cli", "render", "--source", str(workdir / "source.png"),
-        "--driving", str(workdir / clip), "--checkpoint", str(workdir / "vox.pth.tar"),
-        "--out", str(workdir / f"out-{precision}.mp4"), "--precision", precision, "--crop", "none",
+        "--driving", str(workdir / clip), "--checkpoint", str(workdir / f"{family}.pth.tar"),
+        "--out", str(workdir / f"out-{family}-{precision}.mp4"), "--precision", precision, "--crop", "none",
         "--device", device,
     ]  # fmt: skip
 
 
 def reference_command(workdir: Path) -> list[str]:
+    """The published FOMM demo's way (bench/reference_demo.py); TPSMM has no such baseline here."""
     return [
         sys.executable, str(ROOT / "bench" / "reference_demo.py"),
-        "--checkpoint", str(workdir / "vox.pth.tar"), "--source", str(workdir / "source.png"),
+        "--checkpoint", str(workdir / "fomm.pth.tar"), "--source", str(workdir / "source.png"),
         "--driving", str(workdir / "clip.mp4"),
         "--out", str(workdir / "out-reference.mp4"),
     ]  # fmt: skip
 
 
-def make_inputs(workdir: Path) -> None:
+def make_inputs(workdir: Path, families: list[str], clip_frames: int) -> None:
     import numpy as np
     from PIL import Image
 
     from worker.models import save_checkpoint
 
-    save_checkpoint(workdir / "vox.pth.tar", vox_model())
-    make_clip(workdir / "clip.mp4", 60)
+    for family in families:
+        save_checkpoint(workdir / f"{family}.pth.tar", vox_model(family))
+    make_clip(workdir / "clip.mp4", clip_frames)
     make_clip(workdir / "one.mp4", 1)
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
         workdir / "source.png"
     )
 
 
-def print_fixed_cost(workdir: Path, device: str, repeat: int) -> None:
-    loads = [child(["load", str(workdir / "vox.pth.tar")], device) for _ in range(repeat)]
-    starts = [timed_process(render_command(workdir, "one.mp4", "fp32", device)) for _ in range(repeat)]
+def print_fixed_cost(workdir: Path, families: list[str], device: str, repeat: int) -> None:
     print("\n| fixed cost of a run (median of runs) | wall s | CPU s |")
     print("|---|---|---|")
-    load_wall = statistics.median(r["seconds"] for r in loads)
-    load_cpu = statistics.median(r["cpu"] for r in loads)
-    print(
-        f"| model load: checkpoint read and checked, folded, fused, channels-last "
-        f"| {load_wall:.2f} | {load_cpu:.2f} |"
-    )
-    print(
-        f"| whole `animate render` of a 1-frame clip: start-up, imports, load, ffmpeg, first frame written | "
-        f"{statistics.median(w for w, _ in starts):.2f} | {statistics.median(c for _, c in starts):.2f} |"
-    )
+    for family in families:
+        loads = [child(["load", family, str(workdir / f"{family}.pth.tar")], device) for _ in range(repeat)]
+        starts = [
+            timed_process(render_command(workdir, family, "one.mp4", "fp32", device)) for _ in range(repeat)
+        ]
+        print(
+            f"| {family} model load: checkpoint read and checked, folded, fused, channels-last "
+            f"| {statistics.median(r['seconds'] for r in loads):.2f} "
+            f"| {statistics.median(r['cpu'] for r in loads):.2f} |"
+        )
+        print(
+            f"| {family} whole `animate render` of a 1-frame clip: start-up, imports, load, ffmpeg, "
+            f"first frame written | {statistics.median(w for w, _ in starts):.2f} "
+            f"| {statistics.median(c for _, c in starts):.2f} |"
+        )
 
 
-def print_whole_process(workdir: Path, device: str, precisions: tuple[str, ...], repeat: int) -> None:
-    """Ours against the published demo's way, whole processes, interleaved run by run."""
-    runs: dict[str, list[tuple[float, float]]] = {"reference": [], **{p: [] for p in precisions}}
+def print_whole_process(
+    workdir: Path, families: list[str], device: str, precisions: tuple[str, ...], repeat: int, frames: int
+) -> None:
+    """Ours against the published demo's way (FOMM), whole processes, interleaved run by run."""
+    names = (["reference"] if "fomm" in families else []) + [(f, p) for f in families for p in precisions]
+    runs: dict = {name: [] for name in names}
     for _ in range(repeat):
-        runs["reference"].append(timed_process(reference_command(workdir)))
-        for precision in precisions:
-            runs[precision].append(timed_process(render_command(workdir, "clip.mp4", precision, device)))
-    ref_wall = statistics.median(w for w, _ in runs["reference"])
-    ref_cpu = statistics.median(c for _, c in runs["reference"])
+        for name in names:
+            cmd = (
+                reference_command(workdir)
+                if name == "reference"
+                else render_command(workdir, *name, "clip.mp4")
+            )
+            runs[name].append(timed_process(cmd))
+    reference = runs.get("reference")
     print(
-        f"\n| whole process, 60 frames 256x256, {repeat} run(s) each, interleaved | wall s (median) | CPU s "
-        "| reference / ours, wall | reference / ours, CPU | runs, wall s |"
+        f"\n| whole process, {frames} frames 256x256, {repeat} run(s) each, interleaved | wall s (median) "
+        "| CPU s | reference / ours, wall | reference / ours, CPU | runs, wall s |"
     )
     print("|---|---|---|---|---|---|")
     for name, values in runs.items():
         wall = statistics.median(w for w, _ in values)
         cpu = statistics.median(c for _, c in values)
-        label = (
-            "published demo's way (bench/reference_demo.py)"
-            if name == "reference"
-            else f"`animate render --precision {name}`"
-        )
+        if name == "reference":
+            label = "fomm, published demo's way (bench/reference_demo.py)"
+        else:
+            label = f"{name[0]}, `animate render --precision {name[1]}`"
+        if reference is not None and (name == "reference" or name[0] == "fomm"):
+            ref_wall = statistics.median(w for w, _ in reference)
+            ref_cpu = statistics.median(c for _, c in reference)
+            ratios = f"{ref_wall / wall:.2f}x | {ref_cpu / cpu:.2f}x"
+        else:
+            ratios = "- | -"
         each = " ".join(f"{w:.1f}" for w, _ in values)
-        print(
-            f"| {label} | {wall:.1f} | {cpu:.1f} | {ref_wall / wall:.2f}x | {ref_cpu / cpu:.2f}x | {each} |"
-        )
+        print(f"| {label} | {wall:.1f} | {cpu:.1f} | {ratios} | {each} |")
 
 
 def main() -> None:
@@ -334,68 +380,78 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each whole process (medians)")
     parser.add_argument("--child", nargs="+")
-    parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only")
+    parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only (also its peak)")
+    parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: fomm, tpsmm")
+    parser.add_argument("--clip-frames", type=int, default=60, help="frames of the whole-process clip")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     device = args.device
     if args.child:
-        kind, *rest = args.child
+        kind, family, *rest = args.child
         if kind == "plain":
-            result = run_plain_loop(int(rest[0]), device)
+            result = run_plain_loop(family, int(rest[0]), device)
         elif kind == "engine":
-            result = run_engine(int(rest[0]), int(rest[1]), rest[2], device)
+            result = run_engine(family, int(rest[0]), int(rest[1]), rest[2], device)
         elif kind == "load":
             result = run_model_load(rest[0], device)
-        elif kind == "static":
-            result = {
-                "gflop_plain": gflop_per_frame(vox_model(), prepared=False),
-                "gflop": gflop_per_frame(vox_model(), prepared=True),
-                "peak": measure_matmul_peak(device),
-                "device": device_name(device),
-            }
+        elif kind == "gflop":
+            result = {"plain": gflop_per_frame(family, prepared=False), "ours": gflop_per_frame(family, True)}
+        elif kind == "peak":
+            precisions = precisions_for(device, quick=rest[0] == "quick")
+            result = {"peak": measure_matmul_peak(device, precisions), "device": device_name(device)}
         print(json.dumps(result))
         return
 
+    families = args.families.split(",")
+    if not set(families) <= {"fomm", "tpsmm"}:
+        sys.exit("bench: --families takes fomm and/or tpsmm")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             sys.exit("bench: --device cuda: no CUDA device is available")
-    static = child(["static"], device)
-    gflop, peak = static["gflop"], static["peak"]
-    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {device}: {static['device']}")
+    machine = child(["peak", "-", "quick" if args.quick else "full"], device)
+    peak = machine["peak"]
+    gflop = {family: child(["gflop", family], device) for family in families}
+    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {device}: {machine['device']}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(
-        "matmul peak: " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
-        + f"; GFLOP per frame: published loop {static['gflop_plain']:.1f}, our path {gflop:.1f}\n"
-    )  # fmt: skip
-    print("| path | batch | precision | s/frame | CPU s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    plain = child(["plain", str(args.frames)], device)
-    rate = 1 / plain["seconds_per_frame"]
-    print(
-        f"| plain per-frame loop | 1 | fp32 | {plain['seconds_per_frame']:.3f} "
-        f"| {plain['cpu_per_frame']:.3f} | {rate:.2f} | - | - | {plain['peak_mb']:.0f} |"
+    gflops = ", ".join(
+        f"{f} {gflop[f]['plain']:.1f} published loop, {gflop[f]['ours']:.1f} ours" for f in families
     )
+    peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
+    print(f"matmul peak: {peaks}; GFLOP per frame: {gflops}\n")
+    print(
+        "| model | path | batch | precision | s/frame | CPU s/frame | frames/s | GFLOP/s | % of peak "
+        "| peak MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
     precisions = precisions_for(device, args.quick)
-    for precision in precisions:
-        for batch in batches:
-            r = child(["engine", str(max(args.frames, batch)), str(batch), precision], device)
-            spf = r["seconds_per_frame"]
-            achieved = gflop / spf
-            print(
-                f"| engine | {batch} | {precision} | {spf:.3f} | {r['cpu_per_frame']:.3f} | {1 / spf:.2f} | "
-                f"{achieved:.0f} | {100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
-            )
-    if "bf16" not in precisions and device == "cpu":
+    for family in families:
+        plain = child(["plain", family, str(args.frames)], device)
+        spf = plain["seconds_per_frame"]
+        print(
+            f"| {family} | plain per-frame loop | 1 | fp32 | {spf:.3f} | {plain['cpu_per_frame']:.3f} "
+            f"| {1 / spf:.2f} | - | - | {plain['peak_mb']:.0f} |"
+        )
+        for precision in precisions:
+            for batch in batches:
+                r = child(["engine", family, str(max(args.frames, batch)), str(batch), precision], device)
+                spf = r["seconds_per_frame"]
+                achieved = gflop[family]["ours"] / spf
+                print(
+                    f"| {family} | engine | {batch} | {precision} | {spf:.3f} | {r['cpu_per_frame']:.3f} "
+                    f"| {1 / spf:.2f} | {achieved:.0f} | {100 * achieved / peak[precision]:.0f}% "
+                    f"| {r['peak_mb']:.0f} |"
+                )
+    if "bf16" not in precisions and device == "cpu" and not args.quick:
         print("\nbf16: not measured, this CPU has no native bf16 (AVX-512 BF16 or AMX)")
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        make_inputs(workdir)
-        print_fixed_cost(workdir, device, args.repeat)
-        print_whole_process(workdir, device, precisions, args.repeat)
+        make_inputs(workdir, families, args.clip_frames)
+        print_fixed_cost(workdir, families, device, args.repeat)
+        print_whole_process(workdir, families, device, precisions, args.repeat, args.clip_frames)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

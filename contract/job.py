@@ -18,11 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from rq.job import Job, JobStatus
 
-from contract.options import AnimationOptions
+from contract.options import AnimationOptions, OutputFormatName
 
 JobStatusName = Literal["queued", "started", "succeeded", "failed", "canceled"]
 OutcomeName = Literal["succeeded", "failed", "canceled"]
-ProgressStage = Literal["analysing", "rendering"]
+ProgressStage = Literal["analysing", "rendering", "encoding"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -53,12 +53,15 @@ class ErrorDetail(BaseModel):
 
 
 class ProgressReport(BaseModel):
-    """What the worker last reported of the running stage (the API derives percent and ETA from it)."""
+    """What the worker last reported (worker/progress.py): the running stage's frames, the percent of
+    the whole render (never lowered) and the estimated seconds left (None until it can be estimated)."""
 
     stage: ProgressStage | None = None
     frames_done: int = 0
     frames_total: int | None = None
-    fps: float = 0.0
+    overall_percent: float = Field(0.0, ge=0, le=100)
+    eta_seconds: float | None = None
+    fps: float | None = None
 
 
 class SourceSummary(BaseModel):
@@ -96,6 +99,9 @@ class JobTimings(BaseModel):
 
 
 class JobResult(BaseModel):
+    """The result's summary; the fields after `precision` have defaults, so records written before
+    formats existed still read (as the MP4 they are)."""
+
     frames: int
     fps: float
     width: int
@@ -103,6 +109,11 @@ class JobResult(BaseModel):
     audio: bool
     driving_start: int
     precision: str
+    format: OutputFormatName = "mp4"
+    mime_type: str = "video/mp4"
+    bytes: int = 0
+    loop: bool = False
+    poster: str | None = Field(None, description="the poster's file name, when one was made")
 
 
 class Outcome(BaseModel):

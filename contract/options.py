@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validat
 
 CROP_PATTERN = r"^(none|auto|face|body|\d{1,5},\d{1,5},\d{1,5},\d{1,5})$"
 Mode = Literal["relative", "absolute", "avd"]
+OutputFormatName = Literal["mp4", "webm", "gif", "webp"]  # worker/output.py's FORMATS
 
 
 class AnimationOptions(BaseModel):
@@ -35,6 +36,18 @@ class AnimationOptions(BaseModel):
     paste_back: bool = Field(False, description="paste the animated crop back into the full source image")
     background_motion: bool = Field(
         False, description="move the background too (TPSMM models with a background predictor)"
+    )
+    format: OutputFormatName = Field(
+        "mp4",
+        description=(
+            "mp4 (H.264), webm (VP9), gif or webp (animated, at most 15 frames per second, smaller sides, "
+            "looping forever, no audio)"
+        ),
+    )
+    loop: bool = Field(False, description="play forward then backward, seamless on repeat (drops the audio)")
+    poster: bool = Field(False, description="also make a JPEG of frame poster_frame of the result")
+    poster_frame: NonNegativeInt = Field(
+        0, description="the poster's frame: an index into the result's frames (after any frame skipping)"
     )
 
     @model_validator(mode="after")

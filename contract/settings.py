@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         2048, ge=16, description="connections and requests one API process serves at once; beyond: 503"
     )
+    request_head_seconds: float = Field(
+        10, gt=0, description="longest a request's head may take to arrive; beyond: the connection is closed"
+    )
     keep_alive_seconds: float = Field(
         5, gt=0, description="an idle keep-alive connection is closed after this"
     )

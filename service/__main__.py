@@ -6,7 +6,8 @@ exhausting it (HOST, PORT and the rest from the environment, as every process he
   socket, its file being written and a probe's pipes. Beyond that uvicorn answers 503 at once,
   rather than the process running out of descriptors and failing every request.
 - Keep-alive connections idle for KEEP_ALIVE_SECONDS are closed; a request head is at most
-  MAX_HEAD_BYTES; bodies have their deadlines (service/body_guard.py).
+  MAX_HEAD_BYTES and must arrive within REQUEST_HEAD_SECONDS (service/http_protocol.py); bodies
+  have their deadlines (service/body_guard.py).
 - On SIGTERM, requests in progress get SHUTDOWN_TIMEOUT_SECONDS to finish, then are cancelled
   (a cancelled upload removes its files), so a stalled client cannot keep the API from stopping.
 """
@@ -18,6 +19,7 @@ import sys
 import uvicorn
 
 from contract.settings import Settings
+from service.http_protocol import HeadDeadlineProtocol
 
 MAX_OPEN_FILES = 65536
 FILES_PER_CONNECTION = 3
@@ -40,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     open_files = raise_open_files_limit()
+    HeadDeadlineProtocol.head_seconds = settings.request_head_seconds
     uvicorn.run(
         "service.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
-        http="h11",
+        http=HeadDeadlineProtocol,
         limit_concurrency=min(settings.max_connections, open_files // FILES_PER_CONNECTION),
         timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,

@@ -35,9 +35,12 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, help="the service's base URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("--source", required=True, help="source image (PNG, JPEG, WebP)")
     parser.add_argument("--driving", required=True, help="driving video (MP4, MOV, WebM, MKV)")
-    parser.add_argument("--out", required=True, help="where to write the MP4")
+    parser.add_argument("--out", required=True, help="where to write the result (MP4 unless --format)")
     parser.add_argument("--model", help="a model the service has loaded (default: the service's)")
-    parser.add_argument("--mode", choices=["relative", "absolute"])
+    parser.add_argument("--mode", choices=["relative", "absolute", "avd"])
+    parser.add_argument("--background-motion", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--format", choices=["mp4", "webm", "gif", "webp"])
+    parser.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--adapt-scale", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--driving-start", metavar="N|best")
     parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=None)
@@ -64,10 +67,11 @@ class ProgressLine:
 
     def update(self, job: dict[str, Any]) -> None:
         progress = job.get("progress") or {}
-        percent = float(progress.get("percent") or 0)
+        percent = float(progress.get("percent") or 0)  # of the whole job; it never goes down
         done, total = progress.get("frames_done", 0), progress.get("frames_total") or "?"
         eta = job.get("eta_seconds")
-        text = f"{job['status']:<9} {percent:5.1f}%  {done}/{total} frames"
+        stage = progress.get("stage") or job["status"]  # queued, analysing, rendering, encoding
+        text = f"{stage:<9} {percent:5.1f}%  {done}/{total} frames"
         if eta is not None:
             text += f"  ETA {eta:.0f}s"
         if self.tty:
@@ -103,6 +107,9 @@ def form_fields(args: argparse.Namespace) -> dict[str, str]:
         "audio": args.audio,
         "crop": args.crop,
         "paste_back": args.paste_back,
+        "background_motion": args.background_motion,
+        "format": args.format,
+        "loop": args.loop,
     }
     return {
         name: str(value).lower() if isinstance(value, bool) else value

@@ -13,17 +13,19 @@ def describe(record: JobRecord) -> JobResource:
         request = record.request
         inputs = JobInputs(**summary.model_dump(), model=request.model, options=request.options)
 
+    # The worker's report (worker/progress.py): the running stage's frames, the overall percent (it
+    # never lowers it) and its ETA; a queued job has none yet, a finished one is complete.
     noted = record.progress
     done = noted.frames_done
     total = noted.frames_total or (inputs.driving.frames if inputs else None)
     result = record.result if status == "succeeded" else None
     if result is not None:
         total = done = result.frames
-    percent = min(100.0, round(100 * done / total, 1)) if total else 0.0
-    stage = noted.stage if status == "started" else None
-    # While analysing, the rate says nothing about the render still to come.
-    rendering = status == "started" and stage != "analysing"
-    eta = round(max(total - done, 0) / noted.fps, 1) if rendering and total and noted.fps > 0 else None
+    stage = {"queued": "queued", "started": noted.stage}.get(status)
+    percent = 100.0 if result is not None else min(100.0, round(noted.overall_percent, 1))
+    if status == "queued":
+        percent = 0.0
+    eta = noted.eta_seconds if status == "started" else None
 
     started_at = job.started_at if status != "queued" else None
     timings = record.timings
@@ -36,7 +38,9 @@ def describe(record: JobRecord) -> JobResource:
         created_at=job.created_at,
         started_at=started_at,
         finished_at=record.ended_at if status in ("succeeded", "failed", "canceled") else None,
-        progress=Progress(stage=stage, frames_done=done, frames_total=total, percent=percent),
+        progress=Progress(
+            stage=stage, frames_done=done, frames_total=total, percent=percent, eta_seconds=eta
+        ),
         eta_seconds=eta,
         error=record.error() if status == "failed" else None,
         result_url=f"/jobs/{record.id}/result" if status == "succeeded" else None,

@@ -21,11 +21,9 @@ FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 BINARY = {"type": "string", "format": "binary"}
 
 
-def binary_response(media_type: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {media_type: {"schema": BINARY}, "application/octet-stream": {"schema": BINARY}},
-    }
+def binary_response(media_types: tuple[str, ...], description: str) -> dict[str, Any]:
+    content = {media_type: {"schema": BINARY} for media_type in (*media_types, "application/octet-stream")}
+    return {"description": description, "content": content}
 
 
 def animate_form(max_field_bytes: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from contract.job import TERMINAL, ErrorDetail, JobRecord
 from contract.logs import current_job_id
 from contract.outcomes import job_ended
 from contract.queue import live_workers
-from contract.storage import RESULT, InvalidJobId, parse_job_id
+from contract.storage import POSTER, InvalidJobId, parse_job_id, result_name
 from service.auth import caller
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
@@ -92,31 +92,68 @@ def get_job(job_id: str, ctx: ServiceContext = Context, owner: str | None = Call
     return describe(_job(ctx, job_id, owner))
 
 
+RESULT_TYPES = ("video/mp4", "video/webm", "image/gif", "image/webp")
+
+
 @router.get(
     "/jobs/{job_id}/result",
     response_class=StreamingResponse,
     responses={
-        200: binary_response("video/mp4", "the MP4; Range requests answer 206"),
-        206: binary_response("video/mp4", "the requested bytes of the MP4"),
-        307: {"description": "with an object store: a short-lived presigned URL of the MP4"},
+        200: binary_response(RESULT_TYPES, "the result in the format asked for; Range requests answer 206"),
+        206: binary_response(RESULT_TYPES, "the requested bytes of the result"),
+        307: {"description": "with an object store: a short-lived presigned URL of the result"},
         **_errors(400, 401, 404, 409, 416, 503),
     },
-    summary="Download the finished MP4",
+    summary="Download the finished video (MP4, WebM, GIF or WebP)",
 )
 def get_result(
     job_id: str, request: Request, ctx: ServiceContext = Context, owner: str | None = Caller
 ) -> Response:
+    record = _finished(ctx, job_id, owner)
+    result = record.result
+    name, media_type = result_name(result.format), result.mime_type
+    return _download(ctx, request, record, name, media_type, f"{record.id}.{result.format}")
+
+
+@router.get(
+    "/jobs/{job_id}/poster",
+    response_class=StreamingResponse,
+    responses={
+        200: binary_response(("image/jpeg",), "the poster: a JPEG of the chosen frame"),
+        307: {"description": "with an object store: a short-lived presigned URL of the poster"},
+        **_errors(400, 401, 404, 409, 416, 503),
+    },
+    summary="Download the poster image of a job submitted with poster=true",
+)
+def get_poster(
+    job_id: str, request: Request, ctx: ServiceContext = Context, owner: str | None = Caller
+) -> Response:
+    record = _finished(ctx, job_id, owner)
+    if record.result.poster is None:
+        raise ApiError(404, "no_poster", f"job {record.id} was not asked for a poster (poster=true)")
+    return _download(ctx, request, record, POSTER, "image/jpeg", f"{record.id}.jpg")
+
+
+def _finished(ctx: ServiceContext, job_id: str, owner: str | None) -> JobRecord:
+    """The job, succeeded with a result; 409 while it is not (yet)."""
     record = _job(ctx, job_id, owner)
     status = record.status()
     if status in ("queued", "started"):
         raise ApiError(409, "result_not_ready", f"job {record.id} is {status}; poll /jobs/{record.id}")
-    if status != "succeeded":
+    if status != "succeeded" or record.result is None:
         raise ApiError(409, "result_unavailable", f"job {record.id} {status}: there is no result")
-    stored = ctx.store.stat(record.id, RESULT)
+    return record
+
+
+def _download(
+    ctx: ServiceContext, request: Request, record: JobRecord, name: str, media_type: str, filename: str
+) -> Response:
+    """A stored file of the job: a redirect to a presigned URL, or its bytes (Range answered 206)."""
+    stored = ctx.store.stat(record.id, name)
     if stored is None:
-        raise ApiError(404, "result_expired", f"the result of job {record.id} is no longer stored")
+        raise ApiError(404, "result_expired", f"the files of job {record.id} are no longer stored")
     if ctx.settings.result_delivery == "redirect":
-        url = ctx.store.presigned_url(record.id, RESULT, ctx.settings.presign_seconds)
+        url = ctx.store.presigned_url(record.id, name, ctx.settings.presign_seconds)
         if url is not None:
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     wanted = parse_range(request.headers.get("range"), stored.size)
@@ -124,15 +161,15 @@ def get_result(
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Length": str(last - first + 1),
-        "Content-Disposition": f'inline; filename="{record.id}.mp4"',
+        "Content-Disposition": f'inline; filename="{filename}"',
     }
     if wanted is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{stored.size}"
-    chunks = ctx.store.read(record.id, RESULT, first, last) if stored.size else iter(())
+    chunks = ctx.store.read(record.id, name, first, last) if stored.size else iter(())
     return StreamingResponse(
         iterate_in_threadpool(chunks),
         status_code=206 if wanted is not None else 200,
-        media_type=_download_type(request, "video/mp4"),
+        media_type=_download_type(request, media_type),
         headers=headers,
     )
 

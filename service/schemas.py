@@ -21,13 +21,17 @@ class ErrorBody(BaseModel):
 
 
 class Progress(BaseModel):
-    """Of the running stage: with a crop, "analysing" (the subject followed through the driving
-    video, a fast pass) comes before "rendering"; frames and percent restart at 0 for each."""
+    """How far the job is. `stage`: "queued", then while it runs "analysing" (passes over the driving
+    video before the first frame: the crop following the subject, the search for a driving start),
+    "rendering", "encoding" (what is left once the last frame is rendered: a loop's backward half,
+    a GIF's palette passes, the final flush); None once it ended. `frames_done` and `frames_total`
+    count the stage's own frames; `percent` is of the whole job and never goes down."""
 
-    stage: ProgressStage | None = None
+    stage: Literal["queued"] | ProgressStage | None = None
     frames_done: int = 0
     frames_total: int | None = None
     percent: float = 0.0
+    eta_seconds: float | None = Field(None, description="seconds left, once the worker can estimate them")
 
 
 class JobInputs(InputSummary):
@@ -41,7 +45,9 @@ JOB_EXAMPLE = {
     "created_at": "2026-11-25T12:44:06.749Z",
     "started_at": "2026-11-25T12:44:06.757Z",
     "finished_at": None,
-    "progress": {"stage": "rendering", "frames_done": 120, "frames_total": 250, "percent": 48.0},
+    "progress": {
+        "stage": "rendering", "frames_done": 120, "frames_total": 250, "percent": 48.0, "eta_seconds": 3.1
+    },
     "eta_seconds": 3.1,
     "error": None,
     "result_url": None,
@@ -69,7 +75,7 @@ class JobResource(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: Progress
-    eta_seconds: float | None = None
+    eta_seconds: float | None = Field(None, description="progress.eta_seconds, where clients read it first")
     error: ErrorDetail | None = None
     result_url: str | None = None
     result: JobResult | None = None

@@ -16,12 +16,22 @@ MODES = {
     "absolute": dict(),
 }
 TOLERANCE = 1e-4
+# `deformed` is the random-texture source sampled at the flow: where the texture is sharp, a flow
+# rounding error of 1e-6 moves the sample by up to ~2e-4. The golden file is float32 too: our network
+# evaluated in float64 (the exact function) differs from it by 1.8e-4 at such points of fomm-small's
+# absolute mode, and float32 runs differ by CPU (oneDNN's kernels for AVX2 and AVX-512 round
+# differently; here 0.12 % of values land between 1e-4 and 3e-4). So `deformed` must match to 1e-4
+# at 99.5 % of its values and to 5e-4 everywhere; every other output to 1e-4 everywhere.
+SAMPLED_KEYS = {"deformed": (0.995, 5e-4)}
 
 
 def _close(name: str, ours: torch.Tensor, golden: np.ndarray) -> None:
     assert ours.shape == golden.shape, name
-    error = float(np.abs(ours.numpy() - golden).max())
-    assert error < TOLERANCE, f"{name}: max abs error {error:.2e}"
+    errors = np.abs(ours.numpy() - golden)
+    share, worst = SAMPLED_KEYS.get(name.rsplit("/", 1)[-1], (1.0, TOLERANCE))
+    assert float(errors.max()) < max(worst, TOLERANCE), f"{name}: max abs error {errors.max():.2e}"
+    within = float((errors < TOLERANCE).mean())
+    assert within >= share, f"{name}: {within:.4%} of values within {TOLERANCE:g}"
 
 
 @pytest.fixture(scope="module", params=FIXTURES)

@@ -107,24 +107,33 @@ def test_peak_memory_does_not_grow_with_the_video_length(small_checkpoint, portr
     assert peaks[60] <= peaks[5] * 1.10, peaks
 
 
-def test_progress_follows_the_analysis_pass_then_the_render(small_checkpoint, portrait, clip, tmp_path):
+def test_progress_runs_through_the_stages_once_and_never_backwards(
+    small_checkpoint, portrait, clip, tmp_path
+):
     from tests.service_stack import cut_clip
     from worker.pipeline import RenderOptions
+    from worker.progress import Progress
     from worker.video_io import probe_video
 
     driving = cut_clip(clip, tmp_path / "d3-1s.mp4", "-t", "1")
     frames = probe_video(driving).frames
-    calls: list[tuple[int, int, str]] = []
+    calls: list[Progress] = []
     renderer = Renderer(load_checkpoint(small_checkpoint))
-    options = RenderOptions(crop="auto", batch_size=8)
-    result = renderer.render(
-        load_image(portrait), driving, tmp_path / "out.mp4", options, lambda *call: calls.append(call)
+    options = RenderOptions(crop="auto", batch_size=8, format="gif", loop=True)
+    result = renderer.render(load_image(portrait), driving, tmp_path / "out.gif", options, calls.append)
+    stages = [p.stage for p in calls]
+    order = [stage for i, stage in enumerate(stages) if i == 0 or stages[i - 1] != stage]
+    assert order == ["analysing", "rendering", "encoding"], "each stage once, in order"
+    analysing = [p.frames_done for p in calls if p.stage == "analysing"]
+    assert analysing == list(range(1, frames + 1)), "the crop's pass reports every frame"
+    rendered = [p for p in calls if p.stage == "rendering"]
+    assert rendered[0].frames_done == 0 and rendered[-1].frames_done == rendered[-1].frames_total == -(
+        -frames // 2
     )
-    stages = [stage for _, _, stage in calls]
-    analysing = stages.count("analysing")
-    assert analysing == frames and stages[analysing:] == ["rendering"] * (len(stages) - analysing)
-    assert [done for done, _, _ in calls[:analysing]] == list(range(1, frames + 1))
-    assert calls[-1] == (frames, frames, "rendering") and result.frames == frames
+    percents = [p.overall_percent for p in calls]
+    assert all(b >= a for a, b in zip(percents, percents[1:], strict=False)) and percents[-1] == 100
+    assert all(p.fps is None or 0 < p.fps < 100_000 for p in calls), "no absurd rate"
+    assert calls[-1].frames_done == calls[-1].frames_total and result.frames == 2 * (-(-frames // 2)) - 2
 
 
 def test_best_start_detects_each_driving_frame_once_and_renders_as_its_explicit_start(

@@ -70,6 +70,7 @@ def test_submit_poll_download(stack, portrait, short_clip, tmp_path):
     expected = probe_video(short_clip)
     job = _submit(stack, portrait, short_clip, mode="relative", audio="true", paste_back="false")
     assert job["status"] == "queued"
+    assert job["progress"]["stage"] == "queued" and job["progress"]["percent"] == 0.0
     assert job["inputs"]["driving"]["fps"] == 30
     assert job["inputs"]["options"]["crop"] == "none" and job["inputs"]["options"]["paste_back"] is False
 
@@ -80,6 +81,7 @@ def test_submit_poll_download(stack, portrait, short_clip, tmp_path):
         "frames_done": expected.frames,
         "frames_total": expected.frames,
         "percent": 100.0,
+        "eta_seconds": None,
     }
     assert done["result_url"] == f"/jobs/{job['id']}/result"
     assert done["inputs"]["model"] == "small"
@@ -234,14 +236,18 @@ def test_progress_names_its_stage(stack, portrait, long_clip):
 
     def note(job: dict) -> bool:
         if job["status"] == "started":
-            seen.append((job["progress"]["stage"], job["eta_seconds"]))
+            progress = job["progress"]
+            seen.append((progress["stage"], progress["percent"], progress["eta_seconds"], job["eta_seconds"]))
         return job["status"] in ("succeeded", "failed", "canceled")
 
     assert stack.wait_for(job["id"], note)["status"] == "succeeded"
-    stages = [stage for stage, _ in seen if stage is not None]
+    order = ("analysing", "rendering", "encoding")
+    stages = [stage for stage, *_ in seen if stage is not None]
     assert "rendering" in stages, seen
-    assert stages == sorted(stages), seen  # "analysing" never after "rendering"
-    assert all(eta is None for stage, eta in seen if stage == "analysing"), seen
+    assert stages == sorted(stages, key=order.index), seen  # the stages in their order, never back
+    percents = [percent for _, percent, *_ in seen]
+    assert percents == sorted(percents) and all(0 <= p <= 100 for p in percents), seen  # never backwards
+    assert all(eta == top for *_, eta, top in seen), seen
 
 
 def test_cancel_running_job(stack, portrait, long_clip):

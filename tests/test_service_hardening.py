@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow
 KEY = secrets.token_urlsafe(32)
 UPLOAD_IDLE = 2
 UPLOAD_DEADLINE = 4
+REQUEST_HEAD = 3
 STALLED = 2000
 DRIPPING = 100  # of the stalled: one byte every DRIP_INTERVAL, never idle for long
 DRIP_INTERVAL = 0.5
@@ -53,6 +54,7 @@ def stack(tmp_path_factory, small_checkpoint):
         RATE_LIMIT="0",
         UPLOAD_IDLE_SECONDS=str(UPLOAD_IDLE),
         UPLOAD_DEADLINE_SECONDS=str(UPLOAD_DEADLINE),
+        REQUEST_HEAD_SECONDS=str(REQUEST_HEAD),
         MAX_CONNECTIONS=str(STALLED + 500),
         MAX_DRIVING_SECONDS=str(MAX_SECONDS),
         MAX_DRIVING_PIXELS=str(MAX_PIXELS),
@@ -197,6 +199,31 @@ def test_stalled_uploads_are_cut_off_and_leave_nothing_behind(stack, media):
     finally:
         clients.close()
     assert len(_job_folders(stack) - before) <= 1, "the stalled uploads' folders are removed"
+
+
+def test_request_heads_sent_a_byte_at_a_time_are_cut_off(stack):
+    """Each byte would restart uvicorn's keep-alive wait; the head has a deadline of its own."""
+    slow = []
+    for _ in range(50):
+        sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        slow.append(sock)
+    opened, open_socks = time.monotonic(), set(slow)
+    while open_socks and time.monotonic() < opened + REQUEST_HEAD + 20:
+        for sock in list(open_socks):
+            try:
+                sock.send(b"a")
+            except OSError:
+                open_socks.discard(sock)
+        time.sleep(0.3)
+    lasted = time.monotonic() - opened
+    for sock in slow:
+        sock.close()
+    assert not open_socks, f"{len(open_socks)} connections still open after {lasted:.0f} s"
+    assert lasted < REQUEST_HEAD + 10
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:  # a prompt head is fine
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
 
 
 def test_the_api_stops_promptly_on_sigterm_with_uploads_stalled(stack, media):

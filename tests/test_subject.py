@@ -20,7 +20,6 @@ from worker.subject.cutout import cut_out
 from worker.subject.face import FaceDetector
 from worker.subject.features import FeatureTracker
 from worker.subject.head import HeadTracker
-from worker.subject.paste import Paster
 from worker.subject.skin import BlobTracker, SkinSegmenter, pick_head_and_hands, region_box
 from worker.subject.smoothing import steady_camera
 from worker.video_io import load_image, probe_video, read_frames
@@ -206,31 +205,6 @@ def test_skin_blobs_find_the_head_and_hands_and_grow_over_the_face():
     assert inside.mean() / 255 > 0.8, "the grown region should cover the face's centre"
     region = region_box(grown, factor)
     assert region.contains(face.grown(0.6)) and abs(region.cx - face.cx) < 0.25 * face.w
-
-
-def test_paste_back_keeps_the_size_and_leaves_the_background_untouched():
-    source = load_image(need_shared(MEDIA / "images" / "s0.jpg"))
-    height, width = source.shape[:2]
-    box = Box(200, 30, 200, 200)
-    rendered = np.full((64, 64, 3), (255, 0, 255), np.uint8)  # unmistakably not the photo
-    out = Paster(source, box)(rendered)
-    assert out.shape == source.shape
-    outside = np.ones((height, width), bool)
-    outside[30:230, 200:400] = False
-    assert np.array_equal(out[outside], source[outside])
-    core = out[30 + 40 : 230 - 40, 200 + 40 : 400 - 40]
-    assert np.abs(core.astype(int) - (255, 0, 255)).max() <= 1
-    # the edge fades: half way through the feathered margin it is a mix
-    edge = out[130, 200 + 8].astype(int)
-    assert np.abs(edge - source[130, 208]).sum() > 30 and np.abs(edge - (255, 0, 255)).sum() > 30
-
-
-def test_paste_back_of_a_box_reaching_outside_the_image():
-    source = np.full((100, 80, 3), 90, np.uint8)
-    out = Paster(source, Box(-20, 50, 60, 60))(np.full((32, 32, 3), 200, np.uint8))
-    assert out.shape == source.shape
-    assert (out[:50] == 90).all() and (out[:, 40:] == 90).all()
-    assert (out[75:, 0] > 190).all(), "no fade where the box meets the image border"
 
 
 def test_cut_out_pads_with_the_edge_and_resamples():

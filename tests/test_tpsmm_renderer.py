@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tests.conftest import ROOT, TPSMM, need_shared
+from tests.conftest import MEDIA, ROOT, TPSMM, need_shared
 from worker.errors import RenderError
 from worker.models import load_checkpoint, save_checkpoint
 from worker.pipeline import Renderer, RenderOptions, to_tensor
@@ -111,3 +111,51 @@ def test_animate_render_with_avd_and_background_motion(tpsmm_64, small_checkpoin
         result = run_animate("render", *common, "--checkpoint", checkpoint, "--out", out, flag)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_worker_describes_each_model_with_its_family_and_modes(tpsmm_64, small_checkpoint):
+    from worker.catalog import load_models
+
+    loaded = load_models({"tps": tpsmm_64["tpsmm-small-nobg"], "small": small_checkpoint}, "cpu")
+    assert loaded["tps"].describe() == {
+        "name": "tps",
+        "family": "tpsmm",
+        "frame_size": [64, 64],
+        "num_kp": 10,
+        "modes": ["relative", "absolute", "avd"],
+        "background_motion": False,
+    }
+    fomm = loaded["small"].describe()
+    assert (fomm["family"], fomm["modes"], fomm["background_motion"]) == (
+        "fomm",
+        ["relative", "absolute"],
+        False,
+    )
+
+
+def test_paste_back_gets_tpsmms_motion_and_a_still_that_does_not_move(
+    tpsmm_64, real_frames, portrait, tmp_path
+):
+    from tests.service_stack import cut_clip
+    from tests.test_output import decode
+    from worker.output import FORMATS, output_size
+
+    source, driving = real_frames
+    renderer = Renderer(load_checkpoint(tpsmm_64["tpsmm-small"]))
+    state = renderer.prepare_source(source, background_motion=True)
+    still = renderer.still(state)
+    h, w = still.deformation.shape[:2]
+    identity = np.dstack(np.meshgrid(np.linspace(-1, 1, w), np.linspace(-1, 1, h)))
+    assert np.abs(still.deformation - identity).max() < 1e-3, "driven by its own keypoints, nothing moves"
+    assert still.occlusion.shape == (64, 64) and 0 <= still.occlusion.min() <= still.occlusion.max() <= 1
+    moving = renderer.animate_with_motion(state, driving)
+    assert moving["deformation"].shape == (len(driving), h, w, 2)
+    assert moving["occlusion_map"].shape == (len(driving), 1, 64, 64)
+    assert (moving["deformation"] - torch.from_numpy(identity).float()).abs().amax() > 1e-2
+
+    clip = cut_clip(need_shared(MEDIA / "clips" / "d3.mp4"), tmp_path / "d3.mp4", "-t", "0.3")
+    photo = load_image(portrait)
+    out = tmp_path / "pasted.mp4"
+    result = renderer.render(photo, clip, out, RenderOptions(crop="face", paste_back=True, audio=False))
+    assert (result.width, result.height) == output_size(photo.shape[1], photo.shape[0], None, FORMATS["mp4"])
+    assert len(decode(out, result.width, result.height)) == result.frames == probe_video(clip).frames

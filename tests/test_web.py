@@ -78,6 +78,37 @@ def test_upload_flow_ends_with_a_playable_video(page, stack, portrait, clip, tmp
     )
 
 
+@pytest.mark.parametrize("fmt, loop", [("webm", False), ("gif", False), ("webp", True)])
+def test_the_page_shows_every_format(page, stack, portrait, clip, tmp_path, fmt, loop):
+    """WebM plays in the video element; GIF and animated WebP (for mail and marketplaces) in an image."""
+    driving = cut_clip(clip, tmp_path / "driving.mp4", "-t", "0.6", "-vf", "scale=128:128")
+    _open_page(page, stack)
+    page.set_input_files("#upload-source", str(portrait))
+    page.set_input_files("#upload-driving", str(driving))
+    page.select_option("#upload-format", fmt)
+    if loop:
+        page.check("#upload-loop")
+    page.click("#upload-submit")
+    shown = "#result-video" if fmt == "webm" else "#result-image"
+    element = f"document.querySelector('{shown}')"
+    ready = (
+        f"{element}.readyState >= 2" if fmt == "webm" else f"{element}.complete && {element}.naturalWidth > 0"
+    )
+    page.wait_for_function(
+        f"({ready}) || !document.querySelector('#upload-error').hidden", timeout=TIMEOUT_MS
+    )
+    assert page.inner_text("#upload-error") == ""
+    assert page.is_visible(shown)
+    if fmt == "webm":
+        size = page.evaluate(f"[{element}.videoWidth, {element}.videoHeight]")
+        page.evaluate(f"{element}.play()")
+        page.wait_for_function(f"{element}.currentTime > 0.1", timeout=TIMEOUT_MS)
+    else:
+        size = page.evaluate(f"[{element}.naturalWidth, {element}.naturalHeight]")
+    assert size == [64, 64]
+    assert page.get_attribute("#result-download", "download").endswith(f".{fmt}")
+
+
 def test_live_tab_shows_animated_frames(page, stack, portrait):
     _open_page(page, stack)
     page.click("#tab-live")

@@ -7,10 +7,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
+from contract.options import OutputFormatName
 from service.client import add_submit_arguments, submit
 
 EXIT_BAD_INPUT = 2
+OUTPUT_FORMATS = get_args(OutputFormatName)
 
 
 def _start_frame(value: str) -> int | str:
@@ -29,11 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="animate", description="Animate a still image by a video.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    render = commands.add_parser("render", help="animate an image by a driving video into an MP4")
+    render = commands.add_parser("render", help="animate an image by a driving video (MP4, WebM, GIF, WebP)")
     render.add_argument("--source", required=True, help="source image (PNG, JPEG, WebP)")
     render.add_argument("--driving", required=True, help="driving video")
     render.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
-    render.add_argument("--out", required=True, help="output MP4")
+    render.add_argument("--out", required=True, help="output video")
     render.add_argument("--config", help="YAML in the published config format overriding the inferred one")
     render.add_argument(
         "--mode",
@@ -65,6 +68,23 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="composite the animated crop back into the full source image (default: off)",
+    )
+    render.add_argument(
+        "--format",
+        choices=list(OUTPUT_FORMATS),
+        help="mp4, webm, gif or webp (default: --out's extension if it is one of them, else mp4)",
+    )
+    render.add_argument(
+        "--loop",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="play forward then backward, seamless on repeat; no audio (default: off)",
+    )
+    render.add_argument(
+        "--poster", metavar="JPG", help="also write this JPEG of one frame (see --poster-frame)"
+    )
+    render.add_argument(
+        "--poster-frame", type=int, default=0, metavar="N", help="the poster's frame (default: 0)"
     )
 
     crop = commands.add_parser("crop", help="crop a video to a square that follows its subject")
@@ -107,25 +127,43 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def _output_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the output arguments, checked before anything heavy is loaded."""
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        return f"output folder does not exist: {out.parent}"
+    if args.poster and not Path(args.poster).parent.is_dir():
+        return f"poster folder does not exist: {Path(args.poster).parent}"
+    if args.poster and Path(args.poster).resolve() == out.resolve():
+        return "--poster and --out name the same file"
+    if args.poster_frame < 0:
+        return "--poster-frame must be a frame index >= 0"
+    extension = out.suffix.lower().lstrip(".")
+    if args.format and extension in OUTPUT_FORMATS and extension != args.format:
+        return f"--out {out.name} does not match --format {args.format}"
+    return None
+
+
 def _render(args: argparse.Namespace) -> int:
+    problem = _output_problem(args)
+    if problem is not None:
+        return _fail(problem)
+
     from concurrent.futures import ThreadPoolExecutor
 
     from worker.errors import RenderError
     from worker.video_io import load_image, probe_video
 
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        return _fail(f"output folder does not exist: {out.parent}")
     # The inputs are read and probed (ffmpeg processes) while torch loads and the model is prepared.
     with ThreadPoolExecutor(max_workers=1) as pool:
         inputs = pool.submit(lambda: (load_image(args.source), probe_video(args.driving)))
         try:
-            return _render_loaded(args, out, inputs.result)
+            return _render_loaded(args, inputs.result)
         except RenderError as exc:
             return _fail(str(exc))
 
 
-def _render_loaded(args: argparse.Namespace, out: Path, inputs: Callable[[], tuple]) -> int:
+def _render_loaded(args: argparse.Namespace, inputs: Callable[[], tuple]) -> int:
     import torch
     from pydantic import ValidationError
 
@@ -138,6 +176,10 @@ def _render_loaded(args: argparse.Namespace, out: Path, inputs: Callable[[], tup
 
     if args.device == "cuda" and not torch.cuda.is_available():
         return _fail("--device cuda: no CUDA device is available")
+    out = Path(args.out)
+    poster = Path(args.poster) if args.poster else None
+    extension = out.suffix.lower().lstrip(".")
+    output_format = args.format or (extension if extension in OUTPUT_FORMATS else "mp4")
     precision = args.precision or default_precision(args.device)
     if args.device == "cpu" and precision == "bf16" and not native_bf16():
         print(
@@ -157,10 +199,14 @@ def _render_loaded(args: argparse.Namespace, out: Path, inputs: Callable[[], tup
             crop=args.crop,
             paste_back=args.paste_back,
             background_motion=args.background_motion,
+            format=output_format,
+            loop=args.loop,
+            poster=poster is not None,
+            poster_frame=args.poster_frame,
         )
     except ValidationError as exc:
         return _fail(first_error(exc)[1])
-    bar = ProgressBar("rendering")
+    bar = ProgressBar()
     try:
         try:
             model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
@@ -169,17 +215,21 @@ def _render_loaded(args: argparse.Namespace, out: Path, inputs: Callable[[], tup
             raise
         renderer = Renderer(model, args.device)
         image, info = inputs()
-        result = renderer.render(image, args.driving, out, options, bar, info=info)
+        result = renderer.render(image, args.driving, out, options, bar, info=info, poster_path=poster)
     except (RenderError, CheckpointError) as exc:
-        bar.close() if bar.last else None
+        bar.close()
         return _fail(str(exc))
     bar.close()
     t = result.timings
+    looping = ", loop" if result.loop else ""
+    audio = "on" if result.audio else "off"
     print(
-        f"wrote {out} ({result.frames} frames, {result.width}x{result.height}, "
-        f"{result.fps:g} fps, audio {'on' if result.audio else 'off'}) in {t['total']:.1f}s",
+        f"wrote {out} ({result.format}, {result.mime_type}, {result.bytes:,} bytes, {result.frames} frames"
+        f"{looping}, {result.width}x{result.height}, {result.fps:g} fps, audio {audio}) in {t['total']:.1f}s",
         file=sys.stderr,
     )
+    if poster is not None:
+        print(f"wrote {poster} (frame {options.poster_frame})", file=sys.stderr)
     return 0
 
 
@@ -194,11 +244,11 @@ def _crop(args: argparse.Namespace) -> int:
             return _fail(f"output folder does not exist: {path.parent}")
     if not (16 <= args.size <= 2048 and args.size % 2 == 0):
         return _fail("--size must be an even number of pixels from 16 to 2048")
-    bar = ProgressBar("cropping")
+    bar = ProgressBar()
     try:
         plan = crop_video(args.input, out, args.boxes, args.kind, args.size, args.audio, bar)
     except RenderError as exc:
-        bar.close() if bar.last else None
+        bar.close()
         return _fail(str(exc))
     bar.close()
     framing = f"{plan.kind} framing" if plan.kind != "none" else "no subject found: centre squares"

@@ -29,11 +29,12 @@ from contract.outcomes import job_ended
 from contract.queue import JobQueue
 from contract.redaction import without_paths
 from contract.settings import Settings
-from contract.storage import DRIVING, RESULT, SOURCE, JobStore, StorageError
+from contract.storage import DRIVING, POSTER, SOURCE, JobStore, StorageError, result_name
 from worker.catalog import LoadedModel
 from worker.errors import InvalidVideo, RenderCanceled, RenderError
 from worker.hardware import default_precision
 from worker.pipeline import RenderOptions, RenderResult
+from worker.progress import Progress
 from worker.video_io import load_image, probe_video
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
@@ -73,8 +74,7 @@ class JobReporter:
     def __init__(self, record: JobRecord, engine: Engine):
         self.record = record
         self.engine = engine
-        self.started = time.monotonic()
-        self.stage = "rendering"
+        self.stage: str | None = None
         self.last_write = 0.0
         self.last_poll = 0.0
         self.canceled = False
@@ -87,18 +87,17 @@ class JobReporter:
         except redis.exceptions.RedisError as exc:
             log.warning("job %s: could not save its progress: %s", self.record.id, exc)
 
-    def progress(self, done: int, total: int, stage: str = "rendering") -> None:
+    def progress(self, progress: Progress) -> None:
+        """The engine's progress (worker/progress.py) into the record: every change of stage and every
+        stage's end, otherwise at most every PROGRESS_INTERVAL."""
         now = time.monotonic()
-        if stage != self.stage:  # each stage has its own rate, so its own clock
-            self.stage, self.started, self.last_write = stage, now, 0.0
-        self.frames_done = done
-        if now - self.last_write < PROGRESS_INTERVAL and done < total:
+        if progress.stage == "rendering":
+            self.frames_done = progress.frames_done
+        finished = progress.frames_done >= progress.frames_total
+        if now - self.last_write < PROGRESS_INTERVAL and not finished and progress.stage == self.stage:
             return
-        self.last_write = now
-        fps = done / max(now - self.started, 1e-6)
-        self.save(
-            progress=ProgressReport(stage=stage, frames_done=done, frames_total=total, fps=round(fps, 2))
-        )
+        self.stage, self.last_write = progress.stage, now
+        self.save(progress=ProgressReport.model_validate(progress.to_dict()))
 
     def should_cancel(self) -> bool:
         if self.engine.stopping.is_set():
@@ -141,11 +140,14 @@ def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: P
     if info.width * info.height > settings.max_driving_pixels:
         raise InvalidVideo(f"driving is {info.width}x{info.height}: over MAX_DRIVING_PIXELS")
     renderer = engine.models[request.model].renderer
-    out = scratch / RESULT
+    out = scratch / result_name(options.format)
+    poster = scratch / POSTER
     result = renderer.render(
-        image, inputs[DRIVING], out, options, reporter.progress, reporter.should_cancel, info
+        image, inputs[DRIVING], out, options, reporter.progress, reporter.should_cancel, info, poster
     )
-    engine.store.publish(record.id, RESULT, out)
+    if result.poster is not None:
+        engine.store.publish(record.id, POSTER, poster)
+    engine.store.publish(record.id, result_name(result.format), out)
     return result
 
 
@@ -212,7 +214,9 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
     result = JobResult(**rendered.model_dump(exclude={"timings"}))
     reporter.save(
         result=result,
-        progress=ProgressReport(stage="rendering", frames_done=frames, frames_total=frames),
+        progress=ProgressReport(
+            stage="rendering", frames_done=frames, frames_total=frames, overall_percent=100.0, eta_seconds=0.0
+        ),
         timings=done,
     )
     seconds = time.monotonic() - began

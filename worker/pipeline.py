@@ -1,12 +1,12 @@
-"""The rendering pipeline: one source image, one driving video, one MP4 out.
+"""The rendering pipeline: one source image, one driving video, one video out (worker/output.py).
 
-Decoding (an ffmpeg process fed by a reader thread), the model (this thread) and encoding (an
-ffmpeg process fed by a writer thread) overlap, with small bounded queues between them so memory
-does not grow with the video's length.
+Decoding (an ffmpeg process fed by a reader thread), the model (this thread) and paste-back with
+encoding (an ffmpeg process fed by a writer thread) overlap, with small bounded queues between them
+so memory does not grow with the video's length. Progress: worker/progress.py.
 """
 
 import contextlib
-import os
+import math
 import queue
 import threading
 import time
@@ -21,15 +21,14 @@ from pydantic import Field, model_validator
 from contract.job import JobResult
 from contract.options import AnimationOptions
 from worker.adapters import SourceState, model_adapter
-from worker.errors import RenderCanceled, RenderError, StorageError
+from worker.errors import RenderCanceled, RenderError
 from worker.models import AnimationModel, TPSMModel
 from worker.models.motion_transfer import convex_hull_area
+from worker.output import FORMATS, RenderOutput, encoding_units, frame_step, output_size
+from worker.progress import ProgressCallback, ProgressModel, StageCosts
 from worker.subject.framing import plan_framing
-from worker.video_io import Mp4Writer, VideoInfo, probe_video
-
-# (frames done, frames expected, stage): "analysing" while the crop follows the subject through the
-# driving video (crop other than "none"), then "rendering".
-ProgressCallback = Callable[[int, int, str], None]
+from worker.subject.paste import ModelFrame
+from worker.video_io import VideoInfo, probe_video
 
 
 class RenderOptions(AnimationOptions):
@@ -67,6 +66,23 @@ def to_tensor(frames: np.ndarray, device: str) -> torch.Tensor:
 def to_frames(images: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
     return images.float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def model_frames(out: dict[str, torch.Tensor]) -> list[ModelFrame]:
+    """An adapter's output as numpy frames with their motion, for paste-back."""
+    images = to_frames(out["prediction"])
+    deformation = out.get("deformation")
+    occlusion = out.get("occlusion_map")
+    deformation = None if deformation is None else deformation.float().cpu().numpy()  # (N, h, w, 2)
+    occlusion = None if occlusion is None else occlusion.float()[:, 0].cpu().numpy()  # (N, h, w)
+    return [
+        ModelFrame(
+            image,
+            None if deformation is None else deformation[i],
+            None if occlusion is None else occlusion[i],
+        )
+        for i, image in enumerate(images)
+    ]
 
 
 def _normalized_shape(kp: np.ndarray) -> np.ndarray:
@@ -149,10 +165,11 @@ def _batched(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
 
 
 class _BackgroundWriter:
-    """Feeds an Mp4Writer from a thread so encoding overlaps the next batch's inference."""
+    """Runs `consume` on each batch in a thread, so paste-back and encoding overlap the next batch's
+    inference; its errors are raised by put() or finish()."""
 
-    def __init__(self, writer: Mp4Writer):
-        self.writer = writer
+    def __init__(self, consume: Callable[[object], None]):
+        self.consume = consume
         self.slots: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="encode", daemon=True)
@@ -163,12 +180,11 @@ class _BackgroundWriter:
             if self.error is not None:
                 continue
             try:
-                for frame in batch:
-                    self.writer.write(frame)
+                self.consume(batch)
             except BaseException as exc:  # reported by put() or finish()
                 self.error = exc
 
-    def put(self, batch: np.ndarray) -> None:
+    def put(self, batch: object) -> None:
         if self.error is not None:
             raise self.error
         self.slots.put(batch)
@@ -178,13 +194,10 @@ class _BackgroundWriter:
         self.thread.join()
         if self.error is not None:
             raise self.error
-        self.writer.close()
 
     def abort(self) -> None:
         self.slots.put(None)
         self.thread.join(timeout=10)
-        with contextlib.suppress(RenderError, OSError):
-            self.writer.close()
 
 
 class Renderer:
@@ -199,6 +212,7 @@ class Renderer:
         self.adapter = model_adapter(model, device)
         self.model = self.adapter.model
         self.device = device
+        self.costs = StageCosts()  # seconds per frame of each stage, for progress; learnt job by job
 
     def check_mode(self, mode: str, background_motion: bool = False) -> None:
         """A RenderError (invalid_option) when the model cannot render in `mode` or with background motion."""
@@ -239,10 +253,11 @@ class Renderer:
         )
 
     @torch.inference_mode()
-    def animate_batch(
+    def animate_with_motion(
         self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """Animated frames (N, 3, H, W) in [0, 1] for driving frames (N, 3, H, W) in [0, 1].
+    ) -> dict[str, torch.Tensor]:
+        """The adapter's output for driving frames (N, 3, H, W) in [0, 1]: `prediction` (N, 3, H, W)
+        in [0, 1] and, for models with dense motion, `deformation` and `occlusion_map`.
 
         `kp_driving`: the frames' keypoints when an earlier pass over the video already has them.
         """
@@ -254,7 +269,25 @@ class Renderer:
         return self.adapter.animate(state, frames, kp_driving)
 
     @torch.inference_mode()
-    def _driving_keypoints(self, frames: Iterator[np.ndarray], batch_size: int, stop_at: int | None):
+    def animate_batch(
+        self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Animated frames (N, 3, H, W) in [0, 1] for driving frames (N, 3, H, W) in [0, 1]."""
+        return self.animate_with_motion(state, frames, kp_driving)["prediction"]
+
+    @torch.inference_mode()
+    def still(self, state: SourceState) -> ModelFrame:
+        """The source rendered with no motion: what paste-back compares every frame with."""
+        return model_frames(self.adapter.still(state))[0]
+
+    @torch.inference_mode()
+    def _driving_keypoints(
+        self,
+        frames: Iterator[np.ndarray],
+        batch_size: int,
+        stop_at: int | None,
+        on_frames: Callable[[int], None] | None = None,
+    ):
         """The detector's outputs (keypoints (T, K, 2), ...) for the driving frames up to and including
         stop_at."""
         parts = []
@@ -262,6 +295,8 @@ class Renderer:
         for batch in _batched(frames, batch_size):
             parts.append(self.keypoints(to_tensor(batch, self.device)))
             seen += len(batch)
+            if on_frames is not None:
+                on_frames(seen)
             if stop_at is not None and seen > stop_at:
                 break
         return {key: torch.cat([kp[key] for kp in parts]) for key in parts[0]}
@@ -276,22 +311,52 @@ class Renderer:
         on_progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
         info: VideoInfo | None = None,
+        poster_path: str | Path | None = None,
     ) -> RenderResult:
         """Animate `source_image` ((H, W, 3) uint8) by the video at `driving_path` into `out_path`.
 
-        The MP4 appears at `out_path` only when complete; on any failure nothing is left there.
+        The video (and with `options.poster` the JPEG at `poster_path`, by default poster.jpg next
+        to the video) appear only when complete; on any failure nothing is left there.
         """
         options = options or RenderOptions()
         self.check_mode(options.mode, options.background_motion)
         started = time.perf_counter()
         driving_path, out_path = Path(driving_path), Path(out_path)
         info = info or probe_video(driving_path)
+        fmt = FORMATS[options.format]
+        step = frame_step(info.fps, fmt)  # driving frames per output frame
+        expected = math.ceil(info.frames / step)
+        if options.poster and options.poster_frame >= expected:
+            message = f"poster_frame {options.poster_frame} is past the last frame ({expected - 1})"
+            raise RenderError(message, "invalid_option")
+        start = options.driving_start if options.mode == "relative" else 0
+        crop_frames = 0 if options.crop == "none" else info.frames
+        keypoint_frames = info.frames if start == "best" else min(start + 1, info.frames) if start else 0
+        analysis_total = crop_frames + keypoint_frames
+        progress = ProgressModel(
+            [
+                ("analysing", analysis_total),
+                ("rendering", expected),
+                ("encoding", encoding_units(expected, fmt, options.loop)),
+            ],
+            on_progress,
+            self.costs,
+        )
         h, w = self.model.frame_shape
         decode, infer, encode, crop = _Stage(), _Stage(), _Stage(), _Stage()
-        analysed = None if on_progress is None else lambda done, total: on_progress(done, total, "analysing")
+
+        def analysing(done: int) -> None:
+            progress.update("analysing", done, max(analysis_total, done))
+
         with crop.timed():
             framing = plan_framing(
-                source_image, driving_path, info, options.crop, options.paste_back, should_cancel, analysed
+                source_image,
+                driving_path,
+                info,
+                options.crop,
+                options.paste_back,
+                should_cancel,
+                lambda done, _expected: analysing(done),
             )
         source = to_tensor(framing.source_input(h, w)[None], self.device)
 
@@ -303,13 +368,19 @@ class Renderer:
                 adapt_scale=options.adapt_scale,
                 background_motion=options.background_motion,
             )
+            if framing.pastes:
+                framing.prepare_paste(self.still(state))
 
-        start = options.driving_start if options.mode == "relative" else 0
         kp_all: dict[str, torch.Tensor] = {}  # (T, K, 2) / (T, K, 2, 2) of the first T driving frames
         if start != 0:
             with decode.timed():
                 stop_at = None if start == "best" else start
-                kp_all = self._driving_keypoints(framing.driving_frames(h, w), options.batch_size, stop_at)
+                kp_all = self._driving_keypoints(
+                    framing.driving_frames(h, w),
+                    options.batch_size,
+                    stop_at,
+                    lambda seen: analysing(crop_frames + seen),
+                )
             points = self.adapter.points(kp_all)
             if start == "best":
                 start = best_start_frame(
@@ -321,21 +392,26 @@ class Renderer:
             state.kp_initial = {k: v[start : start + 1] for k, v in kp_all.items()}
         known_frames = len(self.adapter.points(kp_all)) if kp_all else 0  # not computed again
 
-        audio = options.audio and info.has_audio
-        out_size = (options.size, options.size) if options.size else None
-        out_w, out_h = framing.output_size(w, h)
-        tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial.mp4")
-        try:
-            writer = _BackgroundWriter(
-                Mp4Writer(tmp_path, out_w, out_h, info.fps, driving_path if audio else None, out_size)
-            )
-        except RenderError:
-            tmp_path.unlink(missing_ok=True)
-            raise
+        frame_w, frame_h = framing.output_size(w, h)
+        output = RenderOutput(
+            out_path,
+            fmt,
+            (frame_w, frame_h),
+            output_size(frame_w, frame_h, options.size, fmt),
+            info.fps / step,
+            options.loop,
+            driving_path if options.audio and info.has_audio else None,
+            (Path(poster_path) if poster_path else out_path.with_name("poster.jpg"))
+            if options.poster
+            else None,
+            options.poster_frame,
+        )
+        writer = _BackgroundWriter(lambda batch: output.write(framing.finish(batch)))
         done = 0
-        total = info.frames
+        total = expected
         try:
-            batches = _prefetch(_batched(framing.driving_frames(h, w), options.batch_size))
+            progress.update("rendering", 0, total)
+            batches = _prefetch(_batched(framing.driving_frames(h, w, step), options.batch_size))
             while True:
                 with decode.timed():
                     batch = next(batches, None)
@@ -345,35 +421,40 @@ class Renderer:
                     raise RenderCanceled("the job was canceled")
                 with infer.timed():
                     end = done + len(batch)
-                    known = {k: v[done:end] for k, v in kp_all.items()} if end <= known_frames else None
-                    rendered = to_frames(self.animate_batch(state, to_tensor(batch, self.device), known))
+                    known = None
+                    if (end - 1) * step < known_frames:
+                        known = {k: v[done * step : end * step : step] for k, v in kp_all.items()}
+                    out = self.animate_with_motion(state, to_tensor(batch, self.device), known)
+                    rendered = model_frames(out) if framing.pastes else to_frames(out["prediction"])
                 with encode.timed():
-                    writer.put(framing.finish(rendered))
+                    writer.put(rendered)
                 done += len(batch)
                 total = max(total, done)
-                if on_progress is not None:
-                    on_progress(done, total, "rendering")
+                progress.update("rendering", done, total)
             if done == 0:
                 raise RenderError(f"{driving_path.name} has no decodable frame", "invalid_video")
             with encode.timed():
                 writer.finish()
-            try:
-                tmp_path.replace(out_path)
-            except OSError as exc:
-                raise StorageError(f"cannot write {out_path}: {exc}") from exc
+                summary = output.finish(lambda units, of: progress.update("encoding", units, of))
         except BaseException:
             writer.abort()
-            tmp_path.unlink(missing_ok=True)
+            output.abort()
             raise
+        progress.finish()
 
         return RenderResult(
-            frames=done,
-            fps=info.fps,
-            width=options.size or out_w,
-            height=options.size or out_h,
-            audio=audio,
+            frames=summary.frames,
+            fps=summary.fps,
+            width=summary.width,
+            height=summary.height,
+            audio=summary.audio,
             driving_start=start,
             precision=options.precision,
+            format=summary.format,
+            mime_type=summary.mime_type,
+            bytes=summary.bytes,
+            loop=summary.loop,
+            poster=summary.poster,
             timings={
                 "decode": round(decode.seconds, 4),
                 "inference": round(infer.seconds, 4),

@@ -1,4 +1,4 @@
-"""Reading images and videos and writing MP4, through the ffmpeg binary that imageio-ffmpeg ships.
+"""Reading images and videos and encoding frames, through the ffmpeg binary that imageio-ffmpeg ships.
 
 ffmpeg runs as a separate process, so decoding and encoding overlap with the model on their own
 cores. A video is described (size, rate, length, frames) from its container's fields through PyAV
@@ -9,11 +9,12 @@ protocol only: an HLS playlist, an ffconcat script or any other playlist renamed
 opened as one, so it cannot make ffmpeg read another file or reach the network.
 """
 
+import contextlib
 import logging
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -173,11 +174,12 @@ def read_frames(path: str | Path, height: int, width: int) -> Iterator[np.ndarra
             process.stdout.close()
 
 
-class Mp4Writer:
-    """H.264 yuv420p MP4 with +faststart, optionally with another file's audio track copied in.
+class FrameEncoder:
+    """An ffmpeg process that encodes raw RGB frames, written to it one by one, into `path`.
 
-    Frames go to ffmpeg's stdin as raw RGB; the audio source is opened like any other input
-    (`safe_input`). An odd frame size is padded to even by scaling, as yuv420p requires.
+    `output` holds the options that choose the codec and container; `audio` those for the audio
+    track taken from `audio_from`, which is opened like any other input (`safe_input`). Frames are
+    scaled to `out_size` (lanczos) when it differs from width x height.
     """
 
     def __init__(
@@ -186,24 +188,24 @@ class Mp4Writer:
         width: int,
         height: int,
         fps: float,
+        output: list[str],
         audio_from: str | Path | None = None,
+        audio: list[str] | None = None,
         out_size: tuple[int, int] | None = None,
     ):
         self.path = Path(path)
         rate = Fraction(fps).limit_denominator(100000)
-        out_w, out_h = out_size or (width + width % 2, height + height % 2)
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-v", "error"]
         command += ["-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}", "-pix_fmt", "rgb24"]
         command += ["-r", str(rate), "-i", "-"]
         if audio_from is not None:
             command += [*safe_input(audio_from), "-i", str(audio_from), "-map", "0:v:0", "-map", "1:a:0"]
-            command += ["-acodec", "aac"]
+            command += audio or []
         else:
             command += ["-an"]
-        command += ["-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "10", "-preset", "veryfast"]
-        if (out_w, out_h) != (width, height):
-            command += ["-vf", f"scale={out_w}:{out_h}:flags=lanczos"]
-        command += ["-movflags", "+faststart", "-f", "mp4", str(self.path)]
+        if out_size is not None and tuple(out_size) != (width, height):
+            command += ["-vf", f"scale={out_size[0]}:{out_size[1]}:flags=lanczos"]
+        command += [*output, str(self.path)]
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         try:
             self._process = subprocess.Popen(
@@ -240,3 +242,86 @@ class Mp4Writer:
                 raise StorageError(f"finishing {self.path.name} failed: {self._reason()}")
         finally:
             self._log.close()
+
+
+MP4_VIDEO = ["-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "10", "-preset", "veryfast"]
+MP4_OUTPUT = [*MP4_VIDEO, "-movflags", "+faststart", "-f", "mp4"]
+
+
+class Mp4Writer(FrameEncoder):
+    """H.264 yuv420p MP4 with +faststart, optionally with another file's audio track (AAC).
+
+    An odd frame size is padded to even by scaling, as yuv420p requires.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        fps: float,
+        audio_from: str | Path | None = None,
+        out_size: tuple[int, int] | None = None,
+    ):
+        out_size = out_size or (width + width % 2, height + height % 2)
+        super().__init__(path, width, height, fps, MP4_OUTPUT, audio_from, ["-acodec", "aac"], out_size)
+
+
+def run_ffmpeg(arguments: list[str], what: str, on_frames: Callable[[int], None] | None = None) -> None:
+    """Runs ffmpeg with `arguments` (inputs, filters, output), reporting the frames it has output so
+    far to `on_frames` as it goes; StorageError saying what failed (`what`) when it fails."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-v", "error", "-nostats"]
+    command += ["-stats_period", "0.25", "-progress", "pipe:1", *arguments]
+    with tempfile.TemporaryFile() as log:
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+        except OSError as exc:
+            raise StorageError(f"cannot start ffmpeg for {what}: {exc}") from exc
+        try:
+            for line in process.stdout:
+                if line.startswith(b"frame=") and on_frames is not None:
+                    with contextlib.suppress(ValueError):
+                        on_frames(int(line[6:]))
+            status = process.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        if status != 0:
+            log.seek(0)
+            lines = log.read().decode(errors="replace").strip().splitlines()
+            raise StorageError(f"{what} failed: {lines[-1] if lines else f'ffmpeg status {status}'}")
+
+
+def feed_ffmpeg(
+    source: Path, arguments: list[str], what: str, on_fraction: Callable[[float], None] | None = None
+) -> None:
+    """Runs ffmpeg with `source` (a file this process wrote) streamed to its standard input, for
+    passes that output nothing until the end (a palette): progress is the share of bytes fed."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-nostats", *arguments]
+    total = max(source.stat().st_size, 1)
+    with tempfile.TemporaryFile() as log, open(source, "rb") as data:
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        except OSError as exc:
+            raise StorageError(f"cannot start ffmpeg for {what}: {exc}") from exc
+        try:
+            sent = 0
+            while chunk := data.read(1 << 20):
+                process.stdin.write(chunk)
+                sent += len(chunk)
+                if on_fraction is not None:
+                    on_fraction(sent / total)
+            process.stdin.close()
+            status = process.wait()
+        except BrokenPipeError:
+            status = process.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if status != 0:
+            log.seek(0)
+            lines = log.read().decode(errors="replace").strip().splitlines()
+            raise StorageError(f"{what} failed: {lines[-1] if lines else f'ffmpeg status {status}'}")

@@ -1,10 +1,10 @@
 """Where a job's files live: a local folder (one machine) or an S3-compatible object store (many).
 
 Both stores keep the same objects per job under `jobs/<id>/`: the inputs `source.<ext>` and
-`driving.<ext>`, and the artifacts a render publishes (`result.mp4`). Processes on different
-machines share nothing but Redis and the store: the API receives an upload into its own staging
-folder and commits it to the store once it is checked; a worker fetches the inputs into its own
-scratch folder, renders there, publishes the result and removes its scratch.
+`driving.<ext>`, and the artifacts a render publishes (`result.<format>`, and `poster.jpg` when
+asked). Processes on different machines share nothing but Redis and the store: the API receives an
+upload into its own staging folder and commits it to the store once it is checked; a worker fetches
+the inputs into its own scratch folder, renders there, publishes the result and removes its scratch.
 
 An object appears whole or not at all: the local store renames a finished file into place, and S3
 makes a (multipart) upload visible only when it completes, so nothing half-written is ever served.
@@ -13,6 +13,7 @@ makes a (multipart) upload visible only when it completes, so nothing half-writt
 from contract.settings import Settings
 from contract.storage.base import (
     DRIVING,
+    POSTER,
     RESULT,
     SOURCE,
     InvalidJobId,
@@ -21,10 +22,12 @@ from contract.storage.base import (
     StoredObject,
     new_job_id,
     parse_job_id,
+    result_name,
 )
 
 __all__ = [
     "DRIVING",
+    "POSTER",
     "RESULT",
     "SOURCE",
     "InvalidJobId",
@@ -34,6 +37,7 @@ __all__ = [
     "new_job_id",
     "open_store",
     "parse_job_id",
+    "result_name",
 ]
 
 

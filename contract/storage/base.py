@@ -8,8 +8,16 @@ from pathlib import Path
 
 SOURCE = "source"
 DRIVING = "driving"
-RESULT = "result.mp4"
+POSTER = "poster.jpg"
 ROLES = (SOURCE, DRIVING)
+
+
+def result_name(format: str = "mp4") -> str:
+    """The stored name of a result in `format` (contract.options.OutputFormatName): result.<format>."""
+    return f"result.{format}"
+
+
+RESULT = result_name()  # an MP4 result, the name every result had before formats
 
 
 class InvalidJobId(ValueError):

@@ -41,19 +41,34 @@ function selectTab(name) {
 
 // Models
 
+const MODE_NAMES = { relative: "follow the motion", absolute: "copy the pose", avd: "motion only (AVD)" };
+let models = [];
+
 async function loadModels() {
   const select = $("model");
   try {
     const response = await fetch("/models", { headers: authHeaders() });
     if (!response.ok) throw new Error(await errorMessage(response));
     const list = await response.json();
+    models = list.models;
     select.replaceChildren(
-      ...list.models.map((model) => new Option(`${model.name} (${model.frame_size.join("×")})`, model.name))
+      ...models.map((model) => new Option(`${model.name} (${model.family}, ${model.frame_size.join("×")})`, model.name))
     );
-    if (list.models.some((model) => model.name === list.default)) select.value = list.default;
+    if (models.some((model) => model.name === list.default)) select.value = list.default;
   } catch (error) {
+    models = [];
     select.replaceChildren(new Option("default", ""));
   }
+  showModelOptions();
+}
+
+// What the chosen model can do: its modes (the default first) and background motion.
+function showModelOptions() {
+  const model = models.find((m) => m.name === $("model").value);
+  const modes = model ? model.modes : ["relative", "absolute"];
+  $("upload-mode").replaceChildren(...modes.map((mode) => new Option(MODE_NAMES[mode] || mode, mode)));
+  $("upload-background-label").hidden = !(model && model.background_motion);
+  if ($("upload-background-label").hidden) $("upload-background").checked = false;
 }
 
 // Upload tab
@@ -67,6 +82,10 @@ async function submitJob(event) {
   form.append("source", $("upload-source").files[0]);
   form.append("driving", $("upload-driving").files[0]);
   if ($("model").value) form.append("model", $("model").value);
+  form.append("mode", $("upload-mode").value || "relative");
+  if ($("upload-background").checked) form.append("background_motion", "true");
+  form.append("format", $("upload-format").value);
+  if ($("upload-loop").checked) form.append("loop", "true");
   $("upload-submit").disabled = true;
   try {
     const response = await fetch("/animate", { method: "POST", body: form, headers: authHeaders() });
@@ -81,11 +100,13 @@ async function submitJob(event) {
   }
 }
 
+// One line for every stage: queued, analysing, rendering, encoding; the bar shows the overall percent.
 function describeJob(job) {
   const progress = job.progress || {};
-  if (job.status === "started" && progress.frames_total) {
+  if (job.status === "started" && progress.stage) {
+    const frames = progress.frames_total ? `: ${progress.frames_done} of ${progress.frames_total}` : "";
     const eta = job.eta_seconds != null ? `, about ${Math.ceil(job.eta_seconds)} s left` : "";
-    return `rendering: frame ${progress.frames_done} of ${progress.frames_total}${eta}`;
+    return `${progress.stage}${frames} (${Math.floor(progress.percent)} %)${eta}`;
   }
   return job.status;
 }
@@ -112,14 +133,24 @@ async function followJob(id) {
   }
 }
 
+const EXTENSIONS = { "video/mp4": "mp4", "video/webm": "webm", "image/gif": "gif", "image/webp": "webp" };
+
 async function showResult(id) {
   const response = await fetch(`/jobs/${id}/result`, { headers: authHeaders() });
   if (!response.ok) throw new Error(await errorMessage(response));
+  const type = (response.headers.get("content-type") || "video/mp4").split(";")[0];
   const url = URL.createObjectURL(await response.blob());
-  const video = $("result-video");
-  video.src = url;
+  const isVideo = type.startsWith("video/");
+  $("result-video").hidden = !isVideo;
+  $("result-image").hidden = isVideo;
+  if (isVideo) {
+    $("result-video").loop = $("upload-loop").checked;
+    $("result-video").src = url;
+  } else {
+    $("result-image").src = url;
+  }
   $("result-download").href = url;
-  $("result-download").download = `${id}.mp4`;
+  $("result-download").download = `${id}.${EXTENSIONS[type] || "bin"}`;
   $("result").hidden = false;
 }
 
@@ -285,6 +316,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("tab-upload").addEventListener("click", () => selectTab("upload"));
   $("tab-live").addEventListener("click", () => selectTab("live"));
   $("upload-form").addEventListener("submit", submitJob);
+  $("model").addEventListener("change", showModelOptions);
   $("live-start").addEventListener("click", startLive);
   $("live-stop").addEventListener("click", stopLive);
   $("live-reset").addEventListener("click", () => live.socket && live.socket.send(JSON.stringify({ type: "reset" })));

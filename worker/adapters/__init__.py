@@ -2,7 +2,7 @@
 
 The Renderer streams frames and batches them; an adapter prepares its model for inference, caches
 what depends on the source alone (`prepare_source`), and turns a batch of driving frames into
-animated frames (`animate`), each family in its own module.
+animated frames with the motion that made them (`animate`), each family in its own module.
 """
 
 from typing import Protocol
@@ -29,8 +29,15 @@ class ModelAdapter(Protocol):
 
     def animate(
         self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        """Animated frames (N, 3, H, W) for driving frames (N, 3, H, W) and their keypoints."""
+    ) -> dict[str, torch.Tensor]:
+        """For driving frames (N, 3, H, W) and their keypoints: `prediction`, the animated frames
+        (N, 3, H, W), and, where the model has them, the motion paste-back moves the photo by:
+        `deformation` (N, h, w, 2), a grid into the source, and `occlusion_map` (N, 1, h, w), 1 where
+        the warped source is shown."""
+
+    def still(self, state: SourceState) -> dict[str, torch.Tensor]:
+        """`animate`'s output for the source itself with no motion (batch of 1): what paste-back
+        compares every frame with."""
 
 
 def model_adapter(model: nn.Module, device: str) -> ModelAdapter:

@@ -33,7 +33,7 @@ class FommAdapter:
 
     def animate(
         self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    ) -> dict[str, torch.Tensor]:
         relative = state.mode == "relative"
         kp_norm = normalize_kp(
             state.kp_source,
@@ -43,7 +43,15 @@ class FommAdapter:
             use_relative_movement=relative,
             use_relative_jacobian=relative,
         )
-        n = frames.shape[0]
+        return self._generate(state, kp_norm)
+
+    def still(self, state: SourceState) -> dict[str, torch.Tensor]:
+        return self._generate(state, state.kp_source)
+
+    def _generate(self, state: SourceState, kp_norm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The generator's prediction and, with a dense motion network, its deformation and occlusion."""
+        n = kp_norm["value"].shape[0]
         kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
         generator = self.generator(state.precision)
-        return generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)["prediction"]
+        out = generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
+        return {key: out[key] for key in ("prediction", "deformation", "occlusion_map") if key in out}

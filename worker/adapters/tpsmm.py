@@ -80,15 +80,35 @@ class TpsmmAdapter:
 
     def animate(
         self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    ) -> dict[str, torch.Tensor]:
         n = frames.shape[0]
         source: TpsmmSource = state.features.expand(n)
         kp_source = {"fg_kp": state.kp_source["fg_kp"].expand(n, -1, -1)}
         bg_param = None
         if source.background is not None:
             bg_param = self.model.bg_predictor.predict(source.background, frames)
+        return self._generate(state, source, self.transfer(state, kp_source, kp_driving), kp_source, bg_param)
+
+    def still(self, state: SourceState) -> dict[str, torch.Tensor]:
+        """The source driven by its own keypoints, background unmoved."""
+        kp_source = {"fg_kp": state.kp_source["fg_kp"]}
+        return self._generate(state, state.features, kp_source, kp_source, None)
+
+    def _generate(
+        self,
+        state: SourceState,
+        source: TpsmmSource,
+        kp_driving: dict[str, torch.Tensor],
+        kp_source: dict[str, torch.Tensor],
+        bg_param: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """The prediction, the deformation and the finest occlusion mask (the one that chooses between
+        the warped source and the in-painted pixels)."""
         dense_motion, inpainting = self.networks(state.precision)
-        motion = dense_motion.predict(
-            source.small, self.transfer(state, kp_source, kp_driving), kp_source, bg_param, source.heatmap
-        )
-        return inpainting.decode(source.image, source.encoder_maps, motion)["prediction"]
+        motion = dense_motion.predict(source.small, kp_driving, kp_source, bg_param, source.heatmap)
+        out = inpainting.decode(source.image, source.encoder_maps, motion)
+        return {
+            "prediction": out["prediction"],
+            "deformation": motion["deformation"],
+            "occlusion_map": out["occlusion_map"][-1],
+        }

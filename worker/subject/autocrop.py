@@ -107,6 +107,23 @@ def analysis_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def _largest_face(image: np.ndarray) -> Box | None:
+    """The largest face both cascades agree on in an (h, w, 3) uint8 image at analysis size."""
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    smallest = max(20.0, min(gray.shape) / 20)
+    faces = FaceDetector().confirmed(gray, FaceDetector(FRONTAL_ALT), min_side=smallest)
+    return faces[0] if faces else None
+
+
+def image_face(image: np.ndarray) -> Box | None:
+    """The largest face in an (H, W, 3) uint8 image, in its pixels, as image_crop finds it."""
+    height, width = image.shape[:2]
+    size = analysis_size(width, height)
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (width, height) else image
+    face = _largest_face(small)
+    return None if face is None else face.scaled(width / size[0], height / size[1])
+
+
 def image_crop(image: np.ndarray, kind: Kind = "auto") -> tuple[Literal["face", "body", "none"], Box]:
     """The crop for a single image ((H, W, 3) uint8) and the framing chosen.
 
@@ -117,11 +134,7 @@ def image_crop(image: np.ndarray, kind: Kind = "auto") -> tuple[Literal["face", 
     size = analysis_size(width, height)
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (width, height) else image
     fx, fy = width / size[0], height / size[1]
-    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    faces = FaceDetector().confirmed(
-        gray, FaceDetector(FRONTAL_ALT), min_side=max(20.0, min(gray.shape) / 20)
-    )
-    face = faces[0] if faces else None
+    face = _largest_face(small)
     if face is None:
         return "none", centre_square(width, height)
     chosen = choose_kind(kind, face.h * fy, height)

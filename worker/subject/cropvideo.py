@@ -3,10 +3,10 @@
 import contextlib
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from worker.errors import RenderError, StorageError
+from worker.progress import ProgressCallback, ProgressModel
 from worker.subject.autocrop import CropPlan, Kind, video_crop
 from worker.subject.cutout import cut_out
 from worker.video_io import Mp4Writer, probe_video, read_frames
@@ -19,7 +19,7 @@ def crop_video(
     kind: Kind = "auto",
     size: int = 512,
     audio: bool = True,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> CropPlan:
     """Crops every frame of `in_path` to its box and writes a size x size MP4 to `out_path`.
 
@@ -29,11 +29,10 @@ def crop_video(
     """
     in_path, out_path = Path(in_path), Path(out_path)
     info = probe_video(in_path)
-    total = 2 * info.frames  # analysis pass, then the writing pass
+    progress = ProgressModel([("analysing", info.frames), ("encoding", info.frames)], on_progress)
 
     def analysed(index: int) -> None:
-        if on_progress is not None:
-            on_progress(index + 1, max(total, index + 1))
+        progress.update("analysing", index + 1, max(info.frames, index + 1))
 
     plan = video_crop(in_path, info, kind, analysed)
     tmp_video = _partial(out_path)
@@ -44,7 +43,7 @@ def crop_video(
         try:
             for index, frame in enumerate(read_frames(in_path, info.height, info.width)):
                 writer.write(cut_out(frame, plan.box(index), size, size))
-                analysed(len(plan.boxes) + index)
+                progress.update("encoding", index + 1, max(len(plan.boxes), index + 1))
         except BaseException:
             with contextlib.suppress(RenderError):
                 writer.close()

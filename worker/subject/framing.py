@@ -12,13 +12,14 @@ crop:
 - "x,y,w,h": the source image is cut at that box (integer source pixels, inside the image); the
   driving video is cropped as with "auto".
 
-paste_back (default off): the rendered square is composited back into the full source image with a
-feathered edge, so the video has the source's size (trimmed to even sides for H.264) and
-background. Off by default because the animated region then has the model's resolution inside a
-possibly much sharper photo, and the video is as large as the photo. It needs a crop, and `size`
-does not apply to it.
+paste_back (default off): the rendered square is composited back into the full source image, so
+the video has the source's size (trimmed to even sides for H.264) and background: the photo's own
+pixels wherever the animation leaves them unchanged, its detail moved along where the animation
+moves them, and no border (worker/subject/paste.py). Off by default because the video is then as
+large as the photo. It needs a crop, and `size` does not apply to it.
 """
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from worker.errors import RenderCanceled, RenderError
 from worker.subject.autocrop import KINDS, CropPlan, Kind, image_crop, video_crop
 from worker.subject.box import Box, parse_box
 from worker.subject.cutout import cut_out
-from worker.subject.paste import Paster
+from worker.subject.paste import ModelFrame, Paster
 from worker.video_io import VideoInfo, read_frames, resize_image
 
 CROPS = ("auto", "none", *KINDS[1:])
@@ -63,10 +64,13 @@ class Framing:
         self.driving_path = driving_path
         self.info = info
         self.driving_plan = driving_plan  # None or whole_frame: the whole frames, resized
-        self.paster = None
-        if paste_back:
-            height, width = source.shape[:2]
-            self.paster = Paster(source, source_box or Box(0, 0, width, height))
+        self.pastes = paste_back
+        self.paster: Paster | None = None  # made by prepare_paste
+
+    def prepare_paste(self, still: ModelFrame) -> None:
+        """Readies paste-back with the model's rendering of the source with no motion."""
+        height, width = self.source.shape[:2]
+        self.paster = Paster(self.source, self.source_box or Box(0, 0, width, height), still)
 
     def source_input(self, height: int, width: int) -> np.ndarray:
         """The source as the model takes it, (height, width, 3) uint8."""
@@ -74,26 +78,29 @@ class Framing:
             return resize_image(self.source, height, width)
         return cut_out(self.source, self.source_box, width, height)
 
-    def driving_frames(self, height: int, width: int) -> Iterator[np.ndarray]:
-        """The driving frames as the model takes them, (height, width, 3) uint8 each."""
+    def driving_frames(self, height: int, width: int, step: int = 1) -> Iterator[np.ndarray]:
+        """Every `step`-th driving frame as the model takes it, (height, width, 3) uint8 each."""
         plan = self.driving_plan
         if plan is None or plan.whole_frame:
-            yield from read_frames(self.driving_path, height, width)
+            yield from itertools.islice(read_frames(self.driving_path, height, width), 0, None, step)
             return
         frames = read_frames(self.driving_path, self.info.height, self.info.width)
         for index, frame in enumerate(frames):
-            yield cut_out(frame, plan.box(index), width, height)
+            if index % step == 0:
+                yield cut_out(frame, plan.box(index), width, height)
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the output frames for a model rendering width x height."""
-        if self.paster is None:
+        if not self.pastes:
             return width, height
         return self.source.shape[1], self.source.shape[0]
 
-    def finish(self, rendered: np.ndarray) -> np.ndarray:
-        """(N, h, w, 3) rendered frames -> the frames to encode (pasted back when asked)."""
-        if self.paster is None:
+    def finish(self, rendered: np.ndarray | list[ModelFrame]) -> np.ndarray:
+        """Rendered frames ((N, h, w, 3) uint8; with paste-back, ModelFrames) -> the frames to encode."""
+        if not self.pastes:
             return rendered
+        if self.paster is None:
+            raise RuntimeError("paste-back needs prepare_paste(still) before the first frame")
         return np.stack([self.paster(frame) for frame in rendered])
 
 

@@ -30,8 +30,10 @@ class AVDNetwork(nn.Module):
         self.decoder = _mlp([pose_bottle_size + id_bottle_size, 1024, 512, 256, points])
 
     def forward(self, kp_source: dict[str, torch.Tensor], kp_random: dict[str, torch.Tensor]) -> dict:
-        """Keypoints {"fg_kp": (N, 5K, 2)} of the source and the driving frames -> the driving pose
-        on the source's identity, same shape. Batch sizes must agree."""
+        """The driving pose on the source's identity, {"fg_kp": (N, 5K, 2)}.
+
+        kp_source and kp_random: {"fg_kp": (N, 5K, 2)} of the source and of the driving frames.
+        """
         n = kp_source["fg_kp"].shape[0]
         pose = self.pose_encoder(kp_random["fg_kp"].reshape(n, -1))
         identity = self.id_encoder(kp_source["fg_kp"].reshape(n, -1))
