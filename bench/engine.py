@@ -2,21 +2,26 @@
 and for TPSMM (the widths of the published TPSMM vox-256: 10 thin-plate splines).
 
 Each measurement runs in its own process so its peak memory is its own. Prints a Markdown table:
-seconds per frame, frames per second, GFLOP per frame, achieved GFLOP/s against this machine's
-measured matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the whole
-`animate render` process on a clip against the plain per-frame float32 loop (the published
-demo's way). On a GPU the batch-1 row is the single-stream latency, and the engine rows include
-the driving frames' trip from host memory (uint8, pinned), as in a job.
+seconds per frame (wall and CPU), frames per second, GFLOP per frame (the published loop's and our
+path's, counted through the fused convolutions), achieved GFLOP/s against this machine's measured
+matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the fixed cost of a run
+(model load; a whole `animate render` of a 1-frame clip: start-up to the first frame written), and
+the whole `animate render` process on a clip, for FOMM raced against the published demo's way as a
+whole process (bench/reference_demo.py), interleaved in one run. CPU seconds are reported next to
+wall seconds: on a shared machine they move much less with the load. bf16 rows run only where the
+CPU has native bf16 (on others PyTorch falls back to a slow loop). On a GPU the batch-1 row is the
+single-stream latency, and the engine rows include the driving frames' trip from host memory
+(uint8, pinned), as in a job.
 
-    .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--quick]
+    .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
         [--families fomm,tpsmm] [--clip-frames 60]
 """
 
 import argparse
 import json
 import os
-import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,18 +85,24 @@ def synchronize(device: str) -> None:
 
 
 def precisions_for(device: str, quick: bool) -> tuple[str, ...]:
+    """fp32, and the low precisions this device runs natively."""
+    from worker.hardware import native_bf16
+
     if quick:
         return ("fp32",)
-    return ("fp32", "bf16", "fp16") if device == "cuda" else ("fp32", "bf16")
+    if device == "cuda":
+        return ("fp32", "bf16", "fp16")
+    return ("fp32", "bf16") if native_bf16() else ("fp32",)
 
 
 def device_name(device: str) -> str:
     import torch
 
+    from worker.hardware import describe_cpu
+
     if device == "cuda":
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+        return f"{torch.cuda.get_device_name()}; host CPU {describe_cpu()}"
+    return describe_cpu()
 
 
 def vox_model(family: str = "fomm"):
@@ -146,19 +157,40 @@ def measure_matmul_peak(device: str, precisions: tuple[str, ...]) -> dict:
     return out
 
 
-def gflop_per_frame(family: str) -> float:
-    """Our path's work per frame (the Renderer's step for one frame, source work excluded)."""
+def _pointwise_conv_flops(x_shape, *shapes, out_shape=None, **_) -> int:
+    """FLOPs of oneDNN's fused convolutions (worker/fused.py), which FlopCounterMode does not know."""
+    import torch
+    from torch.utils.flop_counter import conv_flop_count
+
+    binary = len(shapes) > 1 and all(
+        isinstance(s, (tuple, list, torch.Size)) and len(s) == 4 for s in shapes[:2]
+    )
+    weight = shapes[1] if binary else shapes[0]  # binary: (x, other, weight, ...); else (x, weight, ...)
+    return conv_flop_count(x_shape, weight, out_shape, transposed=False)
+
+
+def gflop_per_frame(family: str, prepared: bool) -> float:
+    """GFLOP per frame: the published loop's (keypoints and the whole model each frame), or,
+    `prepared`, our path's (the Renderer's step: source work done once, the model folded and fused)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from worker.pipeline import Renderer
 
-    renderer = Renderer(vox_model(family))
-    state = renderer.prepare_source(torch.rand(1, 3, 256, 256))
-    frame = torch.rand(1, 3, 256, 256)
-    renderer.animate_batch(state, frame)  # sets the initial frame
-    with FlopCounterMode(display=False) as counter:
-        renderer.animate_batch(state, frame)
+    custom = {torch.ops.mkldnn._convolution_pointwise: _pointwise_conv_flops}
+    model = vox_model(family)
+    source, frame = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        if not prepared:
+            kp_source = model.kp_detector(source)
+            with FlopCounterMode(display=False) as counter:
+                published_frame(model, source, kp_source, kp_source, frame)
+            return counter.get_total_flops() / 1e9
+        renderer = Renderer(model)
+        state = renderer.prepare_source(source)
+        renderer.animate_batch(state, frame)  # sets the initial frame
+        with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+            renderer.animate_batch(state, frame)
     return counter.get_total_flops() / 1e9
 
 
@@ -175,11 +207,11 @@ def run_plain_loop(family: str, frames: int, device: str) -> dict:
         kp_initial = model.kp_detector(driving[:1])
         published_frame(model, source, kp_source, kp_initial, driving[:1])  # warm-up
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for t in range(1, frames + 1):
             published_frame(model, source, kp_source, kp_initial, driving[t : t + 1]).cpu()
-        seconds = time.perf_counter() - start
-    return {"seconds_per_frame": seconds / frames, "peak_mb": peak_mb(device)}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"seconds_per_frame": seconds / frames, "cpu_per_frame": cpu / frames, "peak_mb": peak_mb(device)}
 
 
 def run_engine(family: str, frames: int, batch: int, precision: str, device: str) -> dict:
@@ -202,11 +234,24 @@ def run_engine(family: str, frames: int, batch: int, precision: str, device: str
         for _ in range(3 if device == "cuda" else 1):  # warm-up (and the initial frame)
             to_frames(renderer.animate_batch(state, to_tensor(driving, device)))
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(batches):
             to_frames(renderer.animate_batch(state, to_tensor(driving, device)))
-        seconds = time.perf_counter() - start
-    return {"seconds_per_frame": seconds / (batches * batch), "peak_mb": peak_mb(device)}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    frames = batches * batch
+    return {"seconds_per_frame": seconds / frames, "cpu_per_frame": cpu / frames, "peak_mb": peak_mb(device)}
+
+
+def run_model_load(checkpoint: str, device: str) -> dict:
+    """A worker's or the CLI's model load: the checkpoint read and checked, then prepared."""
+    import torch  # noqa: F401  (imported before the clock starts: start-up is measured separately)
+
+    from worker.models import load_checkpoint
+    from worker.pipeline import Renderer
+
+    start, cpu = time.perf_counter(), time.process_time()
+    Renderer(load_checkpoint(checkpoint, device=device), device)
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
 
 
 def child(args: list[str], device: str) -> dict:
@@ -228,22 +273,112 @@ def make_clip(path: Path, frames: int) -> None:
     writer.close()
 
 
-def whole_process(family: str, precision: str, workdir: Path, device: str) -> float:
-    checkpoint, clip, image = workdir / f"{family}.pth.tar", workdir / "clip.mp4", workdir / "source.png"
-    cmd = [
-        sys.executable, "-m", "worker.cli", "render", "--source", str(image), "--driving", str(clip),
-        "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{family}-{precision}.mp4"),
-        "--precision", precision, "--crop", "none", "--device", device,
-    ]  # fmt: skip
+def timed_process(cmd: list[str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of a child process run to its end."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def render_command(workdir: Path, family: str, clip: str, precision: str, device: str) -> list[str]:
+    return [
+        sys.executable, "-m", "worker.cli", "render", "--source", str(workdir / "source.png"),
+        "--driving", str(workdir / clip), "--checkpoint", str(workdir / f"{family}.pth.tar"),
+        "--out", str(workdir / f"out-{family}-{precision}.mp4"), "--precision", precision, "--crop", "none",
+        "--device", device,
+    ]  # fmt: skip
+
+
+def reference_command(workdir: Path) -> list[str]:
+    """The published FOMM demo's way (bench/reference_demo.py); TPSMM has no such baseline here."""
+    return [
+        sys.executable, str(ROOT / "bench" / "reference_demo.py"),
+        "--checkpoint", str(workdir / "fomm.pth.tar"), "--source", str(workdir / "source.png"),
+        "--driving", str(workdir / "clip.mp4"),
+        "--out", str(workdir / "out-reference.mp4"),
+    ]  # fmt: skip
+
+
+def make_inputs(workdir: Path, families: list[str], clip_frames: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from worker.models import save_checkpoint
+
+    for family in families:
+        save_checkpoint(workdir / f"{family}.pth.tar", vox_model(family))
+    make_clip(workdir / "clip.mp4", clip_frames)
+    make_clip(workdir / "one.mp4", 1)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
+        workdir / "source.png"
+    )
+
+
+def print_fixed_cost(workdir: Path, families: list[str], device: str, repeat: int) -> None:
+    print("\n| fixed cost of a run (median of runs) | wall s | CPU s |")
+    print("|---|---|---|")
+    for family in families:
+        loads = [child(["load", family, str(workdir / f"{family}.pth.tar")], device) for _ in range(repeat)]
+        starts = [
+            timed_process(render_command(workdir, family, "one.mp4", "fp32", device)) for _ in range(repeat)
+        ]
+        print(
+            f"| {family} model load: checkpoint read and checked, folded, fused, channels-last "
+            f"| {statistics.median(r['seconds'] for r in loads):.2f} "
+            f"| {statistics.median(r['cpu'] for r in loads):.2f} |"
+        )
+        print(
+            f"| {family} whole `animate render` of a 1-frame clip: start-up, imports, load, ffmpeg, "
+            f"first frame written | {statistics.median(w for w, _ in starts):.2f} "
+            f"| {statistics.median(c for _, c in starts):.2f} |"
+        )
+
+
+def print_whole_process(
+    workdir: Path, families: list[str], device: str, precisions: tuple[str, ...], repeat: int, frames: int
+) -> None:
+    """Ours against the published demo's way (FOMM), whole processes, interleaved run by run."""
+    names = (["reference"] if "fomm" in families else []) + [(f, p) for f in families for p in precisions]
+    runs: dict = {name: [] for name in names}
+    for _ in range(repeat):
+        for name in names:
+            cmd = (
+                reference_command(workdir)
+                if name == "reference"
+                else render_command(workdir, *name, "clip.mp4")
+            )
+            runs[name].append(timed_process(cmd))
+    reference = runs.get("reference")
+    print(
+        f"\n| whole process, {frames} frames 256x256, {repeat} run(s) each, interleaved | wall s (median) "
+        "| CPU s | reference / ours, wall | reference / ours, CPU | runs, wall s |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, values in runs.items():
+        wall = statistics.median(w for w, _ in values)
+        cpu = statistics.median(c for _, c in values)
+        if name == "reference":
+            label = "fomm, published demo's way (bench/reference_demo.py)"
+        else:
+            label = f"{name[0]}, `animate render --precision {name[1]}`"
+        if reference is not None and (name == "reference" or name[0] == "fomm"):
+            ref_wall = statistics.median(w for w, _ in reference)
+            ref_cpu = statistics.median(c for _, c in reference)
+            ratios = f"{ref_wall / wall:.2f}x | {ref_cpu / cpu:.2f}x"
+        else:
+            ratios = "- | -"
+        each = " ".join(f"{w:.1f}" for w, _ in values)
+        print(f"| {label} | {wall:.1f} | {cpu:.1f} | {ratios} | {each} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each whole process (medians)")
     parser.add_argument("--child", nargs="+")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only (also its peak)")
     parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: fomm, tpsmm")
@@ -257,8 +392,10 @@ def main() -> None:
             result = run_plain_loop(family, int(rest[0]), device)
         elif kind == "engine":
             result = run_engine(family, int(rest[0]), int(rest[1]), rest[2], device)
+        elif kind == "load":
+            result = run_model_load(rest[0], device)
         elif kind == "gflop":
-            result = {"gflop": gflop_per_frame(family)}
+            result = {"plain": gflop_per_frame(family, prepared=False), "ours": gflop_per_frame(family, True)}
         elif kind == "peak":
             precisions = precisions_for(device, quick=rest[0] == "quick")
             result = {"peak": measure_matmul_peak(device, precisions), "device": device_name(device)}
@@ -275,55 +412,47 @@ def main() -> None:
             sys.exit("bench: --device cuda: no CUDA device is available")
     machine = child(["peak", "-", "quick" if args.quick else "full"], device)
     peak = machine["peak"]
-    gflop = {family: child(["gflop", family], device)["gflop"] for family in families}
-    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d')}, {device}: {machine['device']}")
-    gflops = ", ".join(f"{family} {gflop[family]:.1f}" for family in families)
+    gflop = {family: child(["gflop", family], device) for family in families}
+    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {device}: {machine['device']}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    gflops = ", ".join(
+        f"{f} {gflop[f]['plain']:.1f} published loop, {gflop[f]['ours']:.1f} ours" for f in families
+    )
     peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
-    print(f"matmul peak: {peaks}; GFLOP per frame (our path): {gflops}\n")
-    print("| model | path | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"matmul peak: {peaks}; GFLOP per frame: {gflops}\n")
+    print(
+        "| model | path | batch | precision | s/frame | CPU s/frame | frames/s | GFLOP/s | % of peak "
+        "| peak MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
     precisions = precisions_for(device, args.quick)
-    plain = {}
     for family in families:
-        plain[family] = child(["plain", family, str(args.frames)], device)
-        spf, mb = plain[family]["seconds_per_frame"], plain[family]["peak_mb"]
+        plain = child(["plain", family, str(args.frames)], device)
+        spf = plain["seconds_per_frame"]
         print(
-            f"| {family} | plain per-frame loop | 1 | fp32 | {spf:.3f} | {1 / spf:.2f} | - | - | {mb:.0f} |"
+            f"| {family} | plain per-frame loop | 1 | fp32 | {spf:.3f} | {plain['cpu_per_frame']:.3f} "
+            f"| {1 / spf:.2f} | - | - | {plain['peak_mb']:.0f} |"
         )
         for precision in precisions:
             for batch in batches:
                 r = child(["engine", family, str(max(args.frames, batch)), str(batch), precision], device)
                 spf = r["seconds_per_frame"]
-                achieved = gflop[family] / spf
+                achieved = gflop[family]["ours"] / spf
                 print(
-                    f"| {family} | engine | {batch} | {precision} | {spf:.3f} | {1 / spf:.2f} | "
-                    f"{achieved:.0f} | {100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
+                    f"| {family} | engine | {batch} | {precision} | {spf:.3f} | {r['cpu_per_frame']:.3f} "
+                    f"| {1 / spf:.2f} | {achieved:.0f} | {100 * achieved / peak[precision]:.0f}% "
+                    f"| {r['peak_mb']:.0f} |"
                 )
-    baselines = ", ".join(f"{family} {plain[family]['seconds_per_frame']:.3f}" for family in families)
-    print(f"\nin-run baseline, plain loop s/frame: {baselines}")
+    if "bf16" not in precisions and device == "cpu" and not args.quick:
+        print("\nbf16: not measured, this CPU has no native bf16 (AVX-512 BF16 or AMX)")
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        import numpy as np
-        from PIL import Image
-
-        from worker.models import save_checkpoint
-
-        for family in families:
-            save_checkpoint(workdir / f"{family}.pth.tar", vox_model(family))
-        make_clip(workdir / "clip.mp4", args.clip_frames)
-        Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
-            workdir / "source.png"
-        )
-        n = args.clip_frames
-        print(f"\n| whole `animate render` process, {n} frames 256x256 | seconds | vs plain loop x {n} |")
-        print("|---|---|---|")
-        for family in families:
-            for precision in precisions:
-                seconds = whole_process(family, precision, workdir, device)
-                ratio = plain[family]["seconds_per_frame"] * n / seconds
-                print(f"| {family} --precision {precision} | {seconds:.1f} | {ratio:.2f}x |")
+        make_inputs(workdir, families, args.clip_frames)
+        print_fixed_cost(workdir, families, device, args.repeat)
+        print_whole_process(workdir, families, device, precisions, args.repeat, args.clip_frames)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import httpx
+if TYPE_CHECKING:  # imported where a request is made: `animate render` does not pay for httpx
+    import httpx
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -88,7 +89,7 @@ class ProgressLine:
             self.stream.flush()
 
 
-def _error_of(response: httpx.Response) -> str:
+def _error_of(response: "httpx.Response") -> str:
     try:
         error = response.json()["error"]
         return f"{error['message']} ({error['code']})"
@@ -117,7 +118,7 @@ def form_fields(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def _post(client: httpx.Client, source: Path, driving: Path, fields: dict[str, str]) -> dict[str, Any]:
+def _post(client: "httpx.Client", source: Path, driving: Path, fields: dict[str, str]) -> dict[str, Any]:
     with source.open("rb") as image, driving.open("rb") as video:
         files = {"source": (source.name, image), "driving": (driving.name, video)}
         response = client.post("/animate", data=fields, files=files)
@@ -132,7 +133,7 @@ def _post(client: httpx.Client, source: Path, driving: Path, fields: dict[str, s
 
 
 def _wait(
-    client: httpx.Client, job: dict[str, Any], timeout: float, on_update: Callable, poll_interval: float
+    client: "httpx.Client", job: dict[str, Any], timeout: float, on_update: Callable, poll_interval: float
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while job["status"] in ("queued", "started"):
@@ -149,7 +150,7 @@ def _wait(
     return job
 
 
-def _download(client: httpx.Client, job: dict[str, Any], out: Path) -> None:
+def _download(client: "httpx.Client", job: dict[str, Any], out: Path) -> None:
     partial = out.with_name(f".{out.name}.download")
     try:
         # With an object store the API may redirect to a presigned URL; httpx drops the Authorization
@@ -178,6 +179,8 @@ def submit_job(
     api_key: str | None = None,
 ) -> dict[str, Any]:
     """The whole client flow; returns the finished job resource. SubmitError says what went wrong."""
+    import httpx
+
     for role, path in (("source", source), ("driving", driving)):
         if not path.is_file():
             raise SubmitError(f"--{role}: no such file: {path}", EXIT_BAD_INPUT)

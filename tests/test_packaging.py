@@ -151,9 +151,11 @@ def test_precision_defaults_follow_the_device_and_can_be_chosen():
     from pydantic import ValidationError
 
     from contract.settings import Settings
+    from worker.hardware import default_precision, native_bf16
 
-    assert Settings(worker_device="cpu").render_precision == "fp32"
-    assert Settings(worker_device="cuda").render_precision == "bf16"
-    assert Settings(worker_device="cpu", precision="bf16").render_precision == "bf16"
+    assert Settings().precision is None  # unset: the worker resolves it for its device
+    assert Settings(worker_device="cpu", precision="bf16").precision == "bf16"
+    assert default_precision("cuda") == "bf16"
+    assert default_precision("cpu") == ("bf16" if native_bf16() else "fp32")
     with pytest.raises(ValidationError):
         Settings(precision="fp8")

@@ -5,6 +5,7 @@ Errors about inputs print one line on stderr and exit with status 2; no output f
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
@@ -148,25 +149,43 @@ def _render(args: argparse.Namespace) -> int:
     if problem is not None:
         return _fail(problem)
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.errors import RenderError
+    from worker.video_io import load_image, probe_video
+
+    # The inputs are read and probed (ffmpeg processes) while torch loads and the model is prepared.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        inputs = pool.submit(lambda: (load_image(args.source), probe_video(args.driving)))
+        try:
+            return _render_loaded(args, inputs.result)
+        except RenderError as exc:
+            return _fail(str(exc))
+
+
+def _render_loaded(args: argparse.Namespace, inputs: Callable[[], tuple]) -> int:
+    import torch
     from pydantic import ValidationError
 
     from contract.options import first_error
     from worker.errors import RenderError
+    from worker.hardware import default_precision, native_bf16
     from worker.models import CheckpointError, load_checkpoint
     from worker.pipeline import Renderer, RenderOptions
     from worker.progress import ProgressBar
-    from worker.video_io import load_image, probe_video
 
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            return _fail("--device cuda: no CUDA device is available")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _fail("--device cuda: no CUDA device is available")
     out = Path(args.out)
     poster = Path(args.poster) if args.poster else None
     extension = out.suffix.lower().lstrip(".")
     output_format = args.format or (extension if extension in OUTPUT_FORMATS else "mp4")
-    precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    precision = args.precision or default_precision(args.device)
+    if args.device == "cpu" and precision == "bf16" and not native_bf16():
+        print(
+            "animate: warning: this CPU has no native bf16 (AVX-512 BF16 or AMX): fp32 is faster",
+            file=sys.stderr,
+        )
     try:
         options = RenderOptions(
             mode=args.mode,
@@ -189,10 +208,13 @@ def _render(args: argparse.Namespace) -> int:
         return _fail(first_error(exc)[1])
     bar = ProgressBar()
     try:
-        image = load_image(args.source)
-        info = probe_video(args.driving)
-        model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
+        try:
+            model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
+        except CheckpointError:
+            inputs()  # a bad input is reported first, as when the inputs were read before the model
+            raise
         renderer = Renderer(model, args.device)
+        image, info = inputs()
         result = renderer.render(image, args.driving, out, options, bar, info=info, poster_path=poster)
     except (RenderError, CheckpointError) as exc:
         bar.close()

@@ -32,6 +32,7 @@ from contract.settings import Settings
 from contract.storage import DRIVING, POSTER, SOURCE, JobStore, StorageError, result_name
 from worker.catalog import LoadedModel
 from worker.errors import InvalidVideo, RenderCanceled, RenderError
+from worker.hardware import default_precision
 from worker.pipeline import RenderOptions, RenderResult
 from worker.progress import Progress
 from worker.video_io import load_image, probe_video
@@ -130,7 +131,7 @@ def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: P
         **request.options.model_dump(),
         batch_size=settings.batch_size,
         device=settings.worker_device,
-        precision=settings.render_precision,
+        precision=settings.precision or default_precision(settings.worker_device),
     )
     image = load_image(inputs[SOURCE], settings.max_pixels)
     info = probe_video(inputs[DRIVING], settings.max_driving_pixels)

@@ -5,7 +5,8 @@ import copy
 import torch
 from torch import nn
 
-from worker.models.blocks import ResBlock2d, SameBlock2d
+from worker.fused import ConvReLU, DownConvReLU, PreActResidual, UpsampleConvReLU
+from worker.models.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
 from worker.models.generator import Generator
 from worker.models.tpsmm.dense_motion import DenseMotionNetwork
 from worker.models.tpsmm.inpainting import InpaintingNetwork
@@ -58,10 +59,40 @@ def fold_batch_norm(model: nn.Module) -> int:
     return folded
 
 
+def _fused(block: nn.Module) -> nn.Module | None:
+    """The fused equivalent of a block whose batch norms are folded, or None to keep it as it is."""
+    kind = type(block)
+    if kind in (SameBlock2d, DownBlock2d, UpBlock2d) and isinstance(block.norm, nn.Identity):
+        if kind is SameBlock2d:
+            return ConvReLU(block.conv, relu=True)
+        if kind is DownBlock2d:
+            return DownConvReLU(block.conv)
+        if block.conv.kernel_size == (3, 3) and block.conv.padding == (1, 1):
+            return UpsampleConvReLU(block.conv)
+    if kind is ResBlock2d and isinstance(block.norm2, nn.Identity):
+        return PreActResidual(block.norm1, block.conv1, block.conv2)
+    return None
+
+
+@torch.no_grad()
+def fuse_for_inference(model: nn.Module) -> int:
+    """Replace folded blocks by worker/fused.py's (ReLU and residual sums inside the convolution,
+    upsampling inside the next convolution), in place. Returns how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            fused = _fused(child)
+            if fused is not None:
+                setattr(parent, name, fused)
+                replaced += 1
+    return replaced
+
+
 def prepare_for_inference(model: nn.Module, device: str) -> nn.Module:
-    """Eval mode, batch norm folded, channels-last weights on `device`; modifies `model` in place."""
+    """Eval mode, batch norm folded, blocks fused, channels-last weights on `device`; in place."""
     model.eval()
     fold_batch_norm(model)
+    fuse_for_inference(model)
     return model.to(device=device, memory_format=torch.channels_last)
 
 
@@ -79,20 +110,29 @@ class LowPrecision(nn.Module):
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.to(self.dtype)).float()
+        layout = torch.channels_last if x.dim() == 4 else torch.preserve_format
+        return self.module(x.to(self.dtype, memory_format=layout)).float()
 
 
 def low_precision_generator(generator: Generator, dtype: torch.dtype) -> Generator:
-    """A copy of `generator` whose convolution stacks run in `dtype`; keypoint geometry stays fp32."""
-    lowered = copy.deepcopy(generator)
-    lowered.first = LowPrecision(lowered.first, dtype)
-    lowered.down_blocks = nn.ModuleList(LowPrecision(b, dtype) for b in lowered.down_blocks)
-    lowered.bottleneck = LowPrecision(lowered.bottleneck, dtype)
-    lowered.up_blocks = nn.ModuleList(LowPrecision(b, dtype) for b in lowered.up_blocks)
-    lowered.final = LowPrecision(lowered.final, dtype)
-    if lowered.dense_motion_network is not None:
-        motion = lowered.dense_motion_network
-        motion.hourglass = LowPrecision(motion.hourglass, dtype)
+    """A copy of `generator` whose encoder and decoder stacks run in `dtype`.
+
+    Each stack is cast in once and out once: the encoder (first block and down blocks, the source
+    only) and the decoder (bottleneck, up blocks and final convolution) become one LowPrecision
+    each, in the places of `first` and `bottleneck`, and the generator's loops over the parts they
+    absorbed find them empty. The dense motion network, which makes the flows, is shared with
+    `generator` and stays float32 like keypoints and grid sampling: in bf16 its flows moved by up
+    to 0.5 px on the small reference model (docs/BENCHMARKS.md).
+    """
+    motion = generator.dense_motion_network
+    lowered = copy.deepcopy(generator, memo={id(motion): motion})
+    lowered.first = LowPrecision(nn.Sequential(lowered.first, *lowered.down_blocks), dtype)
+    lowered.down_blocks = nn.ModuleList()
+    lowered.bottleneck = LowPrecision(
+        nn.Sequential(lowered.bottleneck, *lowered.up_blocks, lowered.final), dtype
+    )
+    lowered.up_blocks = nn.ModuleList()
+    lowered.final = nn.Identity()
     return lowered
 
 

@@ -201,7 +201,8 @@ class AntiAliasDownsample(nn.Module):
         size = antialias_kernel_size(scale)
         self.pad_before = size // 2
         self.pad_after = self.pad_before - 1 if size % 2 == 0 else self.pad_before
-        coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+        # on the CPU even when the module is built on the meta device (the loader replaces the values)
+        coords = torch.arange(size, dtype=torch.float32, device="cpu") - (size - 1) / 2
         bump = torch.exp(-(coords**2) / (2 * sigma**2))
         kernel = bump.view(-1, 1) * bump.view(1, -1)
         kernel = kernel / kernel.sum()

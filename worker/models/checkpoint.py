@@ -183,7 +183,7 @@ def _load_file(path: Path) -> tuple[str, dict[str, dict], dict]:
     only tensors.
 
     Files in the zip format are memory-mapped, so optimizer states and other parts that are never
-    used are never read into memory; only what the networks copy is.
+    used are never read into memory; the networks' tensors become the mapped ones (`load_state`).
     """
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -223,7 +223,8 @@ def _load_fomm(path: Path, parts: dict[str, dict], data: dict, config, frame_sha
         inferred = _merge(inferred, stored)
     if config is not None:
         inferred = _merge(inferred, config if isinstance(config, dict) else read_config(config))
-    model = build_model(inferred, frame_shape)
+    with torch.device("meta"):  # no memory and no random initialisation for weights about to be replaced
+        model = build_model(inferred, frame_shape)
     load_state(model.kp_detector, kp_state, "kp_detector")
     load_state(model.generator, gen_state, "generator")
     return model

@@ -88,6 +88,8 @@ class DenseMotion(nn.Module):
         sparse_deformed = warp(repeated, motions.reshape(n * k1, h, w, 2)).view(n, k1, c, h, w)
 
         features = torch.cat([heatmaps, sparse_deformed], dim=2).view(n, -1, h, w)
+        # channels-last, the convolutions' layout: else each reader of it or its skip copies converts it
+        features = features.contiguous(memory_format=torch.channels_last)
         prediction = self.hourglass(features)
         mask = F.softmax(self.mask(prediction), dim=1)  # (N, K+1, h, w)
         deformation = (motions * mask.unsqueeze(-1)).sum(dim=1)  # (N, h, w, 2)

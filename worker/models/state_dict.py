@@ -67,7 +67,9 @@ def hourglass_params(state: dict, prefix: str) -> dict:
 
 
 def load_state(module: nn.Module, state: dict, part: str) -> None:
-    """Copy `state` into `module` if it has exactly the module's keys and shapes; else say what differs."""
+    """Give `module` the tensors of `state` if it has exactly the module's keys and shapes; else say
+    what differs. The module may be built on the meta device: its tensors become the file's (no
+    copy where the dtypes already agree), in the module's dtypes."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -85,4 +87,4 @@ def load_state(module: nn.Module, state: dict, part: str) -> None:
         problems.append(f"wrong shape {', '.join(wrong[:5])}")
     if problems:
         raise CheckpointError(f"{part}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict({k: state[k].to(v.dtype) for k, v in expected.items()}, strict=True, assign=True)

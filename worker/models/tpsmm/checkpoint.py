@@ -129,7 +129,8 @@ def load_model(parts: dict[str, dict], frame_shape) -> TPSMModel:
     except (KeyError, IndexError) as exc:
         raise CheckpointError(f"unexpected layout ({exc})") from exc
     avd_trained = "avd_network" in parts and _has_seen_batches(parts["avd_network"])
-    model = build_model(config, frame_shape, avd_trained)
+    with torch.device("meta"):  # no memory and no random initialisation for weights about to be replaced
+        model = build_model(config, frame_shape, avd_trained)
     multiple = model.size_multiple
     if any(side % multiple for side in model.frame_shape):
         raise CheckpointError(f"frame_shape {list(model.frame_shape)} is not a multiple of {multiple}")

@@ -1,0 +1,59 @@
+"""The published demo's way of animating, as a whole process: the baseline that bench/engine.py races.
+
+    .venv/bin/python bench/reference_demo.py --checkpoint C --source IMG --driving VIDEO --out OUT.mp4
+
+Like the published `demo.py`: build the networks and load the weights as they are (no folding,
+fusing or layout changes), read every driving frame into memory first, then one frame at a time in
+float32 run the keypoint detector and the whole generator (the source encoded again each frame,
+the full-resolution deformed map included), keep every prediction, and write the video at the end.
+Only the file formats are ours (our checkpoint loader, ffmpeg through imageio-ffmpeg), so the race
+compares the inference path and the pipeline around it, not file parsing.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from worker.models import load_checkpoint, normalize_kp  # noqa: E402
+from worker.video_io import load_image, probe_video, read_frames, resize_image  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name in ("--checkpoint", "--source", "--driving", "--out"):
+        parser.add_argument(name, required=True)
+    args = parser.parse_args()
+    model = load_checkpoint(args.checkpoint).eval()
+    h, w = model.frame_shape
+    fps = probe_video(args.driving).fps
+    source = (
+        torch.from_numpy(resize_image(load_image(args.source), h, w)).permute(2, 0, 1)[None].float() / 255
+    )
+    driving = [
+        torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255 for f in read_frames(args.driving, h, w)
+    ]
+    predictions = []
+    with torch.no_grad():
+        kp_source = model.kp_detector(source)
+        kp_initial = model.kp_detector(driving[0])
+        for frame in driving:
+            kp_norm = normalize_kp(kp_source, model.kp_detector(frame), kp_initial, True, True, True)
+            out = model.generator(source, kp_source=kp_source, kp_driving=kp_norm)
+            predictions.append(out["prediction"][0].permute(1, 2, 0).numpy())
+    writer = imageio_ffmpeg.write_frames(args.out, (w, h), fps=fps, macro_block_size=1)
+    writer.send(None)
+    for image in predictions:
+        writer.send(np.ascontiguousarray((image.clip(0, 1) * 255).round().astype(np.uint8)))
+    writer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
