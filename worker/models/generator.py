@@ -92,7 +92,7 @@ class Generator(nn.Module):
         out: dict[str, torch.Tensor] = {}
         encoded = features.encoded
         if self.dense_motion_network is not None:
-            motion = self.dense_motion_network(features.image, kp_driving, kp_source, features.small)
+            motion = self.dense_motion_network(features.small, kp_driving, kp_source)
             out.update(motion)
             deformation = motion["deformation"]
             encoded = warp(encoded, resize_flow(deformation, *encoded.shape[2:]))
