@@ -29,6 +29,7 @@ from worker.video_io import Mp4Writer, VideoInfo, probe_video
 # driving video (crop other than "none"), then "rendering".
 ProgressCallback = Callable[[int, int, str], None]
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+RUNTIMES = ("torch", "openvino")
 
 
 @dataclass
@@ -228,8 +229,11 @@ class Renderer:
     """Holds a loaded model, prepared for inference, and renders jobs with it.
 
     One instance per worker process. It takes ownership of `model`: batch norm is folded into the
-    convolutions and the weights are made channels-last, in place.
+    convolutions and the weights are made channels-last, in place. `make_renderer` picks the
+    runtime; this class is the torch one.
     """
+
+    runtime = "torch"
 
     def __init__(self, model: AnimationModel, device: str = "cpu"):
         self.model = prepare_for_inference(model, device)
@@ -426,3 +430,27 @@ class Renderer:
                 "total": round(time.perf_counter() - started, 4),
             },
         )
+
+
+def make_renderer(
+    model: AnimationModel,
+    device: str = "cpu",
+    runtime: str = "torch",
+    cache_dir: Path | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> Renderer:
+    """A Renderer on `runtime`: torch (any device) or openvino (CPU; graphs converted once into
+    `cache_dir`, with `on_progress(graphs done, graphs, "converting")` while converting)."""
+    if runtime == "torch":
+        return Renderer(model, device)
+    if runtime != "openvino":
+        raise RenderError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}", "invalid_option")
+    if device != "cpu":
+        raise RenderError("the openvino runtime runs on the CPU only", "invalid_option")
+    if cache_dir is None:
+        raise RenderError(
+            "the openvino runtime needs a cache folder for its converted models", "invalid_option"
+        )
+    from worker.openvino_runtime import OpenVinoRenderer
+
+    return OpenVinoRenderer(model, cache_dir, on_progress)
