@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16", "fp16"] | None = Field(
         None, description="inference precision; unset: fp32 on cpu, bf16 on cuda"
     )
+    runtime: Literal["torch", "openvino"] = Field(
+        "torch", description="render workers' runtime; openvino: CPU only, needs the openvino extra"
+    )
+    model_cache_dir: Path = Field(
+        Path("model-cache"), description="converted models (openvino), by model content, version and shape"
+    )
     job_timeout: int = Field(1800, ge=1, description="seconds one render may take before RQ stops it")
     job_retries: int = Field(2, ge=0, description="times a job whose worker died is queued again")
     heartbeat_interval: int = Field(

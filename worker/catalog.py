@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.models import AnimationModel, CheckpointError, load_checkpoint
-from worker.pipeline import Renderer
+from worker.pipeline import Renderer, make_renderer
 
 log = logging.getLogger("worker")
 
@@ -22,8 +22,14 @@ class LoadedModel:
         return {"name": self.name, "frame_size": list(self.model.frame_shape), "num_kp": self.model.num_kp}
 
 
-def load_models(checkpoints: dict[str, Path], device: str) -> dict[str, LoadedModel]:
-    """Load each checkpoint onto `device`; one that fails to load is reported and left out."""
+def load_models(
+    checkpoints: dict[str, Path], device: str, runtime: str = "torch", cache_dir: Path | None = None
+) -> dict[str, LoadedModel]:
+    """Load each checkpoint onto `device` for `runtime`; one that fails to load is reported and left out.
+
+    With the openvino runtime a model's first load converts it into `cache_dir` (seconds to a
+    minute each); later loads read the converted files.
+    """
     loaded = {}
     for name, path in checkpoints.items():
         try:
@@ -31,8 +37,13 @@ def load_models(checkpoints: dict[str, Path], device: str) -> dict[str, LoadedMo
         except CheckpointError as exc:
             log.error("skipping %s: %s", path, exc)
             continue
-        loaded[name] = LoadedModel(name, path, model, Renderer(model, device))
+        loaded[name] = LoadedModel(name, path, model, make_renderer(model, device, runtime, cache_dir))
         log.info(
-            "loaded model %r from %s (%dx%d, %d keypoints)", name, path, *model.frame_shape, model.num_kp
+            "loaded model %r from %s (%dx%d, %d keypoints, %s runtime)",
+            name,
+            path,
+            *model.frame_shape,
+            model.num_kp,
+            runtime,
         )
     return loaded

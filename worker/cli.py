@@ -1,9 +1,10 @@
-"""The `animate` command: render locally, inspect a checkpoint, train and evaluate models.
+"""The `animate` command: render locally, inspect and export a checkpoint, train and evaluate models.
 
 Errors about inputs print one line on stderr and exit with status 2; no output file is left behind.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,8 +25,19 @@ def _start_frame(value: str) -> int | str:
     return index
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"animate: error: {self.prog}: {message}\n")
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "animate" / "models"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="animate", description="Animate a still image by a video.")
+    parser = _Parser(prog="animate", description="Animate a still image by a video.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     render = commands.add_parser("render", help="animate an image by a driving video into an MP4")
@@ -40,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--batch-size", type=int, default=4)
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     render.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
+    render.add_argument(
+        "--runtime",
+        choices=["torch", "openvino"],
+        default="torch",
+        help="openvino: CPU only, needs the openvino extra; models are converted once and cached",
+    )
+    render.add_argument(
+        "--cache-dir", type=Path, default=None, help="converted models (default: ~/.cache/animate/models)"
+    )
     render.add_argument("--size", type=int, help="output side in pixels (default: the model's)")
     render.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
     render.add_argument(
@@ -66,6 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="print a checkpoint's inferred architecture")
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
+
+    export = commands.add_parser(
+        "export", help="write a model as ONNX or OpenVINO graphs that run without torch"
+    )
+    export.add_argument("--format", required=True, metavar="onnx|openvino")
+    export.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
+    export.add_argument("--out", required=True, type=Path, help="a new (or empty) folder for the files")
+    export.add_argument(
+        "--batch", type=int, help="fix the batch size of the per-frame graphs (default: dynamic)"
+    )
+    export.add_argument("--precision", default="fp32", metavar="fp32|bf16", help="bf16: OpenVINO only")
+    export.add_argument("--config", help="YAML in the published config format overriding the inferred one")
 
     add_submit_arguments(commands.add_parser("submit", help="animate through a running service, over HTTP"))
 
@@ -95,8 +128,9 @@ def _fail(message: str) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from worker.errors import RenderError
+    from worker.export.openvino_ir import OpenVinoMissing
     from worker.models import CheckpointError, load_checkpoint
-    from worker.pipeline import Renderer, RenderOptions
+    from worker.pipeline import RenderOptions, make_renderer
     from worker.progress import ProgressBar
     from worker.video_io import load_image, probe_video
 
@@ -121,15 +155,24 @@ def _render(args: argparse.Namespace) -> int:
         crop=args.crop,
         paste_back=args.paste_back,
     )
+    if args.runtime == "openvino" and args.device != "cpu":
+        return _fail("--runtime openvino runs on the CPU only")
+    if args.runtime == "openvino" and precision not in ("fp32", "bf16"):
+        return _fail("--runtime openvino runs fp32 or bf16")
     bar = ProgressBar("rendering")
+    converting = ProgressBar("converting", unit="graphs")
     try:
         options.validate()
         image = load_image(args.source)
         info = probe_video(args.driving)
         model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
-        result = Renderer(model, args.device).render(image, args.driving, out, options, bar, info=info)
-    except (RenderError, CheckpointError) as exc:
-        bar.close() if bar.last else None
+        cache_dir = args.cache_dir or _default_cache_dir()
+        renderer = make_renderer(model, args.device, args.runtime, cache_dir, converting)
+        converting.close() if converting.last else None
+        result = renderer.render(image, args.driving, out, options, bar, info=info)
+    except (RenderError, CheckpointError, OpenVinoMissing) as exc:
+        for progress in (converting, bar):
+            progress.close() if progress.last else None
         return _fail(str(exc))
     bar.close()
     t = result.timings
@@ -161,6 +204,34 @@ def _crop(args: argparse.Namespace) -> int:
     bar.close()
     framing = f"{plan.kind} framing" if plan.kind != "none" else "no subject found: centre squares"
     print(f"wrote {out} ({len(plan.boxes)} frames, {args.size}x{args.size}, {framing})", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from worker.export import graph_set
+    from worker.export.files import ExportError, check_request, export_graphs, file_digest
+    from worker.export.openvino_ir import OpenVinoMissing
+    from worker.models import CheckpointError, load_checkpoint
+    from worker.optimize import prepare_for_inference
+    from worker.progress import ProgressBar
+
+    bar = ProgressBar("converting", unit="graphs")
+    try:
+        check_request(args.format, args.batch, args.precision, args.out)
+        model = prepare_for_inference(load_checkpoint(args.checkpoint, config=args.config), "cpu")
+        checkpoint = {"file": Path(args.checkpoint).name, "sha256": file_digest(Path(args.checkpoint))}
+        info = export_graphs(
+            graph_set(model), args.out, args.format, args.batch, args.precision, checkpoint, bar
+        )
+    except (ExportError, CheckpointError, OpenVinoMissing) as exc:
+        bar.close() if bar.last else None
+        return _fail(str(exc))
+    bar.close()
+    files = ", ".join(graph["file"] for graph in info["graphs"].values())
+    print(
+        f"wrote {args.out}: {files} and manifest.json ({info['family']}, batch {info['batch']})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -250,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _train,
         "eval": _evaluate,
         "submit": submit,
+        "export": _export,
     }
     try:
         return handlers[args.command](args)

@@ -1,4 +1,4 @@
-"""A one-line terminal progress bar (frames, fps, ETA), silent when stderr is not a terminal."""
+"""A one-line terminal progress bar (frames, fps, ETA; or any count), silent when stderr is not a terminal."""
 
 import sys
 import time
@@ -6,8 +6,11 @@ from typing import TextIO
 
 
 class ProgressBar:
-    def __init__(self, label: str, stream: TextIO = sys.stderr, min_interval: float = 0.2):
+    def __init__(
+        self, label: str, stream: TextIO = sys.stderr, min_interval: float = 0.2, unit: str = "frames"
+    ):
         self.label = label
+        self.unit = unit  # what is counted; the rate is shown for frames only
         self.stream = stream
         self.enabled = stream.isatty()
         self.min_interval = min_interval
@@ -30,7 +33,8 @@ class ProgressBar:
         width = 30
         filled = int(width * done / total) if total else 0
         bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} frames  {fps:5.1f} fps  ETA {eta:5.1f}s")
+        rate = f"  {fps:5.1f} fps" if self.unit == "frames" else ""
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} {self.unit}{rate}  ETA {eta:5.1f}s")
         self.stream.flush()
 
     def close(self) -> None:

@@ -48,6 +48,7 @@ from service.settings import Settings
 from service.storage import JobStore
 from worker import jobs
 from worker.catalog import load_models
+from worker.export.openvino_ir import OpenVinoMissing
 
 PRESENCE_INTERVAL = 10  # seconds between refreshes of the worker's presence key
 PRESENCE_TTL = 30
@@ -174,7 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("worker: error: WORKER_DEVICE=cuda but no CUDA device is available", file=sys.stderr)
             return 2
-    models = load_models(settings.checkpoints(), settings.worker_device)
+    if settings.runtime == "openvino" and (
+        settings.worker_device != "cpu" or settings.render_precision == "fp16"
+    ):
+        print(
+            "worker: error: RUNTIME=openvino runs on WORKER_DEVICE=cpu with PRECISION fp32 or bf16",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        models = load_models(
+            settings.checkpoints(), settings.worker_device, settings.runtime, settings.model_cache_dir
+        )
+    except OpenVinoMissing as exc:
+        print(f"worker: error: RUNTIME=openvino: {exc}", file=sys.stderr)
+        return 2
     if not models:
         print(
             f"worker: error: no usable checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}",

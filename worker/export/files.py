@@ -7,6 +7,7 @@ The folder appears complete or not at all: files are written into a sibling and 
 import hashlib
 import inspect
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -56,8 +57,11 @@ def _dynamic_shapes(graph: Graph, batch: int | None):
     return (dims,) if varargs else dims
 
 
-def write_onnx(graph: Graph, path: Path, batch: int | None) -> None:
-    """One graph as a self-contained .onnx file (weights inside), batch dynamic or fixed."""
+def require_packages(fmt: str) -> None:
+    """Fail early, saying what to install, when the format's packages are missing."""
+    if fmt == "openvino":
+        import_openvino()
+        return
     try:
         import onnx  # noqa: F401  (torch's exporter needs it and onnxscript)
         import onnxscript  # noqa: F401
@@ -65,8 +69,22 @@ def write_onnx(graph: Graph, path: Path, batch: int | None) -> None:
         raise ExportError(
             f"ONNX export needs the onnx and onnxscript packages: {ONNX_INSTALL_HINT}"
         ) from None
+
+
+def write_onnx(graph: Graph, path: Path, batch: int | None) -> None:
+    """One graph as a self-contained .onnx file (weights inside), batch dynamic or fixed."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # its notes about optional packages (torchvision ops)
+    try:
+        _onnx_export(graph, path, batch)
+    finally:
+        exporter_log.setLevel(level)
+
+
+def _onnx_export(graph: Graph, path: Path, batch: int | None) -> None:
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's notes about optional packages (torchvision ops)
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             graph.module.eval(),
             example_inputs(graph, batch or 2),
@@ -132,6 +150,7 @@ def check_request(fmt: str, batch: int | None, precision: str, out: Path) -> Non
         raise ExportError(f"precision must be fp32 or bf16, not {precision!r}")
     if fmt == "onnx" and precision != "fp32":
         raise ExportError("ONNX exports are fp32: ONNX Runtime's CPU kernels have no bfloat16 convolution")
+    require_packages(fmt)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty folder")
     if not out.parent.is_dir():
