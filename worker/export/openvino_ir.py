@@ -62,6 +62,7 @@ def convert(graph: Graph):
     with warnings.catch_warnings(), torch.no_grad():
         # Shape checks in the models read as constants while tracing; they are, for one frame size.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO's own use of torch.jit.trace
         model = ov.convert_model(graph.module.eval(), example_input=example_inputs(graph), input=shapes)
     for port, spec in zip(model.inputs, graph.inputs, strict=True):
         port.get_tensor().set_names({spec.name})
