@@ -8,6 +8,7 @@ demo's way). On a GPU the batch-1 row is the single-stream latency, and the engi
 the driving frames' trip from host memory (uint8, pinned), as in a job.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--quick]
+        [--runtimes torch,openvino] [--precisions fp32,bf16]
 """
 
 import argparse
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_CACHE = ROOT / "out" / "bench-model-cache"  # the openvino runtime's converted vox-256 graphs
 VOX_256 = {
     "common_params": {"num_kp": 10, "num_channels": 3, "estimate_jacobian": True},
     "kp_detector_params": {
@@ -150,18 +152,21 @@ def run_plain_loop(frames: int, device: str) -> dict:
     return {"seconds_per_frame": seconds / frames, "peak_mb": peak_mb(device)}
 
 
-def run_engine(frames: int, batch: int, precision: str, device: str) -> dict:
+def run_engine(frames: int, batch: int, precision: str, device: str, runtime: str = "torch") -> dict:
     """Our path: source encoded once, frames in batches, the Renderer's inference step.
 
-    Each batch starts as host uint8 frames and ends as host uint8 frames, as in a job.
+    Each batch starts as host uint8 frames and ends as host uint8 frames, as in a job. The openvino
+    runtime converts the model once into MODEL_CACHE (seconds to minutes), which is not timed.
     """
     import numpy as np
     import torch
 
-    from worker.pipeline import Renderer, to_frames, to_tensor
+    from worker.pipeline import make_renderer, to_frames, to_tensor
 
     torch.manual_seed(1)
-    renderer = Renderer(vox_model().to(device), device)
+    started = time.perf_counter()
+    renderer = make_renderer(vox_model().to(device), device, runtime, MODEL_CACHE)
+    load_seconds = time.perf_counter() - started
     source = torch.rand(1, 3, 256, 256)
     state = renderer.prepare_source(source, precision=precision)
     batches = max(1, frames // batch)
@@ -174,7 +179,16 @@ def run_engine(frames: int, batch: int, precision: str, device: str) -> dict:
         for _ in range(batches):
             to_frames(renderer.animate_batch(state, to_tensor(driving, device)))
         seconds = time.perf_counter() - start
-    return {"seconds_per_frame": seconds / (batches * batch), "peak_mb": peak_mb(device)}
+    result = {
+        "seconds_per_frame": seconds / (batches * batch),
+        "peak_mb": peak_mb(device),
+        "load_s": load_seconds,
+    }
+    if runtime == "openvino":
+        from worker.export.openvino_ir import cpu_has_bf16
+
+        result.update(cache_hit=renderer.graphs.cache_hit, native_bf16=cpu_has_bf16())
+    return result
 
 
 def child(args: list[str], device: str) -> dict:
@@ -196,12 +210,13 @@ def make_clip(path: Path, frames: int) -> None:
     writer.close()
 
 
-def whole_process(precision: str, workdir: Path, device: str) -> float:
+def whole_process(precision: str, workdir: Path, device: str, runtime: str = "torch") -> float:
     checkpoint, clip, image = workdir / "vox.pth.tar", workdir / "clip.mp4", workdir / "source.png"
     cmd = [
         sys.executable, "-m", "worker.cli", "render", "--source", str(image), "--driving", str(clip),
-        "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{precision}.mp4"),
+        "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{runtime}-{precision}.mp4"),
         "--precision", precision, "--crop", "none", "--device", device,
+        "--runtime", runtime, "--cache-dir", str(MODEL_CACHE),
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
@@ -214,6 +229,10 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--child", nargs="+")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only")
+    parser.add_argument(
+        "--runtimes", default="torch", help="comma separated: torch, openvino (CPU only, the openvino extra)"
+    )
+    parser.add_argument("--precisions", help="comma separated (default: fp32 and bf16; fp32 with --quick)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     device = args.device
@@ -222,7 +241,7 @@ def main() -> None:
         if kind == "plain":
             result = run_plain_loop(int(rest[0]), device)
         elif kind == "engine":
-            result = run_engine(int(rest[0]), int(rest[1]), rest[2], device)
+            result = run_engine(int(rest[0]), int(rest[1]), rest[2], device, rest[3])
         elif kind == "static":
             result = {
                 "gflop": gflop_per_frame(vox_model()),
@@ -244,26 +263,39 @@ def main() -> None:
         f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
         f"model {gflop:.1f} GFLOP per frame (our path)\n"
     )
-    print("| path | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    runtimes = args.runtimes.split(",")
+    if "openvino" in runtimes and device != "cpu":
+        sys.exit("bench: the openvino runtime runs on the CPU only")
+    print("| path | runtime | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     plain = child(["plain", str(args.frames)], device)
     rate = 1 / plain["seconds_per_frame"]
     print(
-        f"| plain per-frame loop | 1 | fp32 | {plain['seconds_per_frame']:.3f} | {rate:.2f} | - | - "
+        f"| plain per-frame loop | torch | 1 | fp32 | {plain['seconds_per_frame']:.3f} | {rate:.2f} | - | - "
         f"| {plain['peak_mb']:.0f} |"
     )
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
-    precisions = precisions_for(device, args.quick)
-    for precision in precisions:
-        for batch in batches:
-            r = child(["engine", str(max(args.frames, batch)), str(batch), precision], device)
-            spf = r["seconds_per_frame"]
-            achieved = gflop / spf
-            print(
-                f"| engine | {batch} | {precision} | {spf:.3f} | {1 / spf:.2f} | {achieved:.0f} | "
-                f"{100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
-            )
+    precisions = args.precisions.split(",") if args.precisions else precisions_for(device, args.quick)
+    notes = []
+    for runtime in runtimes:
+        for precision in precisions:
+            for batch in batches:
+                r = child(["engine", str(max(args.frames, batch)), str(batch), precision, runtime], device)
+                spf = r["seconds_per_frame"]
+                achieved = gflop / spf
+                print(
+                    f"| engine | {runtime} | {batch} | {precision} | {spf:.3f} | {1 / spf:.2f} | "
+                    f"{achieved:.0f} | {100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
+                )
+                if runtime == "openvino" and not r["cache_hit"]:
+                    notes.append(
+                        f"openvino: converted the model in {r['load_s']:.0f} s (cached in {MODEL_CACHE})"
+                    )
+                if runtime == "openvino" and precision == "bf16" and not r["native_bf16"]:
+                    notes.append("openvino bf16: this CPU has no native bfloat16, so OpenVINO ran float32")
     print(f"\nin-run baseline: plain loop {plain['seconds_per_frame']:.3f} s/frame")
+    for note in dict.fromkeys(notes):
+        print(note)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -279,10 +311,11 @@ def main() -> None:
         )
         print("\n| whole `animate render` process, 60 frames 256x256 | seconds | vs plain loop x 60 |")
         print("|---|---|---|")
-        for precision in precisions:
-            seconds = whole_process(precision, workdir, device)
-            ratio = plain["seconds_per_frame"] * 60 / seconds
-            print(f"| --precision {precision} | {seconds:.1f} | {ratio:.2f}x |")
+        for runtime in runtimes:
+            for precision in precisions:
+                seconds = whole_process(precision, workdir, device, runtime)
+                ratio = plain["seconds_per_frame"] * 60 / seconds
+                print(f"| --runtime {runtime} --precision {precision} | {seconds:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
