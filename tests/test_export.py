@@ -5,6 +5,7 @@ on 2 cores), so each is made once per module and shared.
 """
 
 import json
+import re
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -146,6 +147,17 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(onnx_export, frames, torch_r
         assert_close("kp_source", kp_source["value"], reference["kp_source"])
         assert_close("source_encoded", features["source_encoded"], reference["source_encoded"])
         assert_close(f"{mode} prediction", np.concatenate(predictions), reference["prediction"])
+
+
+def test_the_documented_onnxruntime_example_reproduces_torch(onnx_export, frames, torch_renderer):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the dev extra)")
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "EXPORT.md").read_text()
+    example = re.search(r"```python\n(import json, numpy.*?)```", docs, re.S).group(1)
+    source, driving = (t.numpy() for t in frames)
+    scope = {"source": source, "driving": driving}
+    exec(example.replace('folder = "vox-onnx"', f"folder = {str(onnx_export)!r}"), scope)
+    reference = torch_reference(torch_renderer, frames, relative=True, adapt=False)["prediction"]
+    assert_close("docs/EXPORT.md example", np.concatenate(scope["out"]), reference)
 
 
 @pytest.fixture(scope="module")
