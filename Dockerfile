@@ -31,15 +31,13 @@ HEALTHCHECK --interval=10s --timeout=5s --retries=3 \
 CMD ["sh", "-c", "exec uvicorn service.app:create_app --factory --host \"$HOST\" --port \"$PORT\""]
 
 FROM ${TORCH_IMAGE} AS worker
-# worker,openvino adds the OpenVINO runtime for CPU workers (RUNTIME=openvino; docs/EXPORT.md).
-ARG WORKER_EXTRAS=worker
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY --from=build /wheels /wheels
 # The same steps as `make setup`: torch pinned first (the base image's own build, so nothing is
 # downloaded), then the project with its worker extra.
 RUN python -m pip install --upgrade pip \
     && python -m pip install torch==2.13.0 \
-    && python -m pip install "$(ls /wheels/animate-*.whl)[${WORKER_EXTRAS}]" \
+    && python -m pip install "$(ls /wheels/animate-*.whl)[worker]" \
     && rm -rf /wheels
 RUN useradd --create-home --uid 10001 animate && mkdir -p /data && chown animate /data
 USER animate

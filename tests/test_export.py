@@ -243,7 +243,7 @@ def test_the_cache_key_follows_the_weights(ov_cache):
 def test_the_bf16_policy_keeps_keypoints_flows_and_sampling_in_float32(ov_renderer):
     from worker.export.openvino_ir import KEEP_PRECISION_KEY, keep_float32_outside
 
-    graph = ov_renderer.graphs.graphs.graphs["frame"]
+    graph = ov_renderer.graphs.graph_set.graphs["frame"]
     model = ov_renderer.graphs.models["frame"].clone()
     keep_float32_outside(model, graph.low_precision_scopes)
     kept = {node.get_friendly_name(): KEEP_PRECISION_KEY in node.get_rt_info() for node in model.get_ops()}
@@ -271,7 +271,7 @@ def test_bf16_flows_stay_within_a_hundredth_of_a_pixel(ov_renderer, frames):
     for precision in ("fp32", "bf16"):
         state = ov_renderer.prepare_source(source, precision=precision)
         state.kp_initial = ov_renderer.keypoints(driving[:1])
-        feed = ov_renderer.graphs.graphs.frame_feed(state, ov_renderer.keypoints(driving[:4]))
+        feed = ov_renderer.graphs.graph_set.frame_feed(state, ov_renderer.keypoints(driving[:4]))
         flows[precision] = ov_renderer.graphs.run("frame", feed, precision)["deformation"]
     size = flows["fp32"].shape[1]
     pixels = np.abs(flows["bf16"] - flows["fp32"]).max() * (size - 1) / 2

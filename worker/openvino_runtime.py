@@ -51,7 +51,7 @@ class OpenVinoGraphs:
 
     def __init__(self, graphs: GraphSet, folder: Path, cache_hit: bool):
         ov = import_openvino()
-        self.graphs = graphs
+        self.graph_set = graphs
         self.folder = folder
         self.cache_hit = cache_hit
         self.core = ov.Core()
@@ -87,7 +87,7 @@ class OpenVinoGraphs:
             )
             size = sizes[0] if sizes else n
             if (name, precision, size) not in self.compiled:
-                graph = self.graphs.graphs[name]
+                graph = self.graph_set.graphs[name]
                 cache = self.folder / "compiled"
                 model = self.models[name].clone()
                 self.compiled[name, precision, size] = compile_graph(
@@ -97,7 +97,7 @@ class OpenVinoGraphs:
 
     def run(self, name: str, inputs: dict[str, np.ndarray], precision: str = "fp32") -> dict[str, np.ndarray]:
         """Outputs of graph `name` by output name; batch-dimension inputs are padded as needed."""
-        graph = self.graphs.graphs[name]
+        graph = self.graph_set.graphs[name]
         precision = "fp32" if name in FP32_GRAPHS else precision
         batched = [spec.name for spec in graph.inputs if spec.shape[0] == BATCH]
         n = inputs[batched[0]].shape[0] if batched else 1
@@ -128,12 +128,13 @@ class OpenVinoRenderer(Renderer):
     def __init__(self, model: AnimationModel, cache_dir: Path, on_progress: ProgressCallback | None = None):
         super().__init__(model, "cpu")
         self.graphs = OpenVinoGraphs.load(self.model, cache_dir, on_progress)
+        self.native_bf16 = cpu_has_bf16(self.graphs.core)
         self._warned_bf16 = False
 
     def _precision(self, precision: str) -> str:
         if precision not in OPENVINO_PRECISIONS:
             raise RenderError("the openvino runtime runs fp32 or bf16", "invalid_option")
-        if precision == "bf16" and not self._warned_bf16 and not cpu_has_bf16():
+        if precision == "bf16" and not self.native_bf16 and not self._warned_bf16:
             log.warning("this CPU has no native bfloat16: OpenVINO runs bf16 requests in float32")
             self._warned_bf16 = True
         return precision
@@ -159,7 +160,7 @@ class OpenVinoRenderer(Renderer):
         source = source.float().contiguous()
         kp_source = self.keypoints(source)
         outputs = self.graphs.run("source", {"source": source.numpy()}, precision)
-        features = self.graphs.graphs.source_features(outputs, source)
+        features = self.graphs.graph_set.source_features(outputs, source)
         return SourceState(features, kp_source, precision, relative, adapt_scale)
 
     @torch.inference_mode()
@@ -170,5 +171,5 @@ class OpenVinoRenderer(Renderer):
             kp_driving = self.keypoints(frames)
         if state.kp_initial is None:
             state.kp_initial = {k: v[:1] for k, v in kp_driving.items()}
-        feed = self.graphs.graphs.frame_feed(state, kp_driving)
+        feed = self.graphs.graph_set.frame_feed(state, kp_driving)
         return torch.from_numpy(self.graphs.run("frame", feed, state.precision)["prediction"].copy())

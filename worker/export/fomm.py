@@ -18,6 +18,8 @@ GRAPHS_VERSION = 1  # bump when the graphs below change: converted copies in cac
 
 
 class KeypointsGraph(nn.Module):
+    """frames (N, C, H, W) -> keypoints (N, K, 2) [and jacobians (N, K, 2, 2)]."""
+
     def __init__(self, model: AnimationModel):
         super().__init__()
         self.kp_detector = model.kp_detector
@@ -28,6 +30,8 @@ class KeypointsGraph(nn.Module):
 
 
 class SourceGraph(nn.Module):
+    """source (1, C, H, W) -> the generator's encoding and the dense-motion-size source."""
+
     def __init__(self, model: AnimationModel):
         super().__init__()
         self.generator = model.generator

@@ -109,7 +109,7 @@ def compile_graph(core, model, graph: Graph, batch: int, precision: str, cache_d
     return core.compile_model(model, "CPU", config)
 
 
-def cpu_has_bf16() -> bool:
+def cpu_has_bf16(core=None) -> bool:
     """Whether this CPU runs bfloat16 natively (AVX-512 BF16 or AMX); otherwise bf16 means f32 here."""
-    ov = import_openvino()
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    core = core or import_openvino().Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
