@@ -11,6 +11,7 @@ ARG TORCH_IMAGE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY service ./service
 COPY worker ./worker
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
@@ -28,7 +29,7 @@ ENV HOST=0.0.0.0 PORT=8000 DATA_DIR=/data WEIGHTS_DIR=/weights
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-CMD ["sh", "-c", "exec uvicorn service.app:create_app --factory --host \"$HOST\" --port \"$PORT\""]
+CMD ["python", "-m", "service"]
 
 FROM ${TORCH_IMAGE} AS worker
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1

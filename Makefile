@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[api,worker,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[api,worker,local,dev]'
 	touch $(STAMP)
 
 test: setup browser

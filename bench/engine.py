@@ -1,14 +1,15 @@
-"""Engine benchmark at the published vox-256 widths (random weights) on 256x256 frames.
+"""Engine benchmark at the published vox-256 widths (random weights) on 256x256 frames, for FOMM
+and for TPSMM (the widths of the published TPSMM vox-256: 10 thin-plate splines).
 
 Each measurement runs in its own process so its peak memory is its own. Prints a Markdown table:
 seconds per frame, frames per second, GFLOP per frame, achieved GFLOP/s against this machine's
 measured matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the whole
-`animate render` process on a 60-frame clip against the plain per-frame float32 loop (the published
+`animate render` process on a clip against the plain per-frame float32 loop (the published
 demo's way). On a GPU the batch-1 row is the single-stream latency, and the engine rows include
 the driving frames' trip from host memory (uint8, pinned), as in a job.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--quick]
-        [--runtimes torch,openvino] [--precisions fp32,bf16] [--clip-frames 60]
+        [--families fomm,tpsmm] [--runtimes torch,openvino] [--precisions fp32,bf16] [--clip-frames 60]
 """
 
 import argparse
@@ -49,6 +50,20 @@ VOX_256 = {
 }
 
 
+# The published TPSMM vox-256 model_params (../shared/tpsmm/tpsmm-official-manifests.json).
+TPSMM_VOX_256 = {
+    "common_params": {"num_tps": 10, "num_channels": 3, "bg": True, "multi_mask": True},
+    "generator_params": {"block_expansion": 64, "max_features": 512, "num_down_blocks": 3},
+    "dense_motion_params": {
+        "block_expansion": 64,
+        "max_features": 1024,
+        "num_blocks": 5,
+        "scale_factor": 0.25,
+    },
+    "avd_network_params": {"id_bottle_size": 128, "pose_bottle_size": 128},
+}
+
+
 def peak_mb(device: str) -> float:
     import torch
 
@@ -80,27 +95,45 @@ def device_name(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
-def vox_model():
+def vox_model(family: str = "fomm"):
+    """Published vox-256 widths, random weights, non-trivial batch-norm statistics as in a trained model."""
     import torch
 
-    from worker.models import build_model
+    from worker.models import build_model, tpsmm
 
     torch.manual_seed(0)
-    model = build_model(VOX_256, (256, 256)).eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics, as in a trained model
+    if family == "tpsmm":
+        model = tpsmm.build_model(TPSMM_VOX_256, (256, 256)).eval()
+    else:
+        model = build_model(VOX_256, (256, 256)).eval()
+    with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     return model
 
 
-def measure_matmul_peak(device: str, precisions: list[str]) -> dict:
+def published_frame(model, source, kp_source, kp_initial, driving_frame):
+    """One frame as the published demo computes it (relative motion), everything recomputed."""
+    from worker.models import normalize_kp
+    from worker.models.tpsmm import relative_kp
+
+    kp = model.kp_detector(driving_frame)
+    if model.family == "tpsmm":
+        kp_norm = relative_kp(kp_source, kp, kp_initial)
+        motion = model.dense_motion_network(source_image=source, kp_driving=kp_norm, kp_source=kp_source)
+        return model.inpainting_network(source, motion)["prediction"]
+    kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
+    return model.generator(source, kp_source=kp_source, kp_driving=kp_norm)["prediction"]
+
+
+def measure_matmul_peak(device: str, precisions: tuple[str, ...]) -> dict:
     import torch
 
     out = {}
     n, reps = (8192, 20) if device == "cuda" else (2048, 5)
-    for name in dict.fromkeys(["fp32", *precisions]):
+    for name in precisions:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
         a = torch.randn(n, n, dtype=dtype, device=device)
         b = torch.randn(n, n, dtype=dtype, device=device)
@@ -114,45 +147,45 @@ def measure_matmul_peak(device: str, precisions: list[str]) -> dict:
     return out
 
 
-def gflop_per_frame(model) -> float:
+def gflop_per_frame(family: str) -> float:
+    """Our path's work per frame (the Renderer's step for one frame, source work excluded)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    source = torch.rand(1, 3, 256, 256)
-    with torch.no_grad():
-        kp_source = model.kp_detector(source)
-        features = model.generator.encode_source(source)
-        with FlopCounterMode(display=False) as counter:
-            kp = model.kp_detector(torch.rand(1, 3, 256, 256))
-            model.generator.animate(features, kp_source, kp, maps=False)
+    from worker.pipeline import Renderer
+
+    renderer = Renderer(vox_model(family))
+    state = renderer.prepare_source(torch.rand(1, 3, 256, 256))
+    frame = torch.rand(1, 3, 256, 256)
+    renderer.animate_batch(state, frame)  # sets the initial frame
+    with FlopCounterMode(display=False) as counter:
+        renderer.animate_batch(state, frame)
     return counter.get_total_flops() / 1e9
 
 
-def run_plain_loop(frames: int, device: str) -> dict:
-    """The published demo's loop: one frame at a time, float32, the whole generator every frame."""
+def run_plain_loop(family: str, frames: int, device: str) -> dict:
+    """The published demo's loop: one frame at a time, float32, the whole model every frame."""
     import torch
 
-    from worker.models import normalize_kp
-
     torch.manual_seed(1)
-    model = vox_model().to(device)
+    model = vox_model(family).to(device)
     source = torch.rand(1, 3, 256, 256, device=device)
     driving = torch.rand(frames + 1, 3, 256, 256, device=device)
     with torch.no_grad():
         kp_source = model.kp_detector(source)
         kp_initial = model.kp_detector(driving[:1])
-        model.generator(source, kp_source=kp_source, kp_driving=kp_initial)  # warm-up
+        published_frame(model, source, kp_source, kp_initial, driving[:1])  # warm-up
         synchronize(device)
         start = time.perf_counter()
         for t in range(1, frames + 1):
-            kp = model.kp_detector(driving[t : t + 1])
-            kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
-            model.generator(source, kp_source=kp_source, kp_driving=kp_norm)["prediction"].cpu()
+            published_frame(model, source, kp_source, kp_initial, driving[t : t + 1]).cpu()
         seconds = time.perf_counter() - start
     return {"seconds_per_frame": seconds / frames, "peak_mb": peak_mb(device)}
 
 
-def run_engine(frames: int, batch: int, precision: str, device: str, runtime: str = "torch") -> dict:
+def run_engine(
+    family: str, frames: int, batch: int, precision: str, device: str, runtime: str = "torch"
+) -> dict:
     """Our path: source encoded once, frames in batches, the Renderer's inference step.
 
     Each batch starts as host uint8 frames and ends as host uint8 frames, as in a job. The openvino
@@ -161,11 +194,11 @@ def run_engine(frames: int, batch: int, precision: str, device: str, runtime: st
     import numpy as np
     import torch
 
-    from worker.pipeline import make_renderer, to_frames, to_tensor
+    from worker.pipeline import Renderer, to_frames, to_tensor
 
     torch.manual_seed(1)
     started = time.perf_counter()
-    renderer = make_renderer(vox_model().to(device), device, runtime, MODEL_CACHE)
+    renderer = Renderer(vox_model(family).to(device), device, runtime=runtime, cache_dir=MODEL_CACHE)
     load_seconds = time.perf_counter() - started
     source = torch.rand(1, 3, 256, 256)
     state = renderer.prepare_source(source, precision=precision)
@@ -187,8 +220,16 @@ def run_engine(frames: int, batch: int, precision: str, device: str, runtime: st
     if runtime == "openvino":
         from worker.export.openvino_ir import cpu_has_bf16
 
-        result.update(cache_hit=renderer.graphs.cache_hit, native_bf16=cpu_has_bf16())
+        result.update(cache_hit=renderer.adapter.graphs.cache_hit, native_bf16=cpu_has_bf16())
     return result
+
+
+def runtime_rows(family: str, runtimes: list[str], notes: list[str]) -> list[str]:
+    """The runtimes `family` can run on: OpenVINO needs export graphs, which TPSMM does not have yet."""
+    if family == "tpsmm" and "openvino" in runtimes:
+        notes.append("openvino: no tpsmm rows (TPSMM has no export graphs yet)")
+        return [runtime for runtime in runtimes if runtime != "openvino"]
+    return runtimes
 
 
 def child(args: list[str], device: str) -> dict:
@@ -210,11 +251,12 @@ def make_clip(path: Path, frames: int) -> None:
     writer.close()
 
 
-def whole_process(precision: str, workdir: Path, device: str, runtime: str = "torch") -> float:
-    checkpoint, clip, image = workdir / "vox.pth.tar", workdir / "clip.mp4", workdir / "source.png"
+def whole_process(family: str, precision: str, workdir: Path, device: str, runtime: str = "torch") -> float:
+    checkpoint, clip, image = workdir / f"{family}.pth.tar", workdir / "clip.mp4", workdir / "source.png"
+    out = workdir / f"out-{family}-{runtime}-{precision}.mp4"
     cmd = [
         sys.executable, "-m", "worker.cli", "render", "--source", str(image), "--driving", str(clip),
-        "--checkpoint", str(checkpoint), "--out", str(workdir / f"out-{runtime}-{precision}.mp4"),
+        "--checkpoint", str(checkpoint), "--out", str(out),
         "--precision", precision, "--crop", "none", "--device", device,
         "--runtime", runtime, "--cache-dir", str(MODEL_CACHE),
     ]  # fmt: skip
@@ -228,30 +270,34 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--child", nargs="+")
-    parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only")
+    parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only (also its peak)")
+    parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: fomm, tpsmm")
     parser.add_argument(
-        "--runtimes", default="torch", help="comma separated: torch, openvino (CPU only, the openvino extra)"
+        "--runtimes",
+        default="torch",
+        help="comma-separated: torch, openvino (CPU, FOMM only, the openvino extra)",
     )
-    parser.add_argument("--precisions", help="comma separated (default: fp32 and bf16; fp32 with --quick)")
-    parser.add_argument("--clip-frames", type=int, default=60, help="the whole-process clip's length")
+    parser.add_argument("--precisions", help="comma-separated (default: fp32 and bf16; fp32 with --quick)")
+    parser.add_argument("--clip-frames", type=int, default=60, help="frames of the whole-process clip")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     device = args.device
     if args.child:
-        kind, *rest = args.child
+        kind, family, *rest = args.child
         if kind == "plain":
-            result = run_plain_loop(int(rest[0]), device)
+            result = run_plain_loop(family, int(rest[0]), device)
         elif kind == "engine":
-            result = run_engine(int(rest[0]), int(rest[1]), rest[2], device, rest[3])
-        elif kind == "static":
-            result = {
-                "gflop": gflop_per_frame(vox_model()),
-                "peak": measure_matmul_peak(device, rest),
-                "device": device_name(device),
-            }
+            result = run_engine(family, int(rest[0]), int(rest[1]), rest[2], device, rest[3])
+        elif kind == "gflop":
+            result = {"gflop": gflop_per_frame(family)}
+        elif kind == "peak":
+            result = {"peak": measure_matmul_peak(device, tuple(rest)), "device": device_name(device)}
         print(json.dumps(result))
         return
 
+    families = args.families.split(",")
+    if not set(families) <= {"fomm", "tpsmm"}:
+        sys.exit("bench: --families takes fomm and/or tpsmm")
     if device == "cuda":
         import torch
 
@@ -261,39 +307,51 @@ def main() -> None:
     if "openvino" in runtimes and device != "cpu":
         sys.exit("bench: the openvino runtime runs on the CPU only")
     precisions = args.precisions.split(",") if args.precisions else precisions_for(device, args.quick)
-    static = child(["static", *precisions], device)
-    gflop, peak = static["gflop"], static["peak"]
-    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d')}, {device}: {static['device']}")
+    machine = child(["peak", "-", *dict.fromkeys(["fp32", *precisions])], device)
+    peak = machine["peak"]
+    gflop = {family: child(["gflop", family], device)["gflop"] for family in families}
+    print(f"# Engine benchmark, {time.strftime('%Y-%m-%d')}, {device}: {machine['device']}")
+    gflops = ", ".join(f"{family} {gflop[family]:.1f}" for family in families)
     peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
-    print(f"matmul peak: {peaks}; model {gflop:.1f} GFLOP per frame (our path)\n")
-    print("| path | runtime | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    plain = child(["plain", str(args.frames)], device)
-    rate = 1 / plain["seconds_per_frame"]
+    print(f"matmul peak: {peaks}; GFLOP per frame (our path): {gflops}\n")
     print(
-        f"| plain per-frame loop | torch | 1 | fp32 | {plain['seconds_per_frame']:.3f} | {rate:.2f} | - | - "
-        f"| {plain['peak_mb']:.0f} |"
+        "| model | path | runtime | batch | precision | s/frame | frames/s | GFLOP/s | % of peak | peak MB |"
     )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
+    plain = {}
     notes = []
-    for runtime in runtimes:
-        for precision in precisions:
-            for batch in batches:
-                r = child(["engine", str(max(args.frames, batch)), str(batch), precision, runtime], device)
-                spf = r["seconds_per_frame"]
-                achieved = gflop / spf
-                ran = "fp32" if not r.get("native_bf16", True) else precision  # OpenVINO's fallback
-                print(
-                    f"| engine | {runtime} | {batch} | {precision} | {spf:.3f} | {1 / spf:.2f} | "
-                    f"{achieved:.0f} | {100 * achieved / peak[ran]:.0f}% | {r['peak_mb']:.0f} |"
-                )
-                if runtime == "openvino" and not r["cache_hit"]:
-                    notes.append(
-                        f"openvino: converted the model in {r['load_s']:.0f} s (cached in {MODEL_CACHE})"
+    for family in families:
+        plain[family] = child(["plain", family, str(args.frames)], device)
+        spf, mb = plain[family]["seconds_per_frame"], plain[family]["peak_mb"]
+        print(
+            f"| {family} | plain per-frame loop | torch | 1 | fp32 | {spf:.3f} | {1 / spf:.2f} | - | - "
+            f"| {mb:.0f} |"
+        )
+        for runtime in runtime_rows(family, runtimes, notes):
+            for precision in precisions:
+                for batch in batches:
+                    frames = str(max(args.frames, batch))
+                    r = child(["engine", family, frames, str(batch), precision, runtime], device)
+                    spf = r["seconds_per_frame"]
+                    achieved = gflop[family] / spf
+                    ran = "fp32" if not r.get("native_bf16", True) else precision  # OpenVINO's fallback
+                    print(
+                        f"| {family} | engine | {runtime} | {batch} | {precision} | {spf:.3f} | "
+                        f"{1 / spf:.2f} | {achieved:.0f} | {100 * achieved / peak[ran]:.0f}% | "
+                        f"{r['peak_mb']:.0f} |"
                     )
-                if runtime == "openvino" and precision == "bf16" and not r["native_bf16"]:
-                    notes.append("openvino bf16: this CPU has no native bfloat16, so OpenVINO ran float32")
-    print(f"\nin-run baseline: plain loop {plain['seconds_per_frame']:.3f} s/frame")
+                    if runtime == "openvino" and not r["cache_hit"]:
+                        notes.append(
+                            f"openvino: converted the {family} model in {r['load_s']:.0f} s "
+                            f"(cached in {MODEL_CACHE})"
+                        )
+                    if runtime == "openvino" and precision == "bf16" and not r["native_bf16"]:
+                        notes.append(
+                            "openvino bf16: this CPU has no native bfloat16, so OpenVINO ran float32"
+                        )
+    baselines = ", ".join(f"{family} {plain[family]['seconds_per_frame']:.3f}" for family in families)
+    print(f"\nin-run baseline, plain loop s/frame: {baselines}")
     for note in dict.fromkeys(notes):
         print(note)
 
@@ -304,21 +362,24 @@ def main() -> None:
 
         from worker.models import save_checkpoint
 
-        save_checkpoint(workdir / "vox.pth.tar", vox_model())
+        for family in families:
+            save_checkpoint(workdir / f"{family}.pth.tar", vox_model(family))
         make_clip(workdir / "clip.mp4", args.clip_frames)
         Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
             workdir / "source.png"
         )
-        clip = args.clip_frames
-        print(
-            f"\n| whole `animate render` process, {clip} frames 256x256 | seconds | vs plain loop x {clip} |"
-        )
+        n = args.clip_frames
+        print(f"\n| whole `animate render` process, {n} frames 256x256 | seconds | vs plain loop x {n} |")
         print("|---|---|---|")
-        for runtime in runtimes:
-            for precision in precisions:
-                seconds = whole_process(precision, workdir, device, runtime)
-                ratio = plain["seconds_per_frame"] * clip / seconds
-                print(f"| --runtime {runtime} --precision {precision} | {seconds:.1f} | {ratio:.2f}x |")
+        for family in families:
+            for runtime in runtime_rows(family, runtimes, []):
+                for precision in precisions:
+                    seconds = whole_process(family, precision, workdir, device, runtime)
+                    ratio = plain[family]["seconds_per_frame"] * n / seconds
+                    print(
+                        f"| {family} --runtime {runtime} --precision {precision} "
+                        f"| {seconds:.1f} | {ratio:.2f}x |"
+                    )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service import live_channel  # noqa: E402
+from contract import live_channel  # noqa: E402
+from contract.queue import connect, live_workers  # noqa: E402
 from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until  # noqa: E402
-from service.queue import connect, live_workers  # noqa: E402
 
 SMALL = ROOT.parent / "shared" / "fomm" / "fomm-small.pth.tar"
 START_TIMEOUT = 180.0

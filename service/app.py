@@ -13,14 +13,16 @@ import redis
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from contract.logs import configure_logging
+from contract.settings import Settings
 from service import background
+from service.body_guard import BodyGuard
 from service.cleanup import sweep
 from service.context import ServiceContext
 from service.errors import install_error_handlers
 from service.live import router as live_router
-from service.logs import configure_logging
+from service.openapi import install_openapi
 from service.routes import router
-from service.settings import Settings
 from service.web import install_web
 
 log = logging.getLogger("service")
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(ctx.prober.warm_up)
         task = asyncio.create_task(_sweep_forever(ctx))
         duties = background.start(ctx)
         yield
@@ -65,8 +68,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="animate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.context = ctx
+    app.add_middleware(
+        BodyGuard, deadline=settings.upload_deadline_seconds, idle=settings.upload_idle_seconds
+    )
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(live_router)
     install_web(app)
+    install_openapi(app)
     return app

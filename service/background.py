@@ -11,16 +11,17 @@ import logging
 import redis
 from starlette.concurrency import run_in_threadpool
 
+from contract.job import TERMINAL
+from contract.maintenance import LostJobHandler, recover_lost_jobs
 from service.context import ServiceContext
-from service.jobs import TERMINAL, describe
-from service.maintenance import LostJobHandler, recover_lost_jobs
+from service.jobs import describe
 from service.webhooks import Dispatcher
 
 log = logging.getLogger("service")
 
 
 async def _find_lost_jobs(ctx: ServiceContext) -> None:
-    handler = LostJobHandler(ctx.redis, ctx.store)
+    handler = LostJobHandler(ctx.redis)
     while True:
         try:
             await run_in_threadpool(recover_lost_jobs, ctx.queue, handler)
@@ -31,11 +32,11 @@ async def _find_lost_jobs(ctx: ServiceContext) -> None:
 
 def _webhook_view(ctx: ServiceContext, job_id: str) -> tuple[bytes, str, bool] | None:
     """What a webhook delivers for `job_id`: the job resource, its URL, whether the job has ended."""
-    job = ctx.queue.fetch(job_id)
-    if job is None or not job.meta.get("webhook_url"):
+    record = ctx.queue.fetch(job_id)
+    if record is None or not record.webhook_url:
         return None
-    resource = describe(job)
-    return resource.model_dump_json().encode(), job.meta["webhook_url"], resource.status in TERMINAL
+    resource = describe(record)
+    return resource.model_dump_json().encode(), record.webhook_url, resource.status in TERMINAL
 
 
 def start(ctx: ServiceContext) -> list[asyncio.Task]:

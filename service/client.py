@@ -145,7 +145,9 @@ def _wait(
 def _download(client: httpx.Client, job: dict[str, Any], out: Path) -> None:
     partial = out.with_name(f".{out.name}.download")
     try:
-        with client.stream("GET", job["result_url"]) as response:
+        # With an object store the API may redirect to a presigned URL; httpx drops the Authorization
+        # header when a redirect leaves the API's origin, so the key is never sent to the store.
+        with client.stream("GET", job["result_url"], follow_redirects=True) as response:
             if response.status_code != 200:
                 response.read()
                 raise SubmitError(f"cannot download the result: {_error_of(response)}")

@@ -1,14 +1,16 @@
-"""What the routes work with: the settings, the Redis-backed queue and the job storage."""
+"""What the routes work with: the settings, the Redis-backed queue and the job store."""
 
+import asyncio
 from dataclasses import dataclass
 
 from fastapi import Request
 from redis import Redis
 
+from contract.queue import JobQueue, connect
+from contract.settings import Settings
+from contract.storage import JobStore, open_store
 from service.auth import parse_keys
-from service.queue import JobQueue, connect
-from service.settings import Settings
-from service.storage import JobStore
+from service.probe import Prober
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,8 @@ class ServiceContext:
     queue: JobQueue
     store: JobStore
     api_keys: dict[str, bytes]  # owner -> SHA-256 of the key; empty: keys are off
+    prober: Prober  # reads uploaded videos in limited child processes
+    upload_checks: asyncio.Semaphore  # uploads being checked (image and video probes) at once
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServiceContext":
@@ -26,8 +30,10 @@ class ServiceContext:
             settings=settings,
             redis=redis,
             queue=JobQueue(redis, settings.job_timeout, settings.result_ttl, settings.job_retries),
-            store=JobStore(settings.data_dir),
+            store=open_store(settings),
             api_keys=parse_keys(settings.api_keys),
+            prober=Prober(settings.probe_timeout_seconds, settings.probe_memory_mb),
+            upload_checks=asyncio.Semaphore(settings.probe_concurrency),
         )
 
 

@@ -22,9 +22,9 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
+from contract.settings import Settings
 from service.client import ProgressLine, SubmitError, submit_job
 from service.launcher import free_port
-from service.settings import Settings
 
 HEAD_BOX = (101, 0, 351, 250)  # left, top, right, bottom of the astronaut's head in the 512 px portrait
 HEAD_CENTRE = (226.0, 110.0)

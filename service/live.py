@@ -1,7 +1,7 @@
 """`WebSocket /live?model=NAME`: animate a photo by a client's camera frames, relayed to a live worker.
 
 The API only relays and checks: it picks a live worker with room (the worker has the last word, see
-service/live_channel.py), answers the handshake 503 or 422 with the usual JSON error when none
+contract/live_channel.py), answers the handshake 503 or 422 with the usual JSON error when none
 takes the session, checks the source image like an upload and every driving frame's type and size
 (from its JPEG header, nothing decoded), and keeps at most FRAME_QUEUE frames waiting: older ones are
 dropped and counted. A stats message goes to the client every second. Whichever side closes,
@@ -32,11 +32,11 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
-from service import live_channel as channel
+from contract import live_channel as channel
+from contract.settings import Settings
 from service.auth import caller, owner_of
 from service.errors import ApiError, error_response
 from service.media import probe_image, sniff_image
-from service.settings import Settings
 
 MAX_SOURCE_BYTES = 16 * 1024 * 1024  # uvicorn's largest WebSocket message
 MAX_FRAME_BYTES = 2 * 1024 * 1024

@@ -2,28 +2,29 @@
 
 The file name and the declared Content-Type are the client's word and are ignored. Images are
 opened with Pillow, which reads the header first: a size over MAX_PIXELS (a decompression bomb) is
-refused before any pixel is decoded. Videos are described by ffmpeg from their container header
-without decoding a frame (a quarter of the CPU time of a decoding probe, which matters with many
-clients); ffmpeg may only open local files, with the demuxer of the sniffed container forced, so a
-playlist or concat script cannot make it open anything else. The worker checks again.
+refused before any pixel is decoded. Videos are described from their container's structured fields
+and their packets, without decoding a frame (contract/container.py), in a child process with
+memory, time and concurrency limits (service/probe.py): no tag in the file can pass for a length or
+a size, and only local files are opened, with the demuxer of the sniffed container forced, so a
+playlist or concat script cannot make FFmpeg open anything else. The worker checks again.
 """
 
-import re
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import imageio_ffmpeg
 from PIL import Image, UnidentifiedImageError
 
+from contract.container import UnreadableVideo, read_container
+from contract.redaction import without_paths
+from contract.settings import Settings
+from contract.storage import SOURCE
 from service.errors import ApiError
-from service.settings import Settings
+from service.probe import ProbeFailed, Prober
 
 IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 VIDEO_DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}  # the allow-list
 SNIFF_BYTES = 64
 EXIF_ORIENTATION = 0x0112
-PROBE_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -95,73 +96,40 @@ def probe_image(path: Path, kind: str, max_pixels: int) -> ImageSummary:
     except Image.DecompressionBombError:
         raise _bad_image("image_too_large", f"source is over {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise _bad_image("invalid_image", f"source is not a readable {kind.upper()} image ({exc})") from None
+        reason = without_paths(str(exc), (SOURCE,))
+        raise _bad_image(
+            "invalid_image", f"source is not a readable {kind.upper()} image ({reason})"
+        ) from None
     return ImageSummary(kind, width, height, path.stat().st_size)
-
-
-def _header_fields(text: str) -> tuple[float, int, int, float, bool] | None:
-    """Duration, width, height, fps and audio from ffmpeg's description of its input; None: no video."""
-    video = re.search(r"Stream #\d+:\d+\S*: Video: (.*)", text)
-    if video is None:
-        return None
-    size = re.search(r", (\d{1,5})x(\d{1,5})\b", video.group(1))
-    rate = re.search(r", ([\d.]+)(k?) (?:fps|tbr)\b", video.group(1))
-    duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
-    if size is None or rate is None:
-        return None
-    width, height = int(size.group(1)), int(size.group(2))
-    rotation = re.search(r"rotation of (-?[\d.]+) degrees", text)
-    if rotation and round(float(rotation.group(1))) % 180 == 90:
-        width, height = height, width  # players show it turned, and so does the result
-    fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
-    seconds = 0.0
-    if duration:
-        hours, minutes, secs = duration.groups()
-        seconds = int(hours) * 3600 + int(minutes) * 60 + float(secs)
-    return seconds, width, height, fps, bool(re.search(r"Stream #\d+:\d+\S*: Audio:", text))
 
 
 def _bad_video(code: str, message: str) -> ApiError:
     return ApiError(400, code, message, field="driving")
 
 
-def _ffmpeg_describe(path: Path, kind: str, *output: str) -> str:
-    """ffmpeg's stderr about `path`, opened as `kind`'s demuxer from a local file only."""
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-protocol_whitelist", "file"]
-    command += ["-f", VIDEO_DEMUXERS[kind], "-i", str(path), *output]
+def probe_video(path: Path, kind: str, settings: Settings, prober: Prober | None = None) -> VideoSummary:
+    """The container's own fields and its packets (no frame is decoded), read by `prober` in a
+    limited child process (in this process without one); 400 when it has no video stream or its
+    length, frame count or frame size is over the limits."""
+    demuxer, max_packets = VIDEO_DEMUXERS[kind], settings.max_driving_frames + 1
     try:
-        done = subprocess.run(command, capture_output=True, timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise _bad_video("invalid_video", "driving could not be read in time") from None
-    return done.stderr.decode("utf-8", "replace")
-
-
-def _measured_seconds(path: Path, kind: str) -> float:
-    """The length of a video whose header does not say (a live recording): its packets, not decoded."""
-    described = _ffmpeg_describe(path, kind, "-map", "0:v:0", "-c", "copy", "-f", "null", "-")
-    times = re.findall(r"time=(\d+):(\d\d):(\d\d(?:\.\d+)?)", described)
-    if not times:
-        return 0.0
-    hours, minutes, secs = times[-1]
-    return int(hours) * 3600 + int(minutes) * 60 + float(secs)
-
-
-def probe_video(path: Path, kind: str, settings: Settings) -> VideoSummary:
-    """ffmpeg describes the container (no frame is decoded); 400 when it has no video stream or
-    its length, frame count or frame size is over the limits."""
-    fields = _header_fields(_ffmpeg_describe(path, kind))
-    if fields is None:
-        raise _bad_video("invalid_video", f"driving is not a readable {kind.upper()} video")
-    duration, width, height, fps = fields[:4]
-    if fps <= 0 or width <= 0 or height <= 0:
+        if prober is None:
+            facts = read_container(path, demuxer, max_packets)
+        else:
+            facts = prober.read(path, demuxer, max_packets)
+    except UnreadableVideo:
+        raise _bad_video("invalid_video", f"driving is not a readable {kind.upper()} video") from None
+    except ProbeFailed as exc:
+        raise _bad_video("invalid_video", f"driving could not be checked: {exc}") from None
+    width, height, fps = facts.width, facts.height, facts.fps
+    if fps <= 0 or width <= 0 or height <= 0 or facts.packets == 0:
         raise _bad_video("invalid_video", "driving has no decodable video stream")
     if width * height > settings.max_driving_pixels:
         raise _bad_video(
             "video_too_large",
             f"driving is {width}x{height}; at most {settings.max_driving_pixels} pixels a frame are accepted",
         )
-    if duration <= 0:
-        duration = _measured_seconds(path, kind)
+    duration = facts.seconds
     if duration <= 0:
         raise _bad_video("invalid_video", "driving has no measurable length")
     if duration > settings.max_driving_seconds:
@@ -169,7 +137,7 @@ def probe_video(path: Path, kind: str, settings: Settings) -> VideoSummary:
             "video_too_long",
             f"driving lasts {duration:.1f} s; at most {settings.max_driving_seconds:g} s are accepted",
         )
-    frames = round(duration * fps)
+    frames = facts.frames
     if frames > settings.max_driving_frames:
         raise _bad_video(
             "video_too_long",
@@ -182,6 +150,6 @@ def probe_video(path: Path, kind: str, settings: Settings) -> VideoSummary:
         fps=fps,
         duration=duration,
         frames=frames,
-        audio=fields[4],
+        audio=facts.audio,
         bytes=path.stat().st_size,
     )

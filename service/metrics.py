@@ -1,9 +1,9 @@
 """Prometheus metrics, kept in Redis and read at scrape time.
 
-Jobs end in worker processes (or in the API, or in the lost-job pass), so counters live in one Redis
-hash that every process increments, and GET /metrics turns it into the exposition format with a
-collector of its own: no per-process registries to merge, any number of API processes answer the
-same numbers, and a restarted process loses nothing.
+The counters live in one Redis hash that every process ending a job increments (contract/metrics.py);
+GET /metrics turns it into the exposition format with a collector of its own: no per-process
+registries to merge, any number of API processes answer the same numbers, and a restarted process
+loses nothing.
 """
 
 from collections.abc import Iterator
@@ -11,42 +11,9 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis import Redis
 
-from service.queue import JobQueue, live_workers
-
-METRICS_KEY = "animate:metrics"
-DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-STAGES = ("decode", "inference", "encode")
-
-
-def record_submitted(client: Redis) -> None:
-    client.hincrby(METRICS_KEY, "submitted", 1)
-
-
-def record_finished(
-    client: Redis,
-    status: str,
-    code: str | None = None,
-    seconds: float | None = None,
-    frames: int = 0,
-    stages: dict[str, float] | None = None,
-) -> None:
-    """Count a job that reached `status` (succeeded, failed with `code`, canceled)."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hincrby(METRICS_KEY, f"failed:{code}" if status == "failed" else status, 1)
-        if frames:
-            pipe.hincrby(METRICS_KEY, "frames", frames)
-        for stage, spent in (stages or {}).items():
-            if stage in STAGES and spent:
-                pipe.hincrbyfloat(METRICS_KEY, f"stage:{stage}", spent)
-        if seconds is not None:
-            pipe.hincrbyfloat(METRICS_KEY, "duration:sum", seconds)
-            pipe.hincrby(METRICS_KEY, "duration:count", 1)
-            for bound in DURATION_BUCKETS:
-                if seconds <= bound:
-                    pipe.hincrby(METRICS_KEY, f"duration:le:{bound:g}", 1)
-        pipe.execute()
+from contract.metrics import DURATION_BUCKETS, METRICS_KEY, STAGES
+from contract.queue import JobQueue, live_workers
 
 
 class RedisCollector(Collector):

@@ -1,22 +1,26 @@
 """The HTTP routes; each one only translates between HTTP and the modules that do the work."""
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 
+from contract.job import TERMINAL, ErrorDetail, JobRecord
+from contract.logs import current_job_id
+from contract.outcomes import job_ended
+from contract.queue import live_workers
+from contract.storage import RESULT, InvalidJobId, parse_job_id
 from service.auth import caller
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
-from service.jobs import TERMINAL, describe, job_status
-from service.logs import current_job_id
+from service.jobs import describe
 from service.metrics import exposition
-from service.outcomes import job_ended
-from service.queue import live_workers
+from service.openapi import animate_form, binary_response
+from service.ranges import parse_range
 from service.schemas import ErrorBody, Health, JobResource, ModelInfo, ModelList, Readiness
-from service.storage import InvalidJobId, parse_job_id
 from service.submission import submit
 from service.uploads import MAX_FIELD_BYTES
 
-router = APIRouter()
+router = APIRouter(generate_unique_id_function=lambda route: route.name)  # operation ids: the function names
 Context = Depends(get_context)
 Caller = Depends(caller)
 
@@ -35,56 +39,21 @@ ANIMATE_FORM = {
             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
         }
     ],
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["source", "driving"],
-                    "properties": {
-                        "source": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"},
-                        "driving": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "MP4, MOV, WebM or MKV",
-                        },
-                        "model": {"type": "string", "description": "a loaded model; default DEFAULT_MODEL"},
-                        "mode": {"type": "string", "enum": ["relative", "absolute"], "default": "relative"},
-                        "adapt_scale": {"type": "boolean", "default": True},
-                        "driving_start": {
-                            "type": "string",
-                            "default": "0",
-                            "description": "a frame index or best",
-                        },
-                        "audio": {"type": "boolean", "default": True},
-                        "crop": {"type": "string", "description": "none, auto, face, body or x,y,w,h"},
-                        "paste_back": {"type": "boolean"},
-                        "webhook_url": {
-                            "type": "string",
-                            "description": "http(s) URL POSTed the job, signed, when it ends",
-                        },
-                    },
-                },
-                "encoding": {"source": {"contentType": "image/png, image/jpeg, image/webp"}},
-            }
-        },
-        "description": f"Files stream to disk; each plain field is at most {MAX_FIELD_BYTES} bytes.",
-    },
+    "requestBody": animate_form(MAX_FIELD_BYTES),
 }
 
 
-def _job(ctx: ServiceContext, job_id: str, owner: str | None):
+def _job(ctx: ServiceContext, job_id: str, owner: str | None) -> JobRecord:
     """The job, if it exists and belongs to `owner`: another key's job is answered as unknown."""
     try:
         job_id = parse_job_id(job_id)
     except InvalidJobId:
         raise ApiError(404, "job_not_found", "no such job: job ids are UUID4s") from None
     current_job_id.set(job_id)
-    job = ctx.queue.fetch(job_id)
-    if job is None or job.meta.get("owner") != owner:
+    record = ctx.queue.fetch(job_id)
+    if record is None or record.owner != owner:
         raise ApiError(404, "job_not_found", f"no job {job_id} (unknown, or expired after RESULT_TTL)")
-    return job
+    return record
 
 
 @router.post(
@@ -103,7 +72,7 @@ def _job(ctx: ServiceContext, job_id: str, owner: str | None):
                 },
             }
         },
-        **_errors(400, 401, 409, 413, 415, 422, 429, 503),
+        **_errors(400, 401, 408, 409, 413, 415, 422, 429, 503, 507),
     },
 )
 async def animate(
@@ -125,25 +94,55 @@ def get_job(job_id: str, ctx: ServiceContext = Context, owner: str | None = Call
 
 @router.get(
     "/jobs/{job_id}/result",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={
-        200: {"content": {"video/mp4": {}}, "description": "the MP4; Range requests answer 206"},
-        **_errors(401, 404, 409, 503),
+        200: binary_response("video/mp4", "the MP4; Range requests answer 206"),
+        206: binary_response("video/mp4", "the requested bytes of the MP4"),
+        307: {"description": "with an object store: a short-lived presigned URL of the MP4"},
+        **_errors(400, 401, 404, 409, 416, 503),
     },
     summary="Download the finished MP4",
 )
-def get_result(job_id: str, ctx: ServiceContext = Context, owner: str | None = Caller) -> FileResponse:
-    job = _job(ctx, job_id, owner)
-    status = job_status(job)
+def get_result(
+    job_id: str, request: Request, ctx: ServiceContext = Context, owner: str | None = Caller
+) -> Response:
+    record = _job(ctx, job_id, owner)
+    status = record.status()
     if status in ("queued", "started"):
-        raise ApiError(409, "result_not_ready", f"job {job.id} is {status}; poll /jobs/{job.id}")
+        raise ApiError(409, "result_not_ready", f"job {record.id} is {status}; poll /jobs/{record.id}")
     if status != "succeeded":
-        raise ApiError(409, "result_unavailable", f"job {job.id} {status}: there is no result")
-    path = ctx.store.result_path(job.id)
-    if not path.is_file():
-        raise ApiError(404, "result_expired", f"the result of job {job.id} is no longer stored")
-    return FileResponse(
-        path, media_type="video/mp4", filename=f"{job.id}.mp4", content_disposition_type="inline"
+        raise ApiError(409, "result_unavailable", f"job {record.id} {status}: there is no result")
+    stored = ctx.store.stat(record.id, RESULT)
+    if stored is None:
+        raise ApiError(404, "result_expired", f"the result of job {record.id} is no longer stored")
+    if ctx.settings.result_delivery == "redirect":
+        url = ctx.store.presigned_url(record.id, RESULT, ctx.settings.presign_seconds)
+        if url is not None:
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    wanted = parse_range(request.headers.get("range"), stored.size)
+    first, last = wanted or (0, stored.size - 1)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(last - first + 1),
+        "Content-Disposition": f'inline; filename="{record.id}.mp4"',
+    }
+    if wanted is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{stored.size}"
+    chunks = ctx.store.read(record.id, RESULT, first, last) if stored.size else iter(())
+    return StreamingResponse(
+        iterate_in_threadpool(chunks),
+        status_code=206 if wanted is not None else 200,
+        media_type=_download_type(request, "video/mp4"),
+        headers=headers,
+    )
+
+
+def _download_type(request: Request, media_type: str) -> str:
+    """The file's own type, or application/octet-stream for a client that asks only for that."""
+    accept = request.headers.get("accept", "")
+    wants_bytes = "application/octet-stream" in accept
+    return (
+        "application/octet-stream" if wants_bytes and media_type.split("/")[0] not in accept else media_type
     )
 
 
@@ -155,14 +154,14 @@ def get_result(job_id: str, ctx: ServiceContext = Context, owner: str | None = C
     summary="Cancel a job, or delete a finished one",
 )
 def delete_job(job_id: str, ctx: ServiceContext = Context, owner: str | None = Caller):
-    job = _job(ctx, job_id, owner)
-    if job_status(job) in TERMINAL:
-        ctx.queue.forget(job)
-        ctx.store.remove(job.id)
+    record = _job(ctx, job_id, owner)
+    if record.status() in TERMINAL:
+        ctx.queue.forget(record)
+        ctx.store.remove(record.id)
         return Response(status_code=204)
-    if ctx.queue.request_cancel(job):
-        job_ended(ctx.redis, job, "canceled")
-    return describe(_job(ctx, job.id, owner))
+    if ctx.queue.request_cancel(record):
+        job_ended(ctx.redis, record, "canceled", ErrorDetail(code="canceled", message="the job was canceled"))
+    return describe(_job(ctx, record.id, owner))
 
 
 @router.get(

@@ -1,49 +1,23 @@
 """Request options and response bodies of the API (pydantic v2); they are also the OpenAPI docs."""
 
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field
 
-JobStatusName = Literal["queued", "started", "succeeded", "failed", "canceled"]
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-
-class AnimateOptions(BaseModel):
-    """The plain form fields of POST /animate, validated from their text."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mode: Literal["relative", "absolute"] = Field(
-        "relative", description="relative: the source keeps its pose and follows the driving motion"
-    )
-    adapt_scale: bool = Field(True, description="scale the motion by the ratio of the faces' sizes")
-    driving_start: NonNegativeInt | Literal["best"] = Field(
-        0, description="the driving frame matched to the source's pose: an index, or best to search"
-    )
-    audio: bool = Field(True, description="copy the driving video's audio into the result")
-    crop: str | None = Field(
-        None,
-        pattern=r"^(none|auto|face|body|\d{1,5},\d{1,5},\d{1,5},\d{1,5})$",
-        description="framing of the subject: none, auto, face, body or x,y,w,h; unset: the engine's default",
-    )
-    paste_back: bool | None = Field(
-        None, description="paste the animated crop back into the full source; unset: the engine's default"
-    )
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(examples=["job_not_found"])
-    message: str = Field(examples=["no job 2c7c3b8e-9d1a-4a41-9a5e-0e1f3d6b2a10"])
-    field: str | None = Field(None, description="the request field at fault, when there is one")
+from contract.job import (
+    ErrorDetail,
+    InputSummary,
+    JobResult,
+    JobStatusName,
+    JobTimings,
+    ProgressStage,
+)
+from contract.options import AnimationOptions, Mode
 
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
-
-
-ProgressStage = Literal["analysing", "rendering"]
-PROGRESS_STAGES: tuple[str, ...] = get_args(ProgressStage)
 
 
 class Progress(BaseModel):
@@ -56,50 +30,9 @@ class Progress(BaseModel):
     percent: float = 0.0
 
 
-class SourceSummary(BaseModel):
-    format: str
-    width: int
-    height: int
-    bytes: int
-
-
-class DrivingSummary(BaseModel):
-    format: str
-    width: int
-    height: int
-    fps: float
-    duration: float
-    frames: int
-    audio: bool
-    bytes: int
-
-
-class JobInputs(BaseModel):
-    source: SourceSummary
-    driving: DrivingSummary
+class JobInputs(InputSummary):
     model: str
-    options: AnimateOptions
-
-
-class JobTimings(BaseModel):
-    """Seconds: waiting in the queue, then the engine's stages (they overlap) and the whole render."""
-
-    queue_wait: float | None = None
-    decode: float | None = None
-    inference: float | None = None
-    encode: float | None = None
-    render: float | None = None
-    precision: str | None = Field(None, description="fp32, bf16 or fp16: what the render ran in")
-
-
-class JobResult(BaseModel):
-    frames: int
-    fps: float
-    width: int
-    height: int
-    audio: bool
-    driving_start: int
-    precision: str
+    options: AnimationOptions
 
 
 JOB_EXAMPLE = {
@@ -120,8 +53,8 @@ JOB_EXAMPLE = {
             "audio": True, "bytes": 1430968,
         },
         "model": "starter",
-        "options": {"mode": "relative", "adapt_scale": True, "driving_start": 0, "audio": True, "crop": None,
-                    "paste_back": None},
+        "options": {"mode": "relative", "adapt_scale": True, "driving_start": 0, "audio": True,
+                    "crop": "auto", "paste_back": False},
     },
     "timings": {"queue_wait": 0.004, "decode": None, "inference": None, "encode": None, "render": None},
 }  # fmt: skip
@@ -150,6 +83,11 @@ class ModelInfo(BaseModel):
         description="height, width the model animates at", examples=[[256, 256]]
     )
     num_kp: int = Field(description="keypoints the model detects", examples=[10])
+    family: Literal["fomm", "tpsmm"] = Field(
+        "fomm", description="First Order or Thin-Plate Spline Motion Model"
+    )
+    modes: list[Mode] = Field(["relative", "absolute"], description="the modes it renders, the default first")
+    background_motion: bool = Field(False, description="whether it can move the background")
     device: str = Field(examples=["cuda"])
     workers: int = Field(description="live workers that have it loaded")
 

@@ -1,13 +1,15 @@
-"""POST /animate: stream the upload into a new job folder, check it, queue the render.
+"""POST /animate: stream the upload into a staging folder, check it, commit it to the store, queue it.
 
-On any failure, the client's or ours, the job's folder is removed: a refused request leaves nothing
-behind, on disk or in the queue. With API keys on, the job belongs to the calling key's owner, who
-alone sees it afterwards, and the owner's submissions are rate limited. An `Idempotency-Key` makes a
-repeated request return the job of the first (service/idempotency.py).
+On any failure, the client's or ours, the job's files are removed: a refused request leaves nothing
+behind, on disk, in the store or in the queue. With API keys on, the job belongs to the calling key's
+owner, who alone sees it afterwards, and the owner's submissions are rate limited. An
+`Idempotency-Key` makes a repeated request return the job of the first (service/idempotency.py).
 """
 
+import asyncio
 import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis
@@ -15,39 +17,50 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from contract.job import (
+    MODEL_NAME_PATTERN,
+    DrivingSummary,
+    InputSummary,
+    JobRequest,
+    SourceSummary,
+    queued_meta,
+)
+from contract.logs import current_job_id
+from contract.metrics import record_submitted
+from contract.options import AnimationOptions, first_error
+from contract.queue import live_workers
+from contract.storage import DRIVING, SOURCE, new_job_id
 from service import idempotency
 from service.context import ServiceContext
 from service.errors import ApiError
 from service.jobs import describe
-from service.logs import current_job_id
 from service.media import SNIFF_BYTES, probe_image, probe_video, sniff_image, sniff_video
-from service.metrics import record_submitted
-from service.queue import live_workers
 from service.ratelimit import check_rate
-from service.schemas import MODEL_NAME_PATTERN, AnimateOptions, JobResource
-from service.storage import DRIVING, SOURCE
+from service.schemas import JobResource
 from service.uploads import ReceivedForm, receive_form
 from service.webhooks import check_url
 
-OPTION_FIELDS = set(AnimateOptions.model_fields)
+OPTION_FIELDS = set(AnimationOptions.model_fields)
 WEBHOOK_FIELD = "webhook_url"
 TEXT_FIELDS = OPTION_FIELDS | {"model", WEBHOOK_FIELD}
 
 
-def _options(fields: dict[str, str]) -> AnimateOptions:
+def _options(fields: dict[str, str]) -> AnimationOptions:
     try:
-        return AnimateOptions(**{name: value for name, value in fields.items() if name in OPTION_FIELDS})
+        return AnimationOptions(**{name: value for name, value in fields.items() if name in OPTION_FIELDS})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = ".".join(str(part) for part in error["loc"][:1])
-        raise ApiError(422, "invalid_field", f"{name}: {error['msg']}", field=name) from None
+        name, message = first_error(exc)
+        raise ApiError(422, "invalid_field", message, field=name) from None
 
 
-def _check_model(ctx: ServiceContext, name: str) -> None:
-    """Refuse a model no live worker has loaded; with no worker alive the job waits for one."""
+def _check_model(ctx: ServiceContext, name: str, options: AnimationOptions) -> None:
+    """Refuse a model no live worker has loaded, or options it cannot render; with no worker alive
+    the job waits for one (and the worker checks the options)."""
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise ApiError(422, "invalid_field", "model: not a model name", field="model")
-    loaded = {model["name"] for worker in live_workers(ctx.redis) for model in worker.get("models", [])}
+    loaded = {
+        model["name"]: model for worker in live_workers(ctx.redis) for model in worker.get("models", [])
+    }
     if loaded and name not in loaded:
         raise ApiError(
             422,
@@ -55,17 +68,25 @@ def _check_model(ctx: ServiceContext, name: str) -> None:
             f"model {name!r} is not loaded; loaded: {', '.join(sorted(loaded))}",
             field="model",
         )
+    model = loaded.get(name, {})
+    modes = model.get("modes", ["relative", "absolute"])
+    if model and options.mode not in modes:
+        message = f"mode: model {name!r} renders {', '.join(modes)}, not {options.mode}"
+        raise ApiError(422, "unsupported_mode", message, field="mode")
+    if model and options.background_motion and not model.get("background_motion", False):
+        message = f"background_motion: model {name!r} has no background motion predictor"
+        raise ApiError(422, "unsupported_option", message, field="background_motion")
 
 
-def _webhook(ctx: ServiceContext, fields: dict[str, str]) -> dict[str, str]:
+def _webhook(ctx: ServiceContext, fields: dict[str, str]) -> str | None:
     url = fields.get(WEBHOOK_FIELD)
     if not url:
-        return {}
+        return None
     if ctx.settings.webhook_key is None:
         raise ApiError(
             422, "webhooks_disabled", "webhook_url: this service has no WEBHOOK_SECRET", field=WEBHOOK_FIELD
         )
-    return {WEBHOOK_FIELD: check_url(url, ctx.settings.webhook_allow_private)}
+    return check_url(url, ctx.settings.webhook_allow_private)
 
 
 def _sniffed(path: Path, role: str, sniff) -> tuple[Path, str]:
@@ -86,30 +107,48 @@ def _check_and_queue(ctx: ServiceContext, job_id: str, form: ReceivedForm, owner
             raise ApiError(422, "missing_field", f"field {role!r} (a file) is required", field=role)
     options = _options(fields)
     model = fields.get("model") or settings.default_model
-    _check_model(ctx, model)
+    _check_model(ctx, model, options)
     webhook = _webhook(ctx, fields)
     source, source_kind = _sniffed(files[SOURCE], SOURCE, sniff_image)
     driving, driving_kind = _sniffed(files[DRIVING], DRIVING, sniff_video)
     image = probe_image(source, source_kind, settings.max_pixels)
-    video = probe_video(driving, driving_kind, settings)
-    request = {"model": model, "options": options.model_dump()}  # the worker finds the files by the job id
-    meta = {"inputs": {"source": image.to_dict(), "driving": video.to_dict()}, **webhook}
-    if owner is not None:
-        meta["owner"] = owner
-    job = ctx.queue.enqueue(job_id, request, meta)
+    video = probe_video(driving, driving_kind, settings, ctx.prober)
+    inputs = InputSummary(source=SourceSummary(**image.to_dict()), driving=DrivingSummary(**video.to_dict()))
+    ctx.store.commit_inputs(job_id, {SOURCE: source, DRIVING: driving})
+    record = ctx.queue.enqueue(
+        job_id, JobRequest(model=model, options=options), queued_meta(inputs, owner, webhook)
+    )
     record_submitted(ctx.redis)
-    return describe(job)
+    return describe(record)
 
 
 def _replay(ctx: ServiceContext, job_id: str, owner: str | None) -> JobResource:
-    job = ctx.queue.fetch(job_id)
-    if job is None or job.meta.get("owner") != owner:
+    record = ctx.queue.fetch(job_id)
+    if record is None or record.owner != owner:
         raise ApiError(
             409,
             "idempotency_key_in_use",
             f"the first request with this {idempotency.HEADER} is still being handled or was deleted",
         )
-    return describe(job)
+    return describe(record)
+
+
+@contextlib.asynccontextmanager
+async def _check_slot(ctx: ServiceContext) -> AsyncIterator[None]:
+    """One of PROBE_CONCURRENCY slots for checking an upload (its image decoded, its video probed),
+    waited for in the event loop, not in a worker thread: 503 when none comes free as long as a
+    probe may take."""
+    try:
+        async with asyncio.timeout(ctx.settings.probe_timeout_seconds):
+            await ctx.upload_checks.acquire()
+    except TimeoutError:
+        raise ApiError(
+            503, "server_busy", "too many uploads are being checked; retry shortly", {"Retry-After": "5"}
+        ) from None
+    try:
+        yield
+    finally:
+        ctx.upload_checks.release()
 
 
 async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tuple[JobResource, bool]:
@@ -120,7 +159,8 @@ async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tu
         await run_in_threadpool(check_rate, ctx.redis, owner, settings.rate_limit)
     if await run_in_threadpool(ctx.queue.waiting) >= settings.max_queued:
         raise ApiError(429, "queue_full", "too many jobs are waiting; retry later", {"Retry-After": "30"})
-    job_id, folder = ctx.store.create()
+    job_id = new_job_id()
+    folder = ctx.store.staging(job_id)
     current_job_id.set(job_id)
     claimed = False
     try:
@@ -134,7 +174,8 @@ async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tu
                 ctx.store.remove(job_id)
                 return await run_in_threadpool(_replay, ctx, earlier, owner), True
             claimed = True
-        return await run_in_threadpool(_check_and_queue, ctx, job_id, form, owner), False
+        async with _check_slot(ctx):
+            return await run_in_threadpool(_check_and_queue, ctx, job_id, form, owner), False
     except BaseException:
         ctx.store.remove(job_id)
         if claimed:

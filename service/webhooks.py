@@ -11,6 +11,11 @@ it, so any number of them share the work and a restart loses nothing. A failed a
 or not 2xx; redirects are not followed) is retried WEBHOOK_RETRIES times, 1, 2, 4... seconds times
 WEBHOOK_BACKOFF apart.
 
+A URL is taken in one canonical form: an internationalised host name is encoded with IDNA (UTS 46
+mapping, as browsers do) and then checked like any other, and spaces or control characters refuse
+the URL; what is stored and delivered is that form. A delivery that fails in a way nothing here
+foresaw is logged and counted as a failed attempt: one bad webhook never stops the others.
+
 No SSRF: only http and https, and every address the host resolves to must be public (not private,
 loopback, link-local, multicast or reserved) unless WEBHOOK_ALLOW_PRIVATE. The check is made when the
 job is submitted and again at each attempt, and the connection goes to the address that was checked
@@ -29,13 +34,15 @@ from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import idna
 import redis
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 
+from contract.outcomes import WEBHOOKS_DUE_KEY as DUE_KEY
+from contract.outcomes import schedule_webhook as schedule
 from service.errors import ApiError
 
-DUE_KEY = "animate:webhooks:due"
 ATTEMPTS_KEY = "animate:webhooks:attempts"
 MAX_URL_LENGTH = 2048
 DELIVERY_TIMEOUT = 10.0
@@ -66,10 +73,25 @@ def _public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def parse_url(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of an http(s) URL; WebhookRefused otherwise."""
+def _ascii_host(host: str) -> str:
+    """The host as it goes on the wire: an IP address as is, a name in IDNA's ASCII form."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return host
+    except ValueError:
+        pass
+    try:
+        return idna.encode(host, uts46=True).decode("ascii") if not host.isascii() else host
+    except idna.IDNAError as exc:
+        raise WebhookRefused(f"the host is not a valid internationalised domain name ({exc})") from None
+
+
+def canonical_url(url: str) -> str:
+    """The http(s) URL with its host in ASCII; WebhookRefused for anything else."""
     if len(url) > MAX_URL_LENGTH:
         raise WebhookRefused(f"longer than {MAX_URL_LENGTH} characters")
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        raise WebhookRefused("the URL contains spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -79,7 +101,15 @@ def parse_url(url: str) -> tuple[str, str, int]:
         raise WebhookRefused("only http and https URLs are accepted")
     if not parts.hostname or parts.username is not None or parts.password is not None:
         raise WebhookRefused("the URL must name a host, without credentials")
-    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+    host = _ascii_host(parts.hostname)
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=f"{host}:{port}" if port is not None else host))
+
+
+def parse_url(url: str) -> tuple[str, str, int]:
+    """(scheme, ASCII host, port) of an http(s) URL; WebhookRefused otherwise."""
+    parts = urlsplit(canonical_url(url))
+    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def resolve(host: str, port: int, allow_private: bool) -> list[str]:
@@ -97,17 +127,14 @@ def resolve(host: str, port: int, allow_private: bool) -> list[str]:
 
 
 def check_url(url: str, allow_private: bool) -> str:
-    """The URL as given, when a webhook may be sent there; 422 naming the field otherwise."""
+    """The URL in its canonical form, when a webhook may be sent there; 422 naming the field otherwise."""
     try:
-        _, host, port = parse_url(url)
+        canonical = canonical_url(url)
+        _, host, port = parse_url(canonical)
         resolve(host, port, allow_private)
     except WebhookRefused as exc:
         raise ApiError(422, "invalid_field", f"webhook_url: {exc}", field="webhook_url") from None
-    return url
-
-
-def schedule(client: Redis, job_id: str, delay: float = 0.0) -> None:
-    client.zadd(DUE_KEY, {job_id: time.time() + delay})
+    return canonical
 
 
 def pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict]:
@@ -147,6 +174,8 @@ class Dispatcher:
                         await self._attempt(http, job_id)
                 except redis.exceptions.RedisError as exc:
                     log.warning("webhook deliveries paused: %s", exc)
+                except Exception:
+                    log.exception("webhook dispatcher error; going on")
                 await asyncio.sleep(POLL_INTERVAL)
 
     def _claim_due(self) -> list[str]:
@@ -164,6 +193,7 @@ class Dispatcher:
         attempt = int(await run_in_threadpool(self.redis.hincrby, ATTEMPTS_KEY, job_id, 1))
         extra = {"job_id": job_id, "attempt": attempt}
         try:
+            url = canonical_url(url)
             _, host, port = parse_url(url)
             addresses = await run_in_threadpool(resolve, host, port, self.allow_private)
             target, headers, extensions = pinned_request(url, addresses[0])
@@ -186,6 +216,9 @@ class Dispatcher:
             await run_in_threadpool(self.redis.hdel, ATTEMPTS_KEY, job_id)
             return
         except httpx.HTTPError as exc:
+            reason = type(exc).__name__
+        except Exception as exc:  # unforeseen: this attempt failed, the dispatcher goes on
+            log.exception("webhook attempt failed unexpectedly", extra=extra)
             reason = type(exc).__name__
         if attempt > self.retries:
             log.warning("webhook given up after %d attempts: %s", attempt, reason, extra=extra)

@@ -7,6 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FOMM = SHARED / "fomm"
+TPSMM = SHARED / "tpsmm"
 MEDIA = SHARED / "media"
 
 

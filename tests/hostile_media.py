@@ -1,6 +1,7 @@
 """Small media files made by the tests: valid clips and images, and hostile ones built byte by byte."""
 
 import io
+import os
 import struct
 import subprocess
 import zlib
@@ -64,3 +65,27 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
+
+
+def png_coded_mkv(out: Path, size: int, frames: int = 2, noise: bool = False) -> Path:
+    """An MKV of `frames` PNG-coded size x size frames, black: a few hundred kilobytes that decode to
+    size x size x 3 bytes each (the attack used 16000 px: 1.6 MB of file, 780 MB to decode one);
+    noise: frames that do not compress, as large in the file as decoded."""
+    deflate = zlib.compressobj(1 if noise else 9)
+    rows = (b"\0" + (os.urandom(size * 3) if noise else b"\0" * size * 3) for _ in range(size))
+    data = b"".join(deflate.compress(row) for row in rows) + deflate.flush()
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", data)
+        + _png_chunk(b"IEND", b"")
+    )
+    frame = out.with_suffix(".png")
+    frame.write_bytes(png)
+    loop = ["-framerate", "10", "-stream_loop", str(frames - 1), "-i", str(frame)]
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-y", *loop, "-c:v", "copy", "-f", "matroska", str(out)], check=True
+    )
+    frame.unlink()
+    return out

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from websockets.sync.client import ClientConnection, connect
 
-from service import live_channel as channel
+from contract import live_channel as channel
 from service.launcher import stop_process, wait_until
 from tests.service_stack import ROOT, START_TIMEOUT, ServiceStack, cut_clip
 

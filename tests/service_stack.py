@@ -10,9 +10,9 @@ import httpx
 import imageio_ffmpeg
 import redis
 
+from contract.queue import live_workers
+from contract.settings import Settings
 from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until
-from service.queue import live_workers
-from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
@@ -73,17 +73,10 @@ class ServiceStack:
         self.close()
 
     def start_api(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "service.app:create_app",
-            "--factory",
-            "--port",
-            str(self.port),
-        ]
+        command = [sys.executable, "-m", "service"]
         log = (self.folder / "api.log").open("ab")
-        self.api = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        env = {**self.env, "PORT": str(self.port)}
+        self.api = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._answers, START_TIMEOUT, "the API", self.api)
 
     def _answers(self) -> bool:

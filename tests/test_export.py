@@ -15,19 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import FOMM, need_shared
+from tests.conftest import FOMM, TPSMM, need_shared
 from tests.test_cli import cut
 from worker.cli import main
 from worker.export import BATCH, graph_set
 from worker.export.files import MANIFEST
 from worker.models import load_checkpoint
 from worker.models.motion_transfer import convex_hull_area
-from worker.pipeline import Renderer, RenderOptions, make_renderer
+from worker.pipeline import Renderer, RenderOptions
 from worker.video_io import load_image, read_frames
 
 ANIMATE = [sys.executable, "-m", "worker.cli"]
 TOLERANCE = 1e-4  # fp32 against fp32, as the parity tests
-MODES = {"relative_adapt": (True, True), "absolute": (False, False)}
+MODES = {"relative_adapt": ("relative", True), "absolute": ("absolute", False)}
 
 
 def run_animate(*args) -> subprocess.CompletedProcess:
@@ -53,10 +53,10 @@ def torch_renderer() -> Renderer:
     return Renderer(small_model())
 
 
-def torch_reference(renderer: Renderer, frames, relative: bool, adapt: bool) -> dict[str, torch.Tensor]:
+def torch_reference(renderer: Renderer, frames, mode: str, adapt: bool) -> dict[str, torch.Tensor]:
     """Our torch path's keypoints, source features and animated frames (batches of 4, then 2)."""
     source, driving = frames
-    state = renderer.prepare_source(source, relative=relative, adapt_scale=adapt)
+    state = renderer.prepare_source(source, mode=mode, adapt_scale=adapt)
     prediction = torch.cat(
         [renderer.animate_batch(state, driving[:4]), renderer.animate_batch(state, driving[4:])]
     )
@@ -80,8 +80,8 @@ def test_graph_modules_compute_what_the_renderer_computes(name, frames):
     renderer = Renderer(small_model(name))
     graphs = graph_set(renderer.model)
     source, driving = frames
-    for mode, (relative, adapt) in MODES.items():
-        state = renderer.prepare_source(source, relative=relative, adapt_scale=adapt)
+    for name_of_mode, (mode, adapt) in MODES.items():
+        state = renderer.prepare_source(source, mode=mode, adapt_scale=adapt)
         reference = renderer.animate_batch(state, driving)
         with torch.no_grad():
             encoded, small = graphs.graphs["source"].module(source)
@@ -93,7 +93,7 @@ def test_graph_modules_compute_what_the_renderer_computes(name, frames):
         inputs = [torch.from_numpy(feed[spec.name]) for spec in graphs.graphs["frame"].inputs]
         with torch.no_grad():
             prediction, deformation = graphs.graphs["frame"].module(*inputs)
-        assert_close(f"{name} {mode}", prediction, reference)
+        assert_close(f"{name} {name_of_mode}", prediction, reference)
         assert deformation.shape == (6, *small.shape[2:], 2)
 
 
@@ -128,8 +128,8 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(onnx_export, frames, torch_r
     kp_source = run("keypoints", frames=source)
     features = run("source", source=source)
     kp_initial = run("keypoints", frames=driving[:1])
-    for mode, (relative, adapt) in MODES.items():
-        reference = torch_reference(torch_renderer, frames, relative, adapt)
+    for name, (mode, adapt) in MODES.items():
+        reference = torch_reference(torch_renderer, frames, mode, adapt)
         area = convex_hull_area(kp_source["value"][0]) / convex_hull_area(kp_initial["value"][0])
         scale = np.array([np.sqrt(area) if adapt else 1.0], dtype=np.float32)
         predictions = []
@@ -140,13 +140,13 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(onnx_export, frames, torch_r
                 **keypoints("kp_source", kp_source),
                 **keypoints("kp_initial", kp_initial),
                 movement_scale=scale,
-                relative=np.array([relative]),
+                relative=np.array([mode == "relative"]),
                 **features,
             )
             predictions.append(out["prediction"])
         assert_close("kp_source", kp_source["value"], reference["kp_source"])
         assert_close("source_encoded", features["source_encoded"], reference["source_encoded"])
-        assert_close(f"{mode} prediction", np.concatenate(predictions), reference["prediction"])
+        assert_close(f"{name} prediction", np.concatenate(predictions), reference["prediction"])
 
 
 def test_the_documented_onnxruntime_example_reproduces_torch(onnx_export, frames, torch_renderer):
@@ -156,7 +156,7 @@ def test_the_documented_onnxruntime_example_reproduces_torch(onnx_export, frames
     source, driving = (t.numpy() for t in frames)
     scope = {"source": source, "driving": driving}
     exec(example.replace('folder = "vox-onnx"', f"folder = {str(onnx_export)!r}"), scope)
-    reference = torch_reference(torch_renderer, frames, relative=True, adapt=False)["prediction"]
+    reference = torch_reference(torch_renderer, frames, mode="relative", adapt=False)["prediction"]
     assert_close("docs/EXPORT.md example", np.concatenate(scope["out"]), reference)
 
 
@@ -169,8 +169,10 @@ def ov_cache(tmp_path_factory) -> Path:
 def ov_renderer(ov_cache):
     pytest.importorskip("openvino", reason="openvino is not installed: pip install 'animate[openvino]'")
     steps = []
-    renderer = make_renderer(small_model(), "cpu", "openvino", ov_cache, lambda *step: steps.append(step))
-    assert not renderer.graphs.cache_hit
+    renderer = Renderer(
+        small_model(), runtime="openvino", cache_dir=ov_cache, on_progress=lambda *step: steps.append(step)
+    )
+    assert not renderer.adapter.graphs.cache_hit
     assert steps[0] == (0, 3, "converting") and steps[-1] == (3, 3, "converting")
     return renderer
 
@@ -186,7 +188,7 @@ def test_openvino_files_run_in_plain_openvino_like_torch(ov_renderer, frames, tm
     source, driving = frames
     state = renderer.prepare_source(source)
     reference = renderer.animate_batch(state, driving[:2])
-    frame = core.read_model(ov_renderer.graphs.folder / "frame.xml")  # the runtime's cache: an export
+    frame = core.read_model(ov_renderer.adapter.graphs.folder / "frame.xml")  # the runtime's cache: an export
     frame.reshape({"kp_driving": [2, 10, 2], "kp_driving_jacobian": [2, 10, 2, 2]})
     frame = core.compile_model(frame, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
@@ -209,22 +211,24 @@ def test_openvino_files_run_in_plain_openvino_like_torch(ov_renderer, frames, tm
 
 
 def test_openvino_runtime_matches_torch_and_pads_the_last_batch(ov_renderer, torch_renderer, frames):
-    for mode, (relative, adapt) in MODES.items():
-        reference = torch_reference(torch_renderer, frames, relative, adapt)
-        ours = torch_reference(ov_renderer, frames, relative, adapt)
+    for name, (mode, adapt) in MODES.items():
+        reference = torch_reference(torch_renderer, frames, mode, adapt)
+        ours = torch_reference(ov_renderer, frames, mode, adapt)
         for key in reference:
-            assert_close(f"{mode} {key}", ours[key], reference[key])
-    sizes = {size for (name, _, size) in ov_renderer.graphs.compiled if name == "frame"}
+            assert_close(f"{name} {key}", ours[key], reference[key])
+    sizes = {size for (name, _, size) in ov_renderer.adapter.graphs.compiled if name == "frame"}
     assert sizes == {4}  # the batch of 2 ran padded to 4, not compiled again
 
 
 def test_a_second_load_reads_the_cache_without_converting(ov_renderer, ov_cache):
-    folder = ov_renderer.graphs.folder
+    folder = ov_renderer.adapter.graphs.folder
     files = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
     assert {"keypoints.xml", "source.bin", "frame.xml", "manifest.json"} <= set(files)
     steps = []
-    again = make_renderer(small_model(), "cpu", "openvino", ov_cache, lambda *step: steps.append(step))
-    assert again.graphs.cache_hit and again.graphs.folder == folder and steps == []
+    again = Renderer(
+        small_model(), runtime="openvino", cache_dir=ov_cache, on_progress=lambda *step: steps.append(step)
+    )
+    assert again.adapter.graphs.cache_hit and again.adapter.graphs.folder == folder and steps == []
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()} == files
     assert [p.name for p in ov_cache.iterdir()] == [folder.name]  # no stray partial folders
 
@@ -243,8 +247,8 @@ def test_the_cache_key_follows_the_weights(ov_cache):
 def test_the_bf16_policy_keeps_keypoints_flows_and_sampling_in_float32(ov_renderer):
     from worker.export.openvino_ir import KEEP_PRECISION_KEY, keep_float32_outside
 
-    graph = ov_renderer.graphs.graph_set.graphs["frame"]
-    model = ov_renderer.graphs.models["frame"].clone()
+    graph = ov_renderer.adapter.graphs.graph_set.graphs["frame"]
+    model = ov_renderer.adapter.graphs.models["frame"].clone()
     keep_float32_outside(model, graph.low_precision_scopes)
     kept = {node.get_friendly_name(): KEEP_PRECISION_KEY in node.get_rt_info() for node in model.get_ops()}
     types = {node.get_friendly_name(): node.get_type_name() for node in model.get_ops()}
@@ -271,8 +275,8 @@ def test_bf16_flows_stay_within_a_hundredth_of_a_pixel(ov_renderer, frames):
     for precision in ("fp32", "bf16"):
         state = ov_renderer.prepare_source(source, precision=precision)
         state.kp_initial = ov_renderer.keypoints(driving[:1])
-        feed = ov_renderer.graphs.graph_set.frame_feed(state, ov_renderer.keypoints(driving[:4]))
-        flows[precision] = ov_renderer.graphs.run("frame", feed, precision)["deformation"]
+        feed = ov_renderer.adapter.graphs.graph_set.frame_feed(state, ov_renderer.keypoints(driving[:4]))
+        flows[precision] = ov_renderer.adapter.graphs.run("frame", feed, precision)["deformation"]
     size = flows["fp32"].shape[1]
     pixels = np.abs(flows["bf16"] - flows["fp32"]).max() * (size - 1) / 2
     assert pixels < 0.01, f"flow moved {pixels:.4f} px in bf16"
@@ -293,7 +297,9 @@ def test_cli_render_on_openvino_equals_torch(
     ours, reference = (np.stack(list(read_frames(path, 64, 64))).astype(float) for path in (ours, reference))
     assert ours.shape == reference.shape and len(ours) >= 10
     assert np.abs(ours - reference).mean() < 0.5  # of 255: the same frames but for an encoder rounding
-    assert [p.name for p in ov_cache.iterdir()] == [ov_renderer.graphs.folder.name]  # no second conversion
+    assert [p.name for p in ov_cache.iterdir()] == [
+        ov_renderer.adapter.graphs.folder.name
+    ]  # no second conversion
 
 
 def test_the_openvino_runtime_refuses_what_it_cannot_run(ov_renderer, frames, ov_cache, small_checkpoint):
@@ -302,11 +308,13 @@ def test_the_openvino_runtime_refuses_what_it_cannot_run(ov_renderer, frames, ov
     with pytest.raises(RenderError, match="fp32 or bf16"):
         ov_renderer.prepare_source(frames[0], precision="fp16")
     with pytest.raises(RenderError, match="CPU only"):
-        make_renderer(small_model(), "cuda", "openvino", ov_cache)
+        Renderer(small_model(), "cuda", runtime="openvino", cache_dir=ov_cache)
     from worker.catalog import load_models
 
     loaded = load_models({"small": small_checkpoint}, "cpu", "openvino", ov_cache)
-    assert loaded["small"].renderer.runtime == "openvino" and loaded["small"].renderer.graphs.cache_hit
+    assert (
+        loaded["small"].renderer.runtime == "openvino" and loaded["small"].renderer.adapter.graphs.cache_hit
+    )
 
 
 def test_bad_export_arguments_exit_2_with_one_line(small_checkpoint, tmp_path, capsys):
@@ -358,3 +366,20 @@ def test_exported_shapes_name_the_batch(small_checkpoint):
     shapes = {spec["name"]: spec["shape"] for spec in frame["inputs"]}
     assert shapes["kp_driving"] == [3, 10, 2] and shapes["kp_source"] == [1, 10, 2]
     assert graphs.graphs["keypoints"].inputs[0].shape == (BATCH, 3, 64, 64)
+
+
+def test_a_tpsmm_file_is_refused_with_one_line(tmp_path, capsys, ov_cache):
+    """TPSMM has no export graphs (its spline fit, torch.linalg.solve, exports to neither format)."""
+    checkpoint = need_shared(TPSMM / "tpsmm-small.pth.tar")
+    assert (
+        main(["export", "--format", "onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")])
+        == 2
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["animate: error: tpsmm models cannot be exported or run on OpenVINO yet (only fomm)"]
+    assert list(tmp_path.iterdir()) == []
+    pytest.importorskip("openvino", reason="openvino is not installed: pip install 'animate[openvino]'")
+    from worker.catalog import load_models
+
+    assert load_models({"tpsmm": checkpoint}, "cpu", "openvino", ov_cache) == {}  # left out, logged
+    assert "tpsmm" in load_models({"tpsmm": checkpoint}, "cpu")  # torch still serves it

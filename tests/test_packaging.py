@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.settings import Settings
+from contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_api_image_has_no_torch_and_worker_is_on_cuda_pytorch():
     stages, args = _stages(), _arg_defaults()
     api_runs = _runs(stages["api"])
     assert "torch" not in api_runs and "[api]" in api_runs
-    assert "uvicorn service.app:create_app --factory" in dict(stages["api"])["CMD"]
+    assert '"-m", "service"' in dict(stages["api"])["CMD"], "the API with its connection limits"
 
     base = dict(stages["worker"])["FROM"]
     image = args.get(base.strip("${}"), base)
@@ -105,10 +105,11 @@ def test_images_install_like_make_setup():
 
 def test_compose_services_volumes_and_health_checks(compose):
     services = compose["services"]
-    assert {"redis", "api", "worker", "worker-cpu"} <= set(services)
+    assert {"redis", "minio", "bucket", "api", "worker", "worker-cpu"} <= set(services)
     stage_names = set(_stages())
     for name, service in services.items():
-        assert "test" in service.get("healthcheck", {}), f"{name} has a health check"
+        if service.get("restart") != "no":  # one-shot set-up services end instead of staying healthy
+            assert "test" in service.get("healthcheck", {}), f"{name} has a health check"
         if "build" in service:
             assert service["build"]["target"] in stage_names
 
@@ -119,21 +120,21 @@ def test_compose_services_volumes_and_health_checks(compose):
     assert redis_volume[1] == "/data" and redis_volume[0] in compose["volumes"]
 
     settings = set(Settings.model_fields)
-    for name in ("api", "worker", "worker-cpu"):
+    for name in ("api", "worker", "worker-cpu", "live", "live-cpu"):
         service = services[name]
         env = service["environment"]
-        assert {key.lower() for key in env} <= settings, f"{name} sets only known settings"
+        ours = {key.lower() for key in env if not key.startswith("AWS_")}
+        assert ours <= settings, f"{name} sets only known settings"
         assert env["REDIS_URL"].startswith("redis://redis:")
+        assert env["STORAGE_URL"].startswith("s3://") and env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert service["depends_on"]["bucket"]["condition"] == "service_completed_successfully"
         volumes = [volume.split(":") for volume in service["volumes"]]
-        data = [v for v in volumes if v[1] == env["DATA_DIR"]]
-        assert data and data[0][0] in compose["volumes"], f"{name} mounts the shared data volume"
+        assert all(v[0] not in compose["volumes"] for v in volumes), f"{name} shares no volume: it can scale"
         weights = [v for v in volumes if v[1] == env["WEIGHTS_DIR"]]
         assert weights and weights[0][2:] == ["ro"], f"{name} mounts the weights read-only"
-    data_volumes = {
-        v.split(":")[0] for n in ("api", "worker") for v in services[n]["volumes"] if ":/data" in v
-    }
-    assert len(data_volumes) == 1, "API and workers share one data volume"
+    for name in ("worker", "worker-cpu"):
+        assert "container_name" not in services[name] and "ports" not in services[name], "--scale works"
 
 
 def test_compose_worker_reserves_a_gpu_and_cpu_profile_does_not(compose):
@@ -149,7 +150,7 @@ def test_compose_worker_reserves_a_gpu_and_cpu_profile_does_not(compose):
 def test_precision_defaults_follow_the_device_and_can_be_chosen():
     from pydantic import ValidationError
 
-    from service.settings import Settings
+    from contract.settings import Settings
 
     assert Settings(worker_device="cpu").render_precision == "fp32"
     assert Settings(worker_device="cuda").render_precision == "bf16"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.queue import JobQueue, connect
+from contract.storage.local import LocalStore
 from service.cleanup import sweep
-from service.queue import JobQueue, connect
-from service.storage import JobStore
 from tests.service_stack import ROOT, ServiceStack, clean_env, cut_clip
 from worker.video_io import probe_video
 
@@ -315,7 +315,7 @@ def test_models_health_and_docs(stack):
 def test_expired_jobs_are_swept(stack, portrait, short_clip):
     job = _submit(stack, portrait, short_clip)
     assert stack.wait_finished(job["id"])["status"] == "succeeded"
-    store = JobStore(stack.data_dir)
+    store = LocalStore(stack.data_dir)
     orphan_old = store.folder(str(uuid.uuid4()))
     orphan_new = store.folder(str(uuid.uuid4()))
     for folder in (orphan_old, orphan_new):
@@ -380,3 +380,57 @@ def test_job_payload_is_plain_json(stack, portrait, short_clip):
     payload = json.loads(zlib.decompress(stack.redis_client().hget(f"rq:job:{job['id']}", "data")))
     assert payload[2] == [job["id"], {"model": "small", "options": job["inputs"]["options"]}]
     stack.wait_finished(job["id"])
+
+
+def test_a_client_generated_from_the_openapi_document_runs_a_job(stack, portrait, short_clip, tmp_path):
+    """openapi-python-client, a third-party generator, builds a client from /openapi.json as it is;
+    the client submits, polls and downloads the bytes."""
+    spec = tmp_path / "openapi.json"
+    spec.write_text(stack.http.get("/openapi.json").text)
+    generator = Path(sys.executable).with_name("openapi-python-client")
+    env = {**os.environ, "PATH": f"{generator.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [str(generator), "generate", "--path", str(spec), "--meta", "none"]
+    done = subprocess.run(
+        [*command, "--output-path", str(tmp_path / "animate_client")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Cannot parse" not in done.stdout + done.stderr and "Unsupported" not in done.stdout + done.stderr
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from animate_client import Client
+        from animate_client.api.default import animate, get_job, get_result
+        from animate_client.models import AnimateAnimateForm, ErrorBody, JobResource
+        from animate_client.types import File
+    finally:
+        sys.path.remove(str(tmp_path))
+
+    client = Client(base_url=stack.url, timeout=None)
+    with portrait.open("rb") as image, short_clip.open("rb") as video:
+        form = AnimateAnimateForm(
+            source=File(payload=image, file_name="photo.jpg", mime_type="image/jpeg"),
+            driving=File(payload=video, file_name="talk.mp4", mime_type="video/mp4"),
+            crop="none",
+        )
+        queued = animate.sync(client=client, body=form)
+    assert isinstance(queued, JobResource), queued
+    deadline = time.monotonic() + 300
+    job = queued
+    while str(job.status) not in ("succeeded", "failed", "canceled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = get_job.sync(client=client, job_id=queued.id)
+    assert str(job.status) == "succeeded", job
+    assert job.result.frames == probe_video(short_clip).frames
+
+    downloaded = get_result.sync(client=client, job_id=queued.id)
+    video_bytes = downloaded.payload.read()
+    assert video_bytes[4:8] == b"ftyp" and len(video_bytes) > 1000
+
+    missing = get_job.sync_detailed(client=client, job_id=str(uuid.uuid4()))
+    assert missing.status_code == 404 and isinstance(missing.parsed, ErrorBody)
+    assert missing.parsed.error.code == "job_not_found"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.settings import Settings
 from service.errors import ApiError
 from service.media import probe_video
-from service.settings import Settings
 from tests.hostile_media import (
     ffmpeg_bytes,
     gradient,

@@ -4,8 +4,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.models import AnimationModel, CheckpointError, load_checkpoint
-from worker.pipeline import Renderer, make_renderer
+from worker.export import ExportError
+from worker.models import AnimationModel, CheckpointError, TPSMModel, load_checkpoint
+from worker.pipeline import Renderer
 
 log = logging.getLogger("worker")
 
@@ -14,12 +15,20 @@ log = logging.getLogger("worker")
 class LoadedModel:
     name: str
     path: Path
-    model: AnimationModel
+    model: AnimationModel | TPSMModel
     renderer: Renderer
 
     def describe(self) -> dict:
-        """What the worker publishes for /models."""
-        return {"name": self.name, "frame_size": list(self.model.frame_shape), "num_kp": self.model.num_kp}
+        """What the worker publishes for /models: `family` ("fomm" or "tpsmm"), the motion transfer
+        `modes` it can render (the default first) and whether it predicts background motion."""
+        return {
+            "name": self.name,
+            "family": self.model.family,
+            "frame_size": list(self.model.frame_shape),
+            "num_kp": self.model.num_kp,
+            "modes": list(self.model.modes),
+            "background_motion": self.model.background_motion,
+        }
 
 
 def load_models(
@@ -28,18 +37,21 @@ def load_models(
     """Load each checkpoint onto `device` for `runtime`; one that fails to load is reported and left out.
 
     With the openvino runtime a model's first load converts it into `cache_dir` (seconds to a
-    minute each); later loads read the converted files.
+    minute each); later loads read the converted files. A family without export graphs (TPSMM)
+    cannot run there: it is reported and left out too.
     """
     loaded = {}
     for name, path in checkpoints.items():
         try:
             model = load_checkpoint(path, device=device)
-        except CheckpointError as exc:
+            renderer = Renderer(model, device, runtime=runtime, cache_dir=cache_dir)
+        except (CheckpointError, ExportError) as exc:
             log.error("skipping %s: %s", path, exc)
             continue
-        loaded[name] = LoadedModel(name, path, model, make_renderer(model, device, runtime, cache_dir))
+        loaded[name] = LoadedModel(name, path, model, renderer)
         log.info(
-            "loaded model %r from %s (%dx%d, %d keypoints, %s runtime)",
+            "loaded %s model %r from %s (%dx%d, %d keypoints, %s runtime)",
+            model.family,
             name,
             path,
             *model.frame_shape,

@@ -46,8 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
     render.add_argument("--out", required=True, help="output MP4")
     render.add_argument("--config", help="YAML in the published config format overriding the inferred one")
-    render.add_argument("--mode", choices=["relative", "absolute"], default="relative")
+    render.add_argument(
+        "--mode",
+        choices=["relative", "absolute", "avd"],
+        default="relative",
+        help="motion transfer (default: relative); avd: TPSMM files with a trained AVD network",
+    )
     render.add_argument("--adapt-scale", action=argparse.BooleanOptionalAction, default=True)
+    render.add_argument(
+        "--background-motion",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="move the background by TPSMM's predicted affine motion (files with one; default: off)",
+    )
     render.add_argument("--driving-start", type=_start_frame, default=0, metavar="N|best")
     render.add_argument("--batch-size", type=int, default=4)
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -84,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     crop.add_argument("--size", type=int, default=512, help="output side in pixels (default: 512)")
     crop.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
 
-    inspect = commands.add_parser("inspect", help="print a checkpoint's inferred architecture")
+    inspect = commands.add_parser(
+        "inspect", help="print a checkpoint's family, inferred architecture, modes and parameter counts"
+    )
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
 
@@ -127,10 +140,14 @@ def _fail(message: str) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from contract.options import first_error
     from worker.errors import RenderError
+    from worker.export import ExportError
     from worker.export.openvino_ir import OpenVinoMissing
     from worker.models import CheckpointError, load_checkpoint
-    from worker.pipeline import RenderOptions, make_renderer
+    from worker.pipeline import Renderer, RenderOptions
     from worker.progress import ProgressBar
     from worker.video_io import load_image, probe_video
 
@@ -143,18 +160,22 @@ def _render(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         return _fail(f"output folder does not exist: {out.parent}")
     precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
-    options = RenderOptions(
-        mode=args.mode,
-        adapt_scale=args.adapt_scale,
-        driving_start=args.driving_start,
-        size=args.size,
-        batch_size=args.batch_size,
-        audio=args.audio,
-        device=args.device,
-        precision=precision,
-        crop=args.crop,
-        paste_back=args.paste_back,
-    )
+    try:
+        options = RenderOptions(
+            mode=args.mode,
+            adapt_scale=args.adapt_scale,
+            driving_start=args.driving_start,
+            size=args.size,
+            batch_size=args.batch_size,
+            audio=args.audio,
+            device=args.device,
+            precision=precision,
+            crop=args.crop,
+            paste_back=args.paste_back,
+            background_motion=args.background_motion,
+        )
+    except ValidationError as exc:
+        return _fail(first_error(exc)[1])
     if args.runtime == "openvino" and args.device != "cpu":
         return _fail("--runtime openvino runs on the CPU only")
     if args.runtime == "openvino" and precision not in ("fp32", "bf16"):
@@ -162,15 +183,16 @@ def _render(args: argparse.Namespace) -> int:
     bar = ProgressBar("rendering")
     converting = ProgressBar("converting", unit="graphs")
     try:
-        options.validate()
         image = load_image(args.source)
         info = probe_video(args.driving)
         model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
         cache_dir = args.cache_dir or _default_cache_dir()
-        renderer = make_renderer(model, args.device, args.runtime, cache_dir, converting)
+        renderer = Renderer(
+            model, args.device, runtime=args.runtime, cache_dir=cache_dir, on_progress=converting
+        )
         converting.close() if converting.last else None
         result = renderer.render(image, args.driving, out, options, bar, info=info)
-    except (RenderError, CheckpointError, OpenVinoMissing) as exc:
+    except (RenderError, CheckpointError, ExportError, OpenVinoMissing) as exc:
         for progress in (converting, bar):
             progress.close() if progress.last else None
         return _fail(str(exc))
@@ -244,14 +266,17 @@ def _inspect(args: argparse.Namespace) -> int:
         model = load_checkpoint(args.checkpoint, config=args.config)
     except CheckpointError as exc:
         return _fail(str(exc))
-    counts = {
-        "kp_detector": sum(p.numel() for p in model.kp_detector.parameters()),
-        "generator": sum(p.numel() for p in model.generator.parameters()),
-    }
     report = {
+        "family": model.family,
         "frame_shape": list(model.frame_shape),
+        "num_kp": model.num_kp,
+        **({"num_tps": model.num_tps} if model.family == "tpsmm" else {}),
+        "modes": list(model.modes),
+        "background_predictor": model.background_motion,
         "model_params": model.config,
-        "parameters": counts,
+        "parameters": {
+            name: sum(p.numel() for p in network.parameters()) for name, network in model.named_children()
+        },
     }
     print(json.dumps(report, indent=2))
     return 0
@@ -299,6 +324,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             return _fail("--device cuda: no CUDA device is available")
     try:
         model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
+        if model.family != "fomm":
+            return _fail(f"eval measures FOMM checkpoints; {args.checkpoint} is a {model.family} checkpoint")
         report = evaluate(model_reconstructor(model, args.device), args.data, model.frame_shape)
     except (CheckpointError, DataError) as exc:
         return _fail(str(exc))

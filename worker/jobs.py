@@ -1,37 +1,42 @@
 """The RQ entry point: `render_job` renders one queued job with a model loaded when the worker started.
 
-RQ calls it by name with JSON arguments (job id, {model, options}); the files are found in the job's
-folder, never taken from the payload. What the API shows is written into the job's meta: progress (at
-most PROGRESS_INTERVAL apart), timings, the result summary, and on failure the RenderError's code
-(a full or unwritable disk is `storage_error`). Every end is also counted for /metrics and triggers
-the job's webhook (service/outcomes.py).
+RQ calls it by name with JSON arguments (job id, the `JobRequest`); the input files are fetched from
+the store (contract/storage) into this worker's scratch folder, never taken from the payload. The
+result is rendered there and published to the store whole. What the API shows goes into the job
+record (contract/job.py): progress (at most PROGRESS_INTERVAL apart), timings, the result summary;
+every end goes through `contract.outcomes.job_ended`, which records it, counts it and schedules the
+job's webhook.
 """
 
 import errno
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 from rq import get_current_job
-from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from service.outcomes import job_ended
-from service.queue import JobQueue
-from service.settings import Settings
-from service.storage import DRIVING, SOURCE, JobStore
+from contract.job import ErrorDetail, JobRecord, JobRequest, JobResult, JobTimings, ProgressReport
+from contract.options import first_error
+from contract.outcomes import job_ended
+from contract.queue import JobQueue
+from contract.redaction import without_paths
+from contract.settings import Settings
+from contract.storage import DRIVING, RESULT, SOURCE, JobStore, StorageError
 from worker.catalog import LoadedModel
 from worker.errors import InvalidVideo, RenderCanceled, RenderError
-from worker.pipeline import RenderOptions
+from worker.pipeline import RenderOptions, RenderResult
 from worker.video_io import load_image, probe_video
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
 CANCEL_POLL_INTERVAL = 0.2  # seconds between reads of the cancel flag
-OPTION_NAMES = ("mode", "adapt_scale", "driving_start", "audio", "crop", "paste_back")
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 log = logging.getLogger("worker")
 
@@ -47,6 +52,8 @@ class Engine:
     models: dict[str, LoadedModel]
     settings: Settings
     queue: JobQueue
+    store: JobStore
+    scratch: Path  # this process's own folder for inputs and renders
     stopping: threading.Event = field(default_factory=threading.Event)
     interrupted: set[str] = field(default_factory=set)  # ids of jobs to hand back to the queue
 
@@ -60,34 +67,37 @@ def install(engine: Engine) -> None:
 
 
 class JobReporter:
-    """Progress into the job's meta, throttled; cancel requests and worker shutdown polled between batches."""
+    """Progress into the job record, throttled; cancel requests and worker shutdown polled between batches."""
 
-    def __init__(self, job: Job, engine: Engine):
-        self.job = job
+    def __init__(self, record: JobRecord, engine: Engine):
+        self.record = record
         self.engine = engine
         self.started = time.monotonic()
         self.stage = "rendering"
         self.last_write = 0.0
         self.last_poll = 0.0
         self.canceled = False
+        self.frames_done = 0
 
-    def save(self, **notes: Any) -> None:
+    def save(self, **fields: Any) -> None:
         """Best effort: a Redis hiccup must not fail a render that is going well."""
-        self.job.meta.update(notes)
         try:
-            self.job.save_meta()
+            self.record.save(**fields)
         except redis.exceptions.RedisError as exc:
-            log.warning("job %s: could not save its progress: %s", self.job.id, exc)
+            log.warning("job %s: could not save its progress: %s", self.record.id, exc)
 
     def progress(self, done: int, total: int, stage: str = "rendering") -> None:
         now = time.monotonic()
         if stage != self.stage:  # each stage has its own rate, so its own clock
             self.stage, self.started, self.last_write = stage, now, 0.0
+        self.frames_done = done
         if now - self.last_write < PROGRESS_INTERVAL and done < total:
             return
         self.last_write = now
         fps = done / max(now - self.started, 1e-6)
-        self.save(progress={"stage": stage, "frames_done": done, "frames_total": total, "fps": round(fps, 2)})
+        self.save(
+            progress=ProgressReport(stage=stage, frames_done=done, frames_total=total, fps=round(fps, 2))
+        )
 
     def should_cancel(self) -> bool:
         if self.engine.stopping.is_set():
@@ -96,103 +106,114 @@ class JobReporter:
         if now - self.last_poll >= CANCEL_POLL_INTERVAL:
             self.last_poll = now
             try:
-                self.canceled = self.engine.queue.cancel_requested(self.job.id)
+                self.canceled = self.engine.queue.cancel_requested(self.record.id)
             except redis.exceptions.RedisError:
                 self.canceled = False
         return self.canceled
 
 
-def _options(request: dict[str, Any], settings: Settings) -> RenderOptions:
-    given = request.get("options") or {}
-    return RenderOptions(
-        **{name: given[name] for name in OPTION_NAMES if given.get(name) is not None},
+def _request(record: JobRecord) -> JobRequest:
+    try:
+        return record.request
+    except ValidationError as exc:
+        raise RenderError(f"the job's request is invalid: {first_error(exc)[1]}", "invalid_option") from None
+
+
+def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: Path) -> RenderResult:
+    settings = engine.settings
+    request = _request(record)
+    if request.model not in engine.models:
+        raise RenderError(f"model {request.model!r} is not loaded by this worker", "unknown_model")
+    inputs = engine.store.fetch_inputs(record.id, scratch)
+    if SOURCE not in inputs or DRIVING not in inputs:
+        raise RenderError("the job's input files are missing", "inputs_missing")
+    options = RenderOptions(
+        **request.options.model_dump(),
         batch_size=settings.batch_size,
         device=settings.worker_device,
         precision=settings.render_precision,
     )
-
-
-def _render(job_id: str, request: dict[str, Any], engine: Engine, reporter: JobReporter) -> dict[str, Any]:
-    settings = engine.settings
-    store = JobStore(settings.data_dir)
-    name = request.get("model") or settings.default_model
-    if name not in engine.models:
-        raise RenderError(f"model {name!r} is not loaded by this worker", "unknown_model")
-    source = store.input_path(job_id, SOURCE)
-    driving = store.input_path(job_id, DRIVING)
-    if source is None or driving is None:
-        raise RenderError("the job's input files are missing", "inputs_missing")
-    store.remove_partials(job_id)  # what an attempt on a worker that died left behind
-    options = _options(request, settings)
-    options.validate()
-    image = load_image(source, settings.max_pixels)
-    info = probe_video(driving)
+    image = load_image(inputs[SOURCE], settings.max_pixels)
+    info = probe_video(inputs[DRIVING], settings.max_driving_pixels)
     if info.duration > settings.max_driving_seconds or info.frames > settings.max_driving_frames:
         raise InvalidVideo(f"driving lasts {info.duration:.1f} s, {info.frames} frames: over the limits")
     if info.width * info.height > settings.max_driving_pixels:
         raise InvalidVideo(f"driving is {info.width}x{info.height}: over MAX_DRIVING_PIXELS")
-    renderer = engine.models[name].renderer
+    renderer = engine.models[request.model].renderer
+    out = scratch / RESULT
     result = renderer.render(
-        image, driving, store.result_path(job_id), options, reporter.progress, reporter.should_cancel, info
+        image, inputs[DRIVING], out, options, reporter.progress, reporter.should_cancel, info
     )
-    return result.to_dict()
+    engine.store.publish(record.id, RESULT, out)
+    return result
+
+
+def _failure(exc: BaseException) -> ErrorDetail:
+    """The account a failed render gives its client: never a path or a traceback; an input file is
+    called by its upload field."""
+    if isinstance(exc, RenderCanceled):
+        return ErrorDetail(code="canceled", message="the job was canceled")
+    if isinstance(exc, RenderError):
+        return ErrorDetail(code=exc.code, message=without_paths(str(exc), (SOURCE, DRIVING)))
+    if isinstance(exc, JobTimeoutException):
+        return ErrorDetail(code="timeout", message="the render took longer than JOB_TIMEOUT")
+    if isinstance(exc, StorageError):
+        return ErrorDetail(code="storage_error", message="the job's files could not be read or stored")
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        return ErrorDetail(code="storage_error", message=f"the result could not be stored ({exc.strerror})")
+    return ErrorDetail(code="internal_error", message=f"the render failed ({type(exc).__name__})")
 
 
 def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Render job `job_id`; the MP4 lands in its folder as result.mp4. Returns the result summary."""
+    """Render job `job_id` and publish its result to the store. Returns the result summary."""
     if _engine is None:
         raise RuntimeError("no models are loaded in this process: run workers with `python -m worker.run`")
     engine = _engine
     job = get_current_job()
-    reporter = JobReporter(job, engine)
+    record = JobRecord(job)
+    reporter = JobReporter(record, engine)
+    began = time.monotonic()
     queue_wait = (datetime.now(UTC) - job.enqueued_at).total_seconds() if job.enqueued_at else None
     reporter.save(
-        progress={}, timings={"queue_wait": round(queue_wait, 4) if queue_wait is not None else None}
+        progress=None,
+        outcome=None,
+        timings=JobTimings(queue_wait=round(queue_wait, 4) if queue_wait else None),
     )
-    client = engine.queue.redis
-
-    def failed(code: str, message: str) -> None:
-        reporter.save(error={"code": code, "message": message})
-        seconds = time.monotonic() - reporter.started
-        frames = int(job.meta.get("progress", {}).get("frames_done", 0))
-        job_ended(client, job, "canceled" if code == "canceled" else "failed", code, seconds, frames)
-
+    scratch = engine.scratch / job_id
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
     try:
-        summary = _render(job_id, request, engine, reporter)
-    except RenderCanceled as exc:
-        if engine.stopping.is_set():
+        rendered = _render(record, engine, reporter, scratch)
+    except BaseException as exc:
+        if isinstance(exc, RenderCanceled) and engine.stopping.is_set():
             engine.interrupted.add(job_id)
-            reporter.save(progress={}, timings={})
+            reporter.save(progress=None, timings=None)
             raise WorkerStopping(f"job {job_id} interrupted by a worker shutdown") from exc
-        failed(exc.code, "the job was canceled")
+        error = _failure(exc)
+        if error.code == "internal_error":
+            log.exception("job %s failed", job_id, extra={"job_id": job_id})
+        status = "canceled" if error.code == "canceled" else "failed"
+        job_ended(engine.queue.redis, record, status, error, time.monotonic() - began, reporter.frames_done)
         raise
-    except RenderError as exc:
-        failed(exc.code, str(exc))
-        raise
-    except JobTimeoutException:
-        failed("timeout", "the render took longer than JOB_TIMEOUT")
-        raise
-    except OSError as exc:
-        if exc.errno not in STORAGE_ERRNOS:
-            failed("internal_error", f"the render failed ({type(exc).__name__})")
-            raise
-        failed("storage_error", f"the result could not be stored ({exc.strerror})")
-        raise
-    except Exception as exc:
-        failed("internal_error", f"the render failed ({type(exc).__name__})")
-        raise
-    timings = summary.pop("timings")
-    reporter.save(
-        result=summary,
-        progress={"frames_done": summary["frames"], "frames_total": summary["frames"]},
-        timings={
-            **job.meta.get("timings", {}),
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    timings = rendered.timings
+    done = record.timings.model_copy(
+        update={
             "decode": timings["decode"],
             "inference": timings["inference"],
             "encode": timings["encode"],
             "render": timings["total"],
-            "precision": summary["precision"],
-        },
+            "precision": rendered.precision,
+        }
     )
-    job_ended(client, job, "succeeded", None, time.monotonic() - reporter.started, summary["frames"], timings)
-    return {**summary, "timings": timings}
+    frames = rendered.frames
+    result = JobResult(**rendered.model_dump(exclude={"timings"}))
+    reporter.save(
+        result=result,
+        progress=ProgressReport(stage="rendering", frames_done=frames, frames_total=frames),
+        timings=done,
+    )
+    seconds = time.monotonic() - began
+    job_ended(engine.queue.redis, record, "succeeded", None, seconds, frames, timings)
+    return rendered.model_dump()

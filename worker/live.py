@@ -16,15 +16,13 @@ Why a process of its own rather than a thread in the RQ worker (`make serve` sta
 The cost is a second copy of the weights (a few MB for the starter model; on a GPU also a second
 CUDA context), which is small next to what a session needs.
 
-Protocol with the API: service/live_channel.py. Sessions: worker/live_session.py.
+Protocol with the API: contract/live_channel.py. Sessions: worker/live_session.py.
 """
 
 import argparse
 import json
 import logging
-import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -32,14 +30,14 @@ import time
 import redis
 import torch
 
-from service import live_channel as channel
-from service.queue import connect, host_is_present
-from service.settings import Settings
-from service.storage import InvalidJobId, parse_job_id
-from worker.catalog import LoadedModel, load_models
+from contract import live_channel as channel
+from contract.queue import connect, host_is_present
+from contract.settings import Settings
+from contract.storage import InvalidJobId, parse_job_id
+from worker import process
+from worker.catalog import LoadedModel
 from worker.live_session import LiveSession
 
-PRESENCE_INTERVAL = 5.0
 STOP_TIMEOUT = 10.0
 log = logging.getLogger("worker.live")
 
@@ -133,7 +131,7 @@ class LiveServer:
         self.publish()
         try:
             while not self.stopping.is_set():
-                if time.monotonic() - self.last_presence >= PRESENCE_INTERVAL:
+                if time.monotonic() - self.last_presence >= process.PRESENCE_INTERVAL:
                     self.publish()
                 try:
                     item = self.client.blpop([self.open_key], timeout=1)
@@ -166,19 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if args.healthcheck:
         return 0 if host_is_present(settings.queue_url, channel.WORKER_PREFIX) else 1
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s live %(levelname)s %(message)s")
-    if settings.worker_device == "cuda" and not torch.cuda.is_available():
-        print("live: error: WORKER_DEVICE=cuda but no CUDA device is available", file=sys.stderr)
-        return 2
+    try:
+        models = process.start("live", settings)
+    except process.StartError as exc:
+        return process.fail("live", exc)
     if settings.worker_device == "cpu":
         torch.set_num_threads(1)
-    models = load_models(settings.checkpoints(), settings.worker_device)
-    if not models:
-        print(
-            f"live: error: no usable checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}", file=sys.stderr
-        )
-        return 2
-    name = f"{socket.gethostname()}.{os.getpid()}"
+    name = process.process_name()
     server = LiveServer(name, models, connect(settings.queue_url), settings)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stopping.set())

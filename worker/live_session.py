@@ -1,6 +1,6 @@
 """One live session on a live worker: driving JPEGs in, animated JPEGs out, one frame at a time.
 
-The session is a thread that pops its Redis lists (control before frames, see service/live_channel.py)
+The session is a thread that pops its Redis lists (control before frames, see contract/live_channel.py)
 and renders each frame as soon as it is taken: the API keeps at most FRAME_QUEUE frames waiting, so
 a frame is never older than a couple of renders. Each answer is a JPEG with a comment segment
 (COM, right after SOI) reading `frame=<index>`, the index of the driving frame it animates: the
@@ -19,7 +19,7 @@ import numpy as np
 import redis
 import torch
 
-from service import live_channel as channel
+from contract import live_channel as channel
 from worker.catalog import LoadedModel
 from worker.pipeline import to_frames, to_tensor
 from worker.subject.autocrop import image_crop

@@ -1,4 +1,5 @@
-"""The OpenVINO runtime for CPU workers (RUNTIME=openvino, `animate render --runtime openvino`).
+"""The OpenVINO runtime for CPU workers (RUNTIME=openvino, `animate render --runtime openvino`): a
+model adapter for the Renderer.
 
 The model's graphs (worker/export) are converted once and cached on disk, keyed by the model's
 content, the OpenVINO version, the family's graph version and the frame size; later loads read the
@@ -14,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from worker.adapters.state import SourceState
 from worker.errors import RenderError
 from worker.export import BATCH, GraphSet, graph_set
 from worker.export.files import MANIFEST, ProgressCallback, export_graphs
 from worker.export.openvino_ir import OPENVINO_PRECISIONS, compile_graph, cpu_has_bf16, import_openvino
 from worker.models import AnimationModel
-from worker.pipeline import Renderer, SourceState
+from worker.optimize import prepare_for_inference
 
 log = logging.getLogger("worker")
 FP32_GRAPHS = ("keypoints",)  # graphs that run in float32 whatever the job's precision
@@ -116,17 +119,16 @@ class OpenVinoGraphs:
         return outputs
 
 
-class OpenVinoRenderer(Renderer):
-    """A Renderer whose networks run in OpenVINO on the CPU, same inputs and outputs as torch's.
+class OpenVinoAdapter:
+    """The Renderer's model adapter (worker/adapters) whose networks run in OpenVINO on the CPU,
+    with the same inputs and outputs as the family's torch adapter; families with export graphs only.
 
     Precision policy as in torch: fp32, or bf16 for the convolution stacks only (keypoints, flows
     and sampling stay float32).
     """
 
-    runtime = "openvino"
-
-    def __init__(self, model: AnimationModel, cache_dir: Path, on_progress: ProgressCallback | None = None):
-        super().__init__(model, "cpu")
+    def __init__(self, model: nn.Module, cache_dir: Path, on_progress: ProgressCallback | None = None):
+        self.model = prepare_for_inference(model, "cpu")
         self.graphs = OpenVinoGraphs.load(self.model, cache_dir, on_progress)
         self.native_bf16 = cpu_has_bf16(self.graphs.core)
         self._warned_bf16 = False
@@ -139,37 +141,27 @@ class OpenVinoRenderer(Renderer):
             self._warned_bf16 = True
         return precision
 
-    def _as_keypoints(self, outputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.graphs.run("keypoints", {"frames": frames.float().numpy()})
         return {
             name: torch.from_numpy(outputs[name].copy()) for name in ("value", "jacobian") if name in outputs
         }
 
-    @torch.inference_mode()
-    def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._as_keypoints(self.graphs.run("keypoints", {"frames": frames.float().numpy()}))
+    def points(self, kp: dict[str, torch.Tensor]) -> torch.Tensor:
+        return kp["value"]
 
-    @torch.inference_mode()
     def prepare_source(
-        self,
-        source: torch.Tensor,
-        precision: str = "fp32",
-        relative: bool = True,
-        adapt_scale: bool = True,
+        self, source: torch.Tensor, precision: str, mode: str, adapt_scale: bool, background_motion: bool
     ) -> SourceState:
         precision = self._precision(precision)
         source = source.float().contiguous()
         kp_source = self.keypoints(source)
         outputs = self.graphs.run("source", {"source": source.numpy()}, precision)
         features = self.graphs.graph_set.source_features(outputs, source)
-        return SourceState(features, kp_source, precision, relative, adapt_scale)
+        return SourceState(features, kp_source, precision, mode, adapt_scale, background_motion)
 
-    @torch.inference_mode()
-    def animate_batch(
-        self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor] | None = None
+    def animate(
+        self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        if kp_driving is None:
-            kp_driving = self.keypoints(frames)
-        if state.kp_initial is None:
-            state.kp_initial = {k: v[:1] for k, v in kp_driving.items()}
         feed = self.graphs.graph_set.frame_feed(state, kp_driving)
         return torch.from_numpy(self.graphs.run("frame", feed, state.precision)["prediction"].copy())

@@ -7,6 +7,11 @@ from torch import nn
 
 from worker.models.blocks import ResBlock2d, SameBlock2d
 from worker.models.generator import Generator
+from worker.models.tpsmm.dense_motion import DenseMotionNetwork
+from worker.models.tpsmm.inpainting import InpaintingNetwork
+from worker.models.tpsmm.resnet import BasicBlock, ResNet18
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _fold_into(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
@@ -23,7 +28,8 @@ def fold_batch_norm(model: nn.Module) -> int:
 
     conv -> norm -> ReLU blocks become conv -> ReLU, and in the pre-activation residual blocks the
     second norm folds into the first conv; their first norm, which also feeds the skip path, stays.
-    Returns how many were folded.
+    In ResNet-18 (TPSMM) every norm follows a convolution. Instance norms (TPSMM's other networks)
+    depend on each image and cannot be folded. Returns how many were folded.
     """
     folded = 0
     for block in model.modules():
@@ -35,6 +41,20 @@ def fold_batch_norm(model: nn.Module) -> int:
             _fold_into(block.conv1, block.norm2)
             block.norm2 = nn.Identity()
             folded += 1
+        elif isinstance(block, (ResNet18, BasicBlock)):
+            pairs = (
+                [("conv1", "bn1"), ("conv2", "bn2")] if isinstance(block, BasicBlock) else [("conv1", "bn1")]
+            )
+            for conv, norm in pairs:
+                if isinstance(getattr(block, norm), nn.BatchNorm2d):
+                    _fold_into(getattr(block, conv), getattr(block, norm))
+                    setattr(block, norm, nn.Identity())
+                    folded += 1
+            shortcut = getattr(block, "downsample", None)
+            if shortcut is not None and isinstance(shortcut[1], nn.BatchNorm2d):
+                _fold_into(shortcut[0], shortcut[1])
+                shortcut[1] = nn.Identity()
+                folded += 1
     return folded
 
 
@@ -74,3 +94,24 @@ def low_precision_generator(generator: Generator, dtype: torch.dtype) -> Generat
         motion = lowered.dense_motion_network
         motion.hourglass = LowPrecision(motion.hourglass, dtype)
     return lowered
+
+
+def low_precision_tpsmm(
+    dense_motion: DenseMotionNetwork, inpainting: InpaintingNetwork, dtype: torch.dtype
+) -> tuple[DenseMotionNetwork, InpaintingNetwork]:
+    """Copies of TPSMM's two heavy networks whose convolution blocks run in `dtype`.
+
+    Block by block, because the dense motion network reads every hourglass level; the thin-plate
+    splines, contribution and occlusion heads, warps and blends stay float32.
+    """
+    dense_motion, inpainting = copy.deepcopy(dense_motion), copy.deepcopy(inpainting)
+    hourglass = dense_motion.hourglass
+    for blocks in (hourglass.encoder.down_blocks, hourglass.decoder.up_blocks, dense_motion.up):
+        for i, block in enumerate(blocks):
+            blocks[i] = LowPrecision(block, dtype)
+    for blocks in (inpainting.down_blocks, inpainting.resblock, inpainting.up_blocks):
+        for i, block in enumerate(blocks):
+            blocks[i] = LowPrecision(block, dtype)
+    inpainting.first = LowPrecision(inpainting.first, dtype)
+    inpainting.final = LowPrecision(inpainting.final, dtype)
+    return dense_motion, inpainting

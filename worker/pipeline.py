@@ -11,72 +11,47 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
+from contract.job import JobResult
+from contract.options import AnimationOptions
+from worker.adapters import ModelAdapter, SourceState, model_adapter
 from worker.errors import RenderCanceled, RenderError, StorageError
-from worker.models import AnimationModel, Generator, SourceFeatures, normalize_kp
+from worker.models import AnimationModel, TPSMModel
 from worker.models.motion_transfer import convex_hull_area
-from worker.optimize import low_precision_generator, prepare_for_inference
-from worker.subject.framing import DEFAULT_CROP, check_framing, plan_framing
+from worker.subject.framing import plan_framing
 from worker.video_io import Mp4Writer, VideoInfo, probe_video
 
 # (frames done, frames expected, stage): "analysing" while the crop follows the subject through the
 # driving video (crop other than "none"), then "rendering".
 ProgressCallback = Callable[[int, int, str], None]
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RUNTIMES = ("torch", "openvino")
 
 
-@dataclass
-class RenderOptions:
-    mode: Literal["relative", "absolute"] = "relative"
-    adapt_scale: bool = True
-    driving_start: int | Literal["best"] = 0
-    size: int | None = None  # output side in pixels; the model's resolution when None
-    batch_size: int = 4
-    audio: bool = True
+class RenderOptions(AnimationOptions):
+    """A request's options (contract/options.py) plus how this engine runs them; checked when built."""
+
+    size: int | None = Field(None, ge=16, le=2048, multiple_of=2)  # output side; None: the model's
+    batch_size: int = Field(4, ge=1, le=256)
     device: str = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    crop: str = DEFAULT_CROP  # "auto", "face", "body", "none" or "x,y,w,h": see worker/subject/framing.py
-    paste_back: bool = False
 
-    def validate(self) -> None:
-        if self.mode not in ("relative", "absolute"):
-            raise RenderError(f"mode must be relative or absolute, not {self.mode!r}", "invalid_option")
-        if self.driving_start != "best" and (
-            not isinstance(self.driving_start, int) or self.driving_start < 0
-        ):
-            raise RenderError("driving_start must be a frame index >= 0 or 'best'", "invalid_option")
-        if self.size is not None and not (16 <= self.size <= 2048 and self.size % 2 == 0):
-            raise RenderError("size must be an even number of pixels from 16 to 2048", "invalid_option")
-        if not 1 <= self.batch_size <= 256:
-            raise RenderError("batch_size must be from 1 to 256", "invalid_option")
-        try:
-            check_framing(self.crop, self.paste_back, self.size)
-        except ValueError as exc:
-            raise RenderError(str(exc), "invalid_option") from None
-        if self.precision not in PRECISIONS:
-            raise RenderError(f"precision must be one of {', '.join(PRECISIONS)}", "invalid_option")
+    @model_validator(mode="after")
+    def _size_and_paste_back(self) -> "RenderOptions":
+        if self.paste_back and self.size is not None:
+            raise ValueError("size cannot be combined with paste_back: the video has the source image's size")
+        return self
 
 
-@dataclass
-class RenderResult:
-    frames: int
-    fps: float
-    width: int
-    height: int
-    audio: bool
-    driving_start: int
-    precision: str
-    timings: dict[str, float] = field(default_factory=dict)
+class RenderResult(JobResult):
+    """The job's result summary (contract/job.py) plus the seconds each stage of the render took."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    timings: dict[str, float] = Field(default_factory=dict)
 
 
 def to_tensor(frames: np.ndarray, device: str) -> torch.Tensor:
@@ -213,64 +188,66 @@ class _BackgroundWriter:
             self.writer.close()
 
 
-@dataclass
-class SourceState:
-    """What a job computes once from its source image, then reuses for every driving frame."""
-
-    features: SourceFeatures
-    kp_source: dict[str, torch.Tensor]
-    precision: str = "fp32"
-    relative: bool = True
-    adapt_scale: bool = True
-    kp_initial: dict[str, torch.Tensor] | None = None  # taken from the first frame when None
-
-
 class Renderer:
     """Holds a loaded model, prepared for inference, and renders jobs with it.
 
     One instance per worker process. It takes ownership of `model`: batch norm is folded into the
-    convolutions and the weights are made channels-last, in place. `make_renderer` picks the
-    runtime; this class is the torch one.
+    convolutions and the weights are made channels-last, in place. What differs between model
+    families is in its adapter (`worker/adapters/`); `runtime` picks torch (any device) or openvino
+    (CPU; the model's graphs converted once into `cache_dir`, with `on_progress(graphs done,
+    graphs, "converting")` while converting).
     """
 
-    runtime = "torch"
-
-    def __init__(self, model: AnimationModel, device: str = "cpu"):
-        self.model = prepare_for_inference(model, device)
+    def __init__(
+        self,
+        model: AnimationModel | TPSMModel,
+        device: str = "cpu",
+        runtime: str = "torch",
+        cache_dir: Path | None = None,
+        on_progress: ProgressCallback | None = None,
+    ):
+        self.adapter = _runtime_adapter(model, device, runtime, cache_dir, on_progress)
+        self.model = self.adapter.model
+        self.runtime = runtime
         self.device = device
-        self._generators = {"fp32": self.model.generator}
 
-    def generator(self, precision: str) -> Generator:
-        """The generator for a precision; a lowered copy is made on first use and kept."""
-        if precision not in self._generators:
-            self._generators[precision] = low_precision_generator(self.model.generator, PRECISIONS[precision])
-        return self._generators[precision]
+    def check_mode(self, mode: str, background_motion: bool = False) -> None:
+        """A RenderError (invalid_option) when the model cannot render in `mode` or with background motion."""
+        if mode not in self.model.modes:
+            raise RenderError(
+                f"mode {mode!r} is not available with this {self.model.family} model "
+                f"(it offers {', '.join(self.model.modes)})",
+                "invalid_option",
+            )
+        if background_motion and not self.model.background_motion:
+            raise RenderError("this model has no background motion predictor", "invalid_option")
 
     def _input(self, frames: torch.Tensor) -> torch.Tensor:
         return frames.to(self.device).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keypoints of (N, 3, H, W) frames, always in float32: softmax heatmaps need the range."""
-        return self.model.kp_detector(self._input(frames))
+        """Keypoints of (N, 3, H, W) frames, always in float32: heatmaps and splines need the range."""
+        return self.adapter.keypoints(self._input(frames))
 
     @torch.inference_mode()
     def prepare_source(
         self,
         source: torch.Tensor,
         precision: str = "fp32",
-        relative: bool = True,
+        mode: str = "relative",
         adapt_scale: bool = True,
+        background_motion: bool = False,
     ) -> SourceState:
         """Source keypoints and encoder features for a (1, 3, H, W) source in [0, 1].
 
         The driving frame that motion is measured from (`kp_initial`) is the first one animated,
         unless the caller sets it.
         """
-        source = self._input(source)
-        kp_source = self.model.kp_detector(source)
-        features = self.generator(precision).encode_source(source)
-        return SourceState(features, kp_source, precision, relative, adapt_scale)
+        self.check_mode(mode, background_motion)
+        return self.adapter.prepare_source(
+            self._input(source), precision, mode, adapt_scale, background_motion
+        )
 
     @torch.inference_mode()
     def animate_batch(
@@ -280,41 +257,25 @@ class Renderer:
 
         `kp_driving`: the frames' keypoints when an earlier pass over the video already has them.
         """
+        frames = self._input(frames)
         if kp_driving is None:
-            kp_driving = self.keypoints(frames)
+            kp_driving = self.adapter.keypoints(frames)
         if state.kp_initial is None:
             state.kp_initial = {k: v[:1] for k, v in kp_driving.items()}
-        kp_norm = normalize_kp(
-            state.kp_source,
-            kp_driving,
-            state.kp_initial,
-            adapt_movement_scale=state.adapt_scale and state.relative,
-            use_relative_movement=state.relative,
-            use_relative_jacobian=state.relative,
-        )
-        n = frames.shape[0]
-        kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
-        generator = self.generator(state.precision)
-        out = generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
-        return out["prediction"]
+        return self.adapter.animate(state, frames, kp_driving)
 
     @torch.inference_mode()
     def _driving_keypoints(self, frames: Iterator[np.ndarray], batch_size: int, stop_at: int | None):
-        """Keypoints (T, K, 2) and jacobians of the driving frames, up to and including stop_at."""
-        values, jacobians = [], []
+        """The detector's outputs (keypoints (T, K, 2), ...) for the driving frames up to and including
+        stop_at."""
+        parts = []
         seen = 0
         for batch in _batched(frames, batch_size):
-            kp = self.keypoints(to_tensor(batch, self.device))
-            values.append(kp["value"])
-            if "jacobian" in kp:
-                jacobians.append(kp["jacobian"])
+            parts.append(self.keypoints(to_tensor(batch, self.device)))
             seen += len(batch)
             if stop_at is not None and seen > stop_at:
                 break
-        out = {"value": torch.cat(values)}
-        if jacobians:
-            out["jacobian"] = torch.cat(jacobians)
-        return out
+        return {key: torch.cat([kp[key] for kp in parts]) for key in parts[0]}
 
     @torch.inference_mode()
     def render(
@@ -332,7 +293,7 @@ class Renderer:
         The MP4 appears at `out_path` only when complete; on any failure nothing is left there.
         """
         options = options or RenderOptions()
-        options.validate()
+        self.check_mode(options.mode, options.background_motion)
         started = time.perf_counter()
         driving_path, out_path = Path(driving_path), Path(out_path)
         info = info or probe_video(driving_path)
@@ -349,8 +310,9 @@ class Renderer:
             state = self.prepare_source(
                 source,
                 precision=options.precision,
-                relative=options.mode == "relative",
+                mode=options.mode,
                 adapt_scale=options.adapt_scale,
+                background_motion=options.background_motion,
             )
 
         start = options.driving_start if options.mode == "relative" else 0
@@ -359,15 +321,16 @@ class Renderer:
             with decode.timed():
                 stop_at = None if start == "best" else start
                 kp_all = self._driving_keypoints(framing.driving_frames(h, w), options.batch_size, stop_at)
+            points = self.adapter.points(kp_all)
             if start == "best":
                 start = best_start_frame(
-                    state.kp_source["value"][0].cpu().numpy(), kp_all["value"].cpu().numpy()
+                    self.adapter.points(state.kp_source)[0].cpu().numpy(), points.cpu().numpy()
                 )
-            elif start >= len(kp_all["value"]):
-                last = len(kp_all["value"]) - 1
+            elif start >= len(points):
+                last = len(points) - 1
                 raise RenderError(f"driving_start {start} is past the last frame ({last})", "invalid_option")
             state.kp_initial = {k: v[start : start + 1] for k, v in kp_all.items()}
-        known_frames = len(kp_all["value"]) if kp_all else 0  # their keypoints are not computed again
+        known_frames = len(self.adapter.points(kp_all)) if kp_all else 0  # not computed again
 
         audio = options.audio and info.has_audio
         out_size = (options.size, options.size) if options.size else None
@@ -432,17 +395,15 @@ class Renderer:
         )
 
 
-def make_renderer(
-    model: AnimationModel,
-    device: str = "cpu",
-    runtime: str = "torch",
-    cache_dir: Path | None = None,
-    on_progress: Callable[[int, int, str], None] | None = None,
-) -> Renderer:
-    """A Renderer on `runtime`: torch (any device) or openvino (CPU; graphs converted once into
-    `cache_dir`, with `on_progress(graphs done, graphs, "converting")` while converting)."""
+def _runtime_adapter(
+    model: AnimationModel | TPSMModel,
+    device: str,
+    runtime: str,
+    cache_dir: Path | None,
+    on_progress: ProgressCallback | None,
+) -> ModelAdapter:
     if runtime == "torch":
-        return Renderer(model, device)
+        return model_adapter(model, device)
     if runtime != "openvino":
         raise RenderError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}", "invalid_option")
     if device != "cpu":
@@ -451,6 +412,6 @@ def make_renderer(
         raise RenderError(
             "the openvino runtime needs a cache folder for its converted models", "invalid_option"
         )
-    from worker.openvino_runtime import OpenVinoRenderer
+    from worker.openvino_runtime import OpenVinoAdapter
 
-    return OpenVinoRenderer(model, cache_dir, on_progress)
+    return OpenVinoAdapter(model, cache_dir, on_progress)

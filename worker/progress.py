@@ -7,12 +7,12 @@ from typing import TextIO
 
 class ProgressBar:
     def __init__(
-        self, label: str, stream: TextIO = sys.stderr, min_interval: float = 0.2, unit: str = "frames"
+        self, label: str, stream: TextIO | None = None, min_interval: float = 0.2, unit: str = "frames"
     ):
         self.label = label
         self.unit = unit  # what is counted; the rate is shown for frames only
-        self.stream = stream
-        self.enabled = stream.isatty()
+        self.stream = stream or sys.stderr  # read when built: a default bound at import goes stale
+        self.enabled = self.stream.isatty()
         self.min_interval = min_interval
         self.started = time.monotonic()
         self.last = 0.0

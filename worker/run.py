@@ -8,7 +8,7 @@ weights stay loaded, on the GPU where there is one, from one job to the next. Tw
 handled here: it does not refresh its job's heartbeat while the job runs (RQ gives the job's timeout
 plus a minute instead, so a SIGKILLed worker's job would look alive for half an hour), so a thread
 refreshes it every HEARTBEAT_INTERVAL with a TTL of three intervals and a dead worker's job is found
-within about a minute (service/maintenance.py, whose handler this worker's maintenance runs too);
+within about a minute (contract/maintenance.py, whose handler this worker's maintenance runs too);
 and it cannot kill a running job, so cancellation is our own Redis flag, read between frame batches.
 A job's retries are only for a worker that died: an error the render raised fails the job at once.
 
@@ -19,9 +19,7 @@ front of the queue for the next worker instead of failing.
 import argparse
 import itertools
 import logging
-import os
 import signal
-import socket
 import sys
 import threading
 
@@ -33,25 +31,13 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from service.logs import configure_logging, current_job_id
-from service.maintenance import LostJobHandler
-from service.queue import (
-    QUEUE_NAME,
-    WORKER_PREFIX,
-    JobQueue,
-    connect,
-    host_is_present,
-    publish_worker,
-    withdraw_worker,
-)
-from service.settings import Settings
-from service.storage import JobStore
-from worker import jobs
-from worker.catalog import load_models
-from worker.export.openvino_ir import OpenVinoMissing
+from contract.logs import current_job_id
+from contract.maintenance import LostJobHandler
+from contract.queue import QUEUE_NAME, WORKER_PREFIX, JobQueue, connect, host_is_present
+from contract.settings import Settings
+from contract.storage import open_store
+from worker import jobs, process
 
-PRESENCE_INTERVAL = 10  # seconds between refreshes of the worker's presence key
-PRESENCE_TTL = 30
 log = logging.getLogger("worker")
 
 
@@ -119,47 +105,6 @@ class ModelWorker(SimpleWorker):
             self.log.info("job %s interrupted by shutdown: back in the queue", job.id)
 
 
-class Presence(threading.Thread):
-    """Keeps `animate:worker:<name>` alive while the process lives; the API reads it for /readyz, /models."""
-
-    def __init__(self, client: redis.Redis, name: str, info: dict):
-        super().__init__(name="presence", daemon=True)
-        self.client = client
-        self.worker_name = name
-        self.info = info
-        self.done = threading.Event()
-
-    def publish(self) -> None:
-        try:
-            publish_worker(self.client, self.worker_name, self.info, PRESENCE_TTL)
-        except redis.exceptions.RedisError as exc:
-            log.warning("could not publish presence: %s", exc)
-
-    def run(self) -> None:
-        while not self.done.wait(PRESENCE_INTERVAL):
-            self.publish()
-
-    def stop(self) -> None:
-        self.done.set()
-        try:
-            withdraw_worker(self.client, self.worker_name)
-        except redis.exceptions.RedisError:
-            return
-
-
-def _wait_for_redis(client: redis.Redis, stopping: threading.Event) -> bool:
-    delay = 0.5
-    while not stopping.is_set():
-        try:
-            client.ping()
-            return True
-        except redis.exceptions.RedisError as exc:
-            log.warning("waiting for Redis: %s", exc)
-            stopping.wait(delay)
-            delay = min(delay * 2, 5.0)
-    return False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.run", description="Run one animation worker.")
     parser.add_argument("--healthcheck", action="store_true", help="exit 0 if this host's worker is alive")
@@ -167,52 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if args.healthcheck:
         return 0 if host_is_present(settings.queue_url, WORKER_PREFIX) else 1
-    configure_logging("worker", settings.log_level, settings.log_format)
-
-    if settings.worker_device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            print("worker: error: WORKER_DEVICE=cuda but no CUDA device is available", file=sys.stderr)
-            return 2
-    if settings.runtime == "openvino" and (
-        settings.worker_device != "cpu" or settings.render_precision == "fp16"
-    ):
-        print(
-            "worker: error: RUNTIME=openvino runs on WORKER_DEVICE=cpu with PRECISION fp32 or bf16",
-            file=sys.stderr,
-        )
-        return 2
     try:
-        models = load_models(
-            settings.checkpoints(), settings.worker_device, settings.runtime, settings.model_cache_dir
-        )
-    except OpenVinoMissing as exc:
-        print(f"worker: error: RUNTIME=openvino: {exc}", file=sys.stderr)
-        return 2
-    if not models:
-        print(
-            f"worker: error: no usable checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}",
-            file=sys.stderr,
-        )
-        return 2
+        models = process.start("worker", settings, settings.runtime)
+    except process.StartError as exc:
+        return process.fail("worker", exc)
 
+    name = process.process_name()
     client = connect(settings.queue_url)
-    engine = jobs.Engine(models, settings, JobQueue(client, settings.job_timeout, settings.result_ttl))
-    lost_jobs = LostJobHandler(client, JobStore(settings.data_dir))
+    queue = JobQueue(client, settings.job_timeout, settings.result_ttl)
+    scratch = process.scratch_folder(settings, name)
+    engine = jobs.Engine(models, settings, queue, open_store(settings), scratch)
+    lost_jobs = LostJobHandler(client)
     jobs.install(engine)
 
     def stop_between_jobs(signum, frame) -> None:  # RQ installs its own handlers while work() runs
         engine.stopping.set()
 
-    name = f"{socket.gethostname()}.{os.getpid()}"
     info = {"name": name, "device": settings.worker_device, "models": [m.describe() for m in models.values()]}
-    presence = Presence(client, name, info)
+    presence = process.Presence(client, WORKER_PREFIX + name, lambda: info)
     try:
         for incarnation in itertools.count():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, stop_between_jobs)
-            if not _wait_for_redis(client, engine.stopping):
+            if not process.wait_for_redis(client, engine.stopping):
                 break
             presence.publish()
             if not presence.is_alive():

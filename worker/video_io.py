@@ -1,7 +1,9 @@
 """Reading images and videos and writing MP4, through the ffmpeg binary that imageio-ffmpeg ships.
 
 ffmpeg runs as a separate process, so decoding and encoding overlap with the model on their own
-cores. Every input ffmpeg opens (probe, decode, the audio copied into a result) is a local file of an
+cores. A video is described (size, rate, length, frames) from its container's fields through PyAV
+(contract/container.py), never from ffmpeg's text, which a file's tags can imitate. Every input
+(probe, decode, the audio copied into a result) is a local file of an
 allowed container, named by its own magic bytes and forced with `-f`, read through the `file`
 protocol only: an HLS playlist, an ffconcat script or any other playlist renamed `.mp4` is never
 opened as one, so it cannot make ffmpeg read another file or reach the network.
@@ -16,14 +18,17 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from contract.container import UnreadableVideo, read_container
 from worker.errors import InvalidImage, InvalidVideo, StorageError, VideoDecodeError
 
 SAFE_INPUT = ["-protocol_whitelist", "file"]
 SNIFF_BYTES = 16
+MAX_PROBE_PACKETS = 10_000_000  # more than any clip a worker would render
 # imageio-ffmpeg warns on every resized read; resizing in ffmpeg is what we want.
 logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
@@ -94,40 +99,46 @@ def safe_input(path: str | Path) -> list[str]:
     return [*SAFE_INPUT, "-f", found]
 
 
-def _count_frames(path: Path, source: list[str]) -> int:
-    """Frames of the first video stream, counted from its packets without decoding (0 if unknown).
+def _shown_turned(path: Path, demux: str) -> bool:
+    """Whether the first frame carries a quarter-turn rotation (a phone's portrait clip stored
+    sideways): decoding applies it, so the frames come out with width and height swapped."""
+    try:
+        with av.open(str(path), format=demux, options={"protocol_whitelist": "file"}) as container:
+            frame = next(container.decode(video=0), None)
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return frame is not None and round(frame.rotation) % 180 == 90
 
-    Only progress and the length limits use this count; the render counts the frames it decodes.
+
+def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoInfo:
+    """Size as shown, frame rate, duration, frame count and audio of a video, from the container's
+    own fields and its packets (contract/container.py): no tag in the file can pass for either.
+
+    With `max_pixels`, a larger frame size is refused before any frame is decoded. A file whose
+    packets stop well before the end its header declares is truncated: VideoDecodeError.
     """
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", *source, "-i", str(path)]
-    command += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
-    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
-    counts = re.findall(rb"frame=\s*(\d+)", done.stderr)
-    return int(counts[-1]) if done.returncode == 0 and counts else 0
-
-
-def probe_video(path: str | Path) -> VideoInfo:
-    """Size, frame rate, duration, frame count and audio of a video."""
     path = Path(path)
     if not path.is_file():
-        raise InvalidVideo(f"video not found: {path}")
-    source = safe_input(path)
-    reader = imageio_ffmpeg.read_frames(str(path), input_params=source)
+        raise InvalidVideo(f"video not found: {path.name}")
+    demux = safe_input(path)[-1]
     try:
-        meta = next(reader)
-    except (OSError, RuntimeError, StopIteration) as exc:
-        raise InvalidVideo(f"{path.name} is not a readable video") from exc
-    finally:
-        reader.close()
-    frames = _count_frames(path, source)
-    fps = float(meta.get("fps") or 0)
-    duration = float(meta.get("duration") or 0)
-    width, height = meta.get("size") or meta.get("source_size") or (0, 0)  # size: after autorotation
-    if frames <= 0 and fps > 0:
-        frames = round(duration * fps)
-    if fps <= 0 or width <= 0 or height <= 0 or frames <= 0:
+        facts = read_container(path, demux, MAX_PROBE_PACKETS)
+    except UnreadableVideo as exc:
+        raise InvalidVideo(f"{path.name} is not a readable video ({exc})") from None
+    width, height, fps = facts.width, facts.height, facts.fps
+    if fps <= 0 or width <= 0 or height <= 0 or facts.frames <= 0:
         raise InvalidVideo(f"{path.name} has no decodable video stream")
-    return VideoInfo(width, height, fps, duration, frames, bool(meta.get("audio_codec")))
+    if max_pixels is not None and width * height > max_pixels:
+        raise InvalidVideo(f"{path.name} is {width}x{height}: over {max_pixels} pixels a frame")
+    if facts.truncated:  # Matroska just ends where it was cut; MP4 fails on decoding, see read_frames
+        raise VideoDecodeError(
+            f"{path.name} is truncated: its data ends at {facts.ends_seconds:.1f} s of the "
+            f"{facts.declared_seconds:.1f} s its header declares"
+        )
+    if _shown_turned(path, demux):
+        width, height = height, width
+    frames = facts.packets if facts.complete and facts.packets > 0 else facts.frames
+    return VideoInfo(width, height, fps, facts.seconds, frames, facts.audio)
 
 
 def read_frames(path: str | Path, height: int, width: int) -> Iterator[np.ndarray]:

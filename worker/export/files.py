@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from worker.export.graphs import BATCH, Graph, GraphSet
+from worker.export.graphs import BATCH, ExportError, Graph, GraphSet
 from worker.export.openvino_ir import OPENVINO_PRECISIONS, convert, example_inputs, import_openvino
 
 FORMATS = ("onnx", "openvino")
@@ -32,10 +32,6 @@ PRECISION_POLICY = (
 
 # (graphs done, graphs in all, stage)
 ProgressCallback = Callable[[int, int, str], None]
-
-
-class ExportError(ValueError):
-    """The export cannot be made as asked; the message says why."""
 
 
 def file_digest(path: Path) -> str:

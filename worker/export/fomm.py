@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worker.adapters.state import SourceState
 from worker.export.graphs import BATCH, Graph, GraphSet, TensorSpec, register_family
 from worker.models import AnimationModel, SourceFeatures
 from worker.models.motion_transfer import movement_scale, relative_motion
@@ -79,15 +80,16 @@ def _numpy_keypoints(kp: dict[str, torch.Tensor], prefix: str) -> dict[str, np.n
     return out
 
 
-def frame_feed(state, kp_driving: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """The frame graph's inputs for a batch, from a Renderer's SourceState (kp_initial set)."""
-    scale = movement_scale(state.kp_source, state.kp_initial) if state.relative and state.adapt_scale else 1.0
+def frame_feed(state: SourceState, kp_driving: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The frame graph's inputs for a batch, from a job's SourceState (kp_initial set)."""
+    relative = state.mode == "relative"
+    scale = movement_scale(state.kp_source, state.kp_initial) if relative and state.adapt_scale else 1.0
     return {
         **_numpy_keypoints(kp_driving, "kp_driving"),
         **_numpy_keypoints(state.kp_source, "kp_source"),
         **_numpy_keypoints(state.kp_initial, "kp_initial"),
         "movement_scale": np.array([scale], dtype=np.float32),
-        "relative": np.array([state.relative]),
+        "relative": np.array([relative]),
         "source_encoded": state.features.encoded.numpy(),
         "source_small": state.features.small.numpy(),
     }
@@ -191,4 +193,4 @@ def fomm_graphs(model: AnimationModel) -> GraphSet:
     )
 
 
-register_family(AnimationModel, fomm_graphs)
+register_family("fomm", fomm_graphs)

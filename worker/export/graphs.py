@@ -2,7 +2,8 @@
 
 A family (FOMM today) splits its inference into graphs whose inputs and outputs are plain tensors:
 the work done once per job and the work done per frame. Exporters and runtimes only read these
-descriptions, so a second family plugs in by registering a function that builds its own set.
+descriptions, so another family (TPSMM has none yet) plugs in by registering a function that builds
+its own set under its `family` name.
 """
 
 from collections.abc import Callable
@@ -11,6 +12,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 BATCH = "batch"  # the name of the batch dimension in shapes; static when an export fixes it
+
+
+class ExportError(ValueError):
+    """The export cannot be made as asked; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -68,17 +73,19 @@ class GraphSet:
 
 
 GraphSetBuilder = Callable[[nn.Module], GraphSet]
-_FAMILIES: dict[type, GraphSetBuilder] = {}
+_FAMILIES: dict[str, GraphSetBuilder] = {}
 
 
-def register_family(model_type: type, builder: GraphSetBuilder) -> None:
-    """Declare how to split models of `model_type` into graphs."""
-    _FAMILIES[model_type] = builder
+def register_family(family: str, builder: GraphSetBuilder) -> None:
+    """Declare how to split models whose `family` is `family` into graphs."""
+    _FAMILIES[family] = builder
 
 
 def graph_set(model: nn.Module) -> GraphSet:
-    """The graphs of a loaded, inference-prepared model, whatever its family."""
-    for model_type, builder in _FAMILIES.items():
-        if isinstance(model, model_type):
-            return builder(model)
-    raise TypeError(f"no exportable family is registered for {type(model).__name__}")
+    """The graphs of a loaded, inference-prepared model; ExportError for a family without graphs."""
+    family = getattr(model, "family", type(model).__name__)
+    if family not in _FAMILIES:
+        raise ExportError(
+            f"{family} models cannot be exported or run on OpenVINO yet (only {', '.join(sorted(_FAMILIES))})"
+        )
+    return _FAMILIES[family](model)

@@ -1,9 +1,10 @@
-"""The First Order Motion Model networks and the checkpoint loader: the engine's public API."""
+"""The FOMM and TPSMM networks and the checkpoint loader: the engine's public API."""
 
 from worker.models.checkpoint import (
     AnimationModel,
     CheckpointError,
     build_model,
+    checkpoint_family,
     infer_config,
     load_checkpoint,
     save_checkpoint,
@@ -12,6 +13,7 @@ from worker.models.dense_motion import DenseMotion
 from worker.models.generator import Generator, SourceFeatures
 from worker.models.keypoint_detector import KeypointDetector
 from worker.models.motion_transfer import normalize_kp
+from worker.models.tpsmm import TPSMModel
 
 __all__ = [
     "AnimationModel",
@@ -20,7 +22,9 @@ __all__ = [
     "Generator",
     "KeypointDetector",
     "SourceFeatures",
+    "TPSMModel",
     "build_model",
+    "checkpoint_family",
     "infer_config",
     "load_checkpoint",
     "normalize_kp",

@@ -1,12 +1,22 @@
-"""Building blocks shared by the three FOMM networks.
+"""Building blocks shared by the FOMM and TPSMM networks.
 
 Attribute names (`conv`, `norm`, `conv1`, ...) follow the published checkpoints' state-dict keys,
-so the files load as they are.
+so the files load as they are. FOMM normalises with batch norm, TPSMM with instance norm: the
+blocks take the normalisation as a parameter.
 """
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Norm = Callable[[int], nn.Module]  # builds a normalisation layer for a number of channels
+
+
+def instance_norm(features: int) -> nn.InstanceNorm2d:
+    """Per-image normalisation with a learned scale and shift and no running statistics (TPSMM)."""
+    return nn.InstanceNorm2d(features, affine=True)
 
 
 def coordinate_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -41,12 +51,19 @@ def gaussian_heatmaps(kp: torch.Tensor, height: int, width: int, variance: float
 
 
 class SameBlock2d(nn.Module):
-    """Convolution, batch norm, ReLU at constant resolution."""
+    """Convolution, normalisation, ReLU at constant resolution."""
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, padding: int = 1):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int = 3,
+        padding: int = 1,
+        norm: Norm = nn.BatchNorm2d,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_features, out_features, kernel_size, padding=padding)
-        self.norm = nn.BatchNorm2d(out_features, affine=True)
+        self.norm = norm(out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.norm(self.conv(x)))
@@ -69,12 +86,12 @@ class UpBlock2d(SameBlock2d):
 class ResBlock2d(nn.Module):
     """Pre-activation residual block (norm, ReLU, conv, twice)."""
 
-    def __init__(self, features: int, kernel_size: int = 3, padding: int = 1):
+    def __init__(self, features: int, kernel_size: int = 3, padding: int = 1, norm: Norm = nn.BatchNorm2d):
         super().__init__()
         self.conv1 = nn.Conv2d(features, features, kernel_size, padding=padding)
         self.conv2 = nn.Conv2d(features, features, kernel_size, padding=padding)
-        self.norm1 = nn.BatchNorm2d(features, affine=True)
-        self.norm2 = nn.BatchNorm2d(features, affine=True)
+        self.norm1 = norm(features)
+        self.norm2 = norm(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(F.relu(self.norm1(x)))
@@ -89,12 +106,20 @@ def _width(block_expansion: int, level: int, max_features: int) -> int:
 class Encoder(nn.Module):
     """Hourglass encoder; returns the input and every level's features, finest first."""
 
-    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+    def __init__(
+        self,
+        block_expansion: int,
+        in_features: int,
+        num_blocks: int,
+        max_features: int,
+        norm: Norm = nn.BatchNorm2d,
+    ):
         super().__init__()
         self.down_blocks = nn.ModuleList(
             DownBlock2d(
                 in_features if i == 0 else _width(block_expansion, i, max_features),
                 _width(block_expansion, i + 1, max_features),
+                norm=norm,
             )
             for i in range(num_blocks)
         )
@@ -109,32 +134,62 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Hourglass decoder with skip connections; output has block_expansion + in_features channels."""
 
-    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+    def __init__(
+        self,
+        block_expansion: int,
+        in_features: int,
+        num_blocks: int,
+        max_features: int,
+        norm: Norm = nn.BatchNorm2d,
+    ):
         super().__init__()
         self.up_blocks = nn.ModuleList(
             UpBlock2d(
                 (1 if i == num_blocks - 1 else 2) * _width(block_expansion, i + 1, max_features),
                 _width(block_expansion, i, max_features),
+                norm=norm,
             )
             for i in reversed(range(num_blocks))
         )
         self.out_filters = block_expansion + in_features
+        # Channels of each level's output (up block and skip concatenated), coarsest first.
+        self.level_channels = [
+            2 * _width(block_expansion, i, max_features) for i in range(num_blocks - 1, 0, -1)
+        ]
+        self.level_channels.append(self.out_filters)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every level's output, coarsest first; the last one is what `forward` returns."""
         out = features[-1]
+        outs = []
         for block, skip in zip(self.up_blocks, reversed(features[:-1]), strict=True):
             out = torch.cat([block(out), skip], dim=1)
-        return out
+            outs.append(out)
+        return outs
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.levels(features)[-1]
 
 
 class Hourglass(nn.Module):
-    """U-Net style encoder-decoder used by the keypoint detector and the dense motion network."""
+    """U-Net style encoder-decoder used by the keypoint detector and the dense motion networks."""
 
-    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+    def __init__(
+        self,
+        block_expansion: int,
+        in_features: int,
+        num_blocks: int,
+        max_features: int,
+        norm: Norm = nn.BatchNorm2d,
+    ):
         super().__init__()
-        self.encoder = Encoder(block_expansion, in_features, num_blocks, max_features)
-        self.decoder = Decoder(block_expansion, in_features, num_blocks, max_features)
+        self.encoder = Encoder(block_expansion, in_features, num_blocks, max_features, norm)
+        self.decoder = Decoder(block_expansion, in_features, num_blocks, max_features, norm)
         self.out_filters = self.decoder.out_filters
+
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The decoder's output at every level, coarsest first."""
+        return self.decoder.levels(self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))

@@ -30,10 +30,10 @@ def convex_hull_area(points: np.ndarray) -> float:
     return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
 
 
-def movement_scale(kp_source: dict[str, torch.Tensor], kp_driving_initial: dict[str, torch.Tensor]) -> float:
-    """sqrt(source hull area / initial driving hull area): a small face driven by a big one moves less."""
-    source_area = convex_hull_area(kp_source["value"][0].detach().cpu().double().numpy())
-    driving_area = convex_hull_area(kp_driving_initial["value"][0].detach().cpu().double().numpy())
+def hull_scale(source_points: torch.Tensor, driving_points: torch.Tensor) -> float:
+    """sqrt(source hull area / driving hull area) of (K, 2) points; 1 when the driving hull is flat."""
+    source_area = convex_hull_area(source_points.detach().cpu().double().numpy())
+    driving_area = convex_hull_area(driving_points.detach().cpu().double().numpy())
     if driving_area <= 0:
         return 1.0
     return float(np.sqrt(source_area) / np.sqrt(driving_area))
@@ -57,6 +57,11 @@ def relative_motion(
         change = kp_driving["jacobian"] @ inverse_2x2(kp_driving_initial["jacobian"])
         kp_new["jacobian"] = change @ kp_source["jacobian"]
     return kp_new
+
+
+def movement_scale(kp_source: dict[str, torch.Tensor], kp_driving_initial: dict[str, torch.Tensor]) -> float:
+    """sqrt(source hull area / initial driving hull area): a small face driven by a big one moves less."""
+    return hull_scale(kp_source["value"][0], kp_driving_initial["value"][0])
 
 
 def normalize_kp(

@@ -46,15 +46,6 @@ def parse_crop(value: str) -> str | Box:
     raise ValueError(f"crop must be one of {', '.join(CROPS)} or x,y,w,h, not {value!r}")
 
 
-def check_framing(crop: str, paste_back: bool, size: int | None) -> None:
-    """Validates the options together; ValueError with a message for the user."""
-    spec = parse_crop(crop)
-    if paste_back and spec == "none":
-        raise ValueError("paste_back needs a crop: auto, face, body or x,y,w,h")
-    if paste_back and size is not None:
-        raise ValueError("size cannot be combined with paste_back: the video has the source image's size")
-
-
 class Framing:
     """The model-sized inputs of one render and, with paste-back, its full-size output frames."""
 

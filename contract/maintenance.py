@@ -6,9 +6,10 @@ MAINTENANCE_INTERVAL seconds by idle workers and by the API, treats the job as a
 again while it has retries left (JOB_RETRIES), else failed, which the API shows as `worker_lost`.
 So a lost job is noticed within 3 x HEARTBEAT_INTERVAL + MAINTENANCE_INTERVAL (a minute by default).
 
-`LostJobHandler` is the RQ exception handler both run it with: it removes what the dead attempt
-left in the job's folder (its partial MP4; nobody writes there until the job is queued again, after
-the handler) and, on the last attempt, records the job's end.
+`LostJobHandler` is the RQ exception handler both run it with: it clears the dead attempt's progress
+and, on the last attempt, records the job's end. The dead attempt wrote nothing to the store: a
+worker renders into its own scratch folder (removed when a worker starts on that machine again) and
+publishes only a finished file.
 """
 
 import logging
@@ -18,22 +19,20 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.registry import clean_registries
 
-from service.outcomes import job_ended
-from service.queue import JobQueue
-from service.storage import JobStore
+from contract.job import ErrorDetail, JobRecord
+from contract.outcomes import job_ended
+from contract.queue import JobQueue
 
-log = logging.getLogger("service.maintenance")
+log = logging.getLogger("contract.maintenance")
 
 
 class LostJobHandler:
-    def __init__(self, client: Redis, store: JobStore):
+    def __init__(self, client: Redis):
         self.client = client
-        self.store = store
 
     def __call__(self, job: Job, exc_type, exc_value, traceback) -> bool:
         if exc_type is not AbandonedJobError:
             return True
-        self.store.remove_partials(job.id)
         job.meta.pop("progress", None)
         if job.retries_left:
             log.warning(
@@ -43,7 +42,8 @@ class LostJobHandler:
             )
         else:
             log.warning("job lost by its worker: no retry left", extra={"job_id": job.id})
-            job_ended(self.client, job, "failed", "worker_lost")
+            lost = ErrorDetail(code="worker_lost", message="the worker running this job stopped unexpectedly")
+            job_ended(self.client, JobRecord(job), "failed", lost)
         return True
 
 

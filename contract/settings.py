@@ -1,7 +1,7 @@
 """The service's configuration: one pydantic-settings class read from the environment.
 
-The API, the worker and `make serve` read the same class, so a variable means the same thing to all
-of them.
+The API, the workers and `make serve` read the same class, so a variable means the same thing to
+all of them.
 """
 
 from pathlib import Path
@@ -21,6 +21,26 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     data_dir: Path = Path("data")
+    storage_url: str | None = Field(
+        None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$",
+        description="s3://BUCKET/PREFIX: jobs' files in an S3-compatible store; unset: the folder DATA_DIR",
+    )
+    result_delivery: Literal["redirect", "proxy"] = Field(
+        "redirect",
+        description="with S3: redirect to a presigned URL, or proxy: the API streams the result itself",
+    )
+    presign_seconds: int = Field(300, ge=10, le=7 * 24 * 3600, description="lifetime of a presigned URL")
+    scratch_dir: Path | None = Field(
+        None,
+        description="this machine's folder for uploads being checked and renders; unset: DATA_DIR/scratch",
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="auto: path-style when AWS_ENDPOINT_URL_S3 is set, else boto3's choice"
+    )
+    s3_multipart_mb: float = Field(
+        8, ge=1, le=5120, description="files above this go up in multipart uploads"
+    )
     weights_dir: Path = Path("weights")
     default_model: str = "starter"
     max_upload_mb: float = Field(100, gt=0, description="whole request body, enforced while it streams in")
@@ -30,6 +50,30 @@ class Settings(BaseSettings):
     max_driving_frames: int = Field(3600, gt=0, description="most frames in a driving video")
     max_driving_pixels: int = Field(3840 * 2160, gt=0, description="largest driving frame, width x height")
     max_pixels: int = Field(16_000_000, gt=0, description="largest source image, width x height")
+    probe_timeout_seconds: float = Field(
+        30, gt=0, description="longest one upload's video probe may take (wall and CPU time)"
+    )
+    probe_memory_mb: float = Field(256, ge=32, description="memory one video probe may allocate")
+    probe_concurrency: int = Field(
+        2, ge=1, description="uploads one API process checks at once (image decoded, video probed)"
+    )
+    upload_deadline_seconds: float = Field(
+        600, gt=0, description="longest a request's body may take to arrive; beyond: 408 upload_timeout"
+    )
+    upload_idle_seconds: float = Field(
+        30,
+        gt=0,
+        description="longest wait for the next bytes of a request's body; beyond: 408 upload_timeout",
+    )
+    max_connections: int = Field(
+        2048, ge=16, description="connections and requests one API process serves at once; beyond: 503"
+    )
+    keep_alive_seconds: float = Field(
+        5, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    shutdown_timeout_seconds: float = Field(
+        10, gt=0, description="on SIGTERM, how long requests in progress may finish before they are cut off"
+    )
     result_ttl: int = Field(24 * 3600, ge=1, description="seconds a finished job and its MP4 are kept")
     worker_device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(4, ge=1, le=256)
@@ -81,6 +125,10 @@ class Settings(BaseSettings):
     def webhook_key(self) -> str | None:
         """The webhook secret; None when unset or empty (webhooks off)."""
         return (self.webhook_secret.get_secret_value() or None) if self.webhook_secret else None
+
+    @property
+    def scratch_path(self) -> Path:
+        return self.scratch_dir or self.data_dir / "scratch"
 
     @property
     def queue_url(self) -> str:

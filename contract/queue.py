@@ -14,7 +14,6 @@ Beside RQ's own keys:
 
 import json
 import socket
-from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -27,10 +26,14 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from contract.job import JobRecord, JobRequest
+
 QUEUE_NAME = "animate"
 JOB_FUNCTION = "worker.jobs.render_job"  # by name: the API never imports the engine
 CANCEL_PREFIX = "animate:cancel:"
 WORKER_PREFIX = "animate:worker:"
+PRESENCE_INTERVAL = 5.0  # seconds between refreshes of a worker's presence key (both kinds)
+PRESENCE_TTL = 15  # seconds a presence key outlives its last refresh
 WAITING = {JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
@@ -55,13 +58,13 @@ class JobQueue:
         self.result_ttl = result_ttl
         self.retries = retries
 
-    def enqueue(self, job_id: str, request: dict[str, Any], meta: dict[str, Any]) -> Job:
+    def enqueue(self, job_id: str, request: JobRequest, meta: dict[str, Any]) -> JobRecord:
         """Queue a render; it waits in the queue for as long as it takes (ttl=None). Its retries are
-        only for a worker that died under it (service/maintenance.py); the worker fails a job that
+        only for a worker that died under it (contract/maintenance.py); the worker fails a job that
         raised at once."""
-        return self.queue.enqueue_call(
+        job = self.queue.enqueue_call(
             JOB_FUNCTION,
-            args=(job_id, request),
+            args=(job_id, request.model_dump(mode="json")),
             job_id=job_id,
             timeout=self.job_timeout,
             result_ttl=self.result_ttl,
@@ -71,10 +74,11 @@ class JobQueue:
             description=f"render {job_id}",
             retry=JobRetry(max=self.retries) if self.retries else None,
         )
+        return JobRecord(job)
 
-    def fetch(self, job_id: str) -> Job | None:
+    def fetch(self, job_id: str) -> JobRecord | None:
         try:
-            return Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+            return JobRecord(Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer))
         except NoSuchJobError:
             return None
 
@@ -84,34 +88,25 @@ class JobQueue:
     def running(self) -> int:
         return self.queue.started_job_registry.count
 
-    def request_cancel(self, job: Job) -> bool:
+    def request_cancel(self, record: JobRecord) -> bool:
         """Flag the job for its worker and take it off the queue if no worker has it yet; True when
-        it was taken off (it is canceled now, not at the worker's next batch)."""
+        it was taken off (it is canceled now, not at the worker's next batch: the caller ends it)."""
+        job = record.job
         self.redis.set(CANCEL_PREFIX + job.id, "1", ex=self.job_timeout + 3600)
         if job.get_status() in WAITING:
             try:
                 job.cancel()
             except InvalidJobOperation:
                 return False
-            job.meta["canceled_at"] = datetime.now(UTC).isoformat()  # no worker writes to it any more
-            job.save_meta()
             return True
         return False
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(CANCEL_PREFIX + job_id))
 
-    def forget(self, job: Job) -> None:
-        self.redis.delete(CANCEL_PREFIX + job.id)
-        job.delete()
-
-
-def publish_worker(redis: Redis, name: str, info: dict[str, Any], ttl: int) -> None:
-    redis.set(WORKER_PREFIX + name, json.dumps(info), ex=ttl)
-
-
-def withdraw_worker(redis: Redis, name: str) -> None:
-    redis.delete(WORKER_PREFIX + name)
+    def forget(self, record: JobRecord) -> None:
+        self.redis.delete(CANCEL_PREFIX + record.id)
+        record.job.delete()
 
 
 def live_workers(redis: Redis) -> list[dict[str, Any]]:

@@ -28,6 +28,8 @@ from typing import Any
 
 from redis import Redis
 
+from contract.queue import PRESENCE_TTL
+
 PREFIX = "animate:live:"
 WORKER_PREFIX = PREFIX + "worker:"
 OPEN_PREFIX = PREFIX + "open:"
@@ -36,7 +38,6 @@ SESSION_PREFIX = PREFIX + "session:"
 FRAME_QUEUE = 2  # driving frames waiting per session, at most: "a frame or two"
 LEASE_TTL = 5  # seconds a side's lease lives without a refresh (refreshed every second)
 KEY_TTL = 60  # seconds any session list lives without a write: the last resort of cleanup
-PRESENCE_TTL = 15
 ADMISSION_TIMEOUT = 5.0  # seconds the API waits for a worker to answer a session request
 
 # Kinds, API -> worker

@@ -1,0 +1,133 @@
+"""TPSMM files through the Renderer and `animate render`: modes, background motion, bf16."""
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tests.conftest import ROOT, TPSMM, need_shared
+from worker.errors import RenderError
+from worker.models import load_checkpoint, save_checkpoint
+from worker.pipeline import Renderer, RenderOptions, to_tensor
+from worker.video_io import load_image, probe_video, read_frames, resize_image
+
+
+@pytest.fixture(scope="module")
+def real_frames(clip, portrait):
+    frames = list(itertools.islice(read_frames(clip, 64, 64), 0, 40, 5))
+    source = resize_image(load_image(portrait), 64, 64)
+    return to_tensor(source[None], "cpu"), to_tensor(np.stack(frames), "cpu")
+
+
+@pytest.fixture(scope="module")
+def tpsmm_64(tmp_path_factory):
+    """The small TPSMM fixtures re-saved with their 64x64 frame size."""
+    folder = tmp_path_factory.mktemp("tpsmm")
+    paths = {}
+    for name in ("tpsmm-small", "tpsmm-small-nobg"):
+        model = load_checkpoint(need_shared(TPSMM / f"{name}.pth.tar"))
+        model.frame_shape = (64, 64)
+        paths[name] = folder / f"{name}.pth.tar"
+        save_checkpoint(paths[name], model)
+    return paths
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a.float() - b.float()) ** 2).mean()))
+
+
+@pytest.mark.parametrize("mode, background_motion", [("relative", False), ("avd", False), ("absolute", True)])
+def test_bf16_stays_above_35_db_against_fp32(tpsmm_64, real_frames, mode, background_motion):
+    source, driving = real_frames
+    renderer = Renderer(load_checkpoint(tpsmm_64["tpsmm-small"]))
+    frames = {}
+    for precision in ("fp32", "bf16"):
+        state = renderer.prepare_source(source, precision, mode, background_motion=background_motion)
+        frames[precision] = renderer.animate_batch(state, driving)
+    assert psnr(frames["bf16"], frames["fp32"]) >= 35
+
+
+def test_modes_a_model_cannot_render_are_invalid_options(tpsmm_64, small_checkpoint):
+    source = torch.rand(1, 3, 64, 64)
+    without_background = Renderer(load_checkpoint(tpsmm_64["tpsmm-small-nobg"]))
+    with pytest.raises(RenderError, match="no background motion predictor") as error:
+        without_background.prepare_source(source, background_motion=True)
+    assert error.value.code == "invalid_option"
+    fomm = Renderer(load_checkpoint(small_checkpoint))
+    with pytest.raises(RenderError, match="mode 'avd' is not available with this fomm model") as error:
+        fomm.prepare_source(source, mode="avd")
+    assert error.value.code == "invalid_option"
+    with pytest.raises(ValidationError, match="'relative', 'absolute' or 'avd'"):
+        RenderOptions(mode="standard")
+
+
+def test_best_start_frame_and_relative_motion_work_on_tpsmm_keypoints(tpsmm_64, portrait, clip, tmp_path):
+    from tests.service_stack import cut_clip
+
+    driving = cut_clip(clip, tmp_path / "d3-1s.mp4", "-t", "1")
+    renderer = Renderer(load_checkpoint(tpsmm_64["tpsmm-small"]))
+    options = RenderOptions(driving_start="best", batch_size=8, audio=False, crop="none")
+    result = renderer.render(load_image(portrait), driving, tmp_path / "best.mp4", options)
+    assert result.frames == probe_video(driving).frames
+    assert 0 <= result.driving_start < result.frames
+
+
+def run_animate(*args) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "worker.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_animate_render_with_avd_and_background_motion(tpsmm_64, small_checkpoint, portrait, clip, tmp_path):
+    from tests.service_stack import cut_clip
+
+    driving = cut_clip(clip, tmp_path / "d3-1s.mp4", "-t", "1")
+    common = ["--source", portrait, "--driving", driving, "--crop", "none", "--batch-size", "8"]
+    out = tmp_path / "avd.mp4"
+    result = run_animate(
+        "render", *common, "--checkpoint", tpsmm_64["tpsmm-small"], "--out", out, "--mode", "avd"
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = probe_video(out)
+    assert (rendered.frames, rendered.width, rendered.height) == (probe_video(driving).frames, 64, 64)
+    out = tmp_path / "bg.mp4"
+    result = run_animate(
+        "render", *common, "--checkpoint", tpsmm_64["tpsmm-small"], "--out", out, "--mode", "absolute",
+        "--background-motion",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert probe_video(out).frames == rendered.frames
+
+    refused = [
+        (tpsmm_64["tpsmm-small-nobg"], "--background-motion", "no background motion predictor"),
+        (small_checkpoint, "--mode=avd", "mode 'avd' is not available with this fomm model"),
+    ]
+    for checkpoint, flag, message in refused:
+        out = tmp_path / "refused.mp4"
+        result = run_animate("render", *common, "--checkpoint", checkpoint, "--out", out, flag)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_worker_describes_each_model_with_its_family_and_modes(tpsmm_64, small_checkpoint):
+    from worker.catalog import load_models
+
+    loaded = load_models({"tps": tpsmm_64["tpsmm-small-nobg"], "small": small_checkpoint}, "cpu")
+    assert loaded["tps"].describe() == {
+        "name": "tps",
+        "family": "tpsmm",
+        "frame_size": [64, 64],
+        "num_kp": 10,
+        "modes": ["relative", "absolute", "avd"],
+        "background_motion": False,
+    }
+    fomm = loaded["small"].describe()
+    assert (fomm["family"], fomm["modes"], fomm["background_motion"]) == (
+        "fomm",
+        ["relative", "absolute"],
+        False,
+    )

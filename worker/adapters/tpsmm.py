@@ -1,0 +1,94 @@
+"""The Thin-Plate Spline Motion Model behind the Renderer.
+
+Per job: the source's keypoints, its downscaled copy and keypoint heatmaps for the dense motion
+network, the inpainting encoder's features at every level and the source's half of the background
+predictor's first convolution. Per batch of frames: keypoints, motion transfer, thin-plate splines,
+the dense motion hourglass and the inpainting decoder.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from worker.adapters.state import SourceState
+from worker.models.tpsmm import DenseMotionNetwork, InpaintingNetwork, TPSMModel, relative_kp
+from worker.optimize import PRECISIONS, low_precision_tpsmm, prepare_for_inference
+
+
+@dataclass
+class TpsmmSource:
+    """What TPSMM's networks need from the source image; batch size 1, expanded per batch."""
+
+    image: torch.Tensor  # (1, C, H, W)
+    small: torch.Tensor  # (1, C, h, w): at the dense motion network's resolution
+    heatmap: torch.Tensor  # (1, 5K, h, w): Gaussians around the source keypoints
+    encoder_maps: list[torch.Tensor]  # the inpainting encoder's features, finest first
+    background: torch.Tensor | None  # the background predictor's first convolution of the source
+
+    def expand(self, n: int) -> "TpsmmSource":
+        """The same source repeated to a batch of n frames, without copying memory."""
+
+        def repeat(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(n, *t.shape[1:])
+
+        background = None if self.background is None else repeat(self.background)
+        maps = [repeat(m) for m in self.encoder_maps]
+        return TpsmmSource(repeat(self.image), repeat(self.small), repeat(self.heatmap), maps, background)
+
+
+class TpsmmAdapter:
+    def __init__(self, model: TPSMModel, device: str):
+        self.model = prepare_for_inference(model, device)
+        self._networks = {"fp32": (self.model.dense_motion_network, self.model.inpainting_network)}
+
+    def networks(self, precision: str) -> tuple[DenseMotionNetwork, InpaintingNetwork]:
+        """The dense motion and inpainting networks for a precision; lowered copies made on first use."""
+        if precision not in self._networks:
+            self._networks[precision] = low_precision_tpsmm(*self._networks["fp32"], PRECISIONS[precision])
+        return self._networks[precision]
+
+    def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.kp_detector(frames)
+
+    def points(self, kp: dict[str, torch.Tensor]) -> torch.Tensor:
+        return kp["fg_kp"]
+
+    def prepare_source(
+        self, source: torch.Tensor, precision: str, mode: str, adapt_scale: bool, background_motion: bool
+    ) -> SourceState:
+        kp_source = self.model.kp_detector(source)
+        dense_motion, inpainting = self.networks(precision)
+        small = dense_motion.downscale(source)
+        features = TpsmmSource(
+            image=source,
+            small=small,
+            heatmap=dense_motion.source_heatmap(kp_source, *small.shape[2:]),
+            encoder_maps=inpainting.encode(source),
+            background=self.model.bg_predictor.encode_source(source) if background_motion else None,
+        )
+        return SourceState(features, kp_source, precision, mode, adapt_scale, background_motion)
+
+    def transfer(
+        self, state: SourceState, kp_source: dict[str, torch.Tensor], kp_driving: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The driving keypoints as the dense motion network should see them, by the job's mode."""
+        if state.mode == "relative":
+            return relative_kp(state.kp_source, kp_driving, state.kp_initial, state.adapt_scale)
+        if state.mode == "avd":
+            return self.model.avd_network(kp_source, kp_driving)
+        return kp_driving
+
+    def animate(
+        self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        n = frames.shape[0]
+        source: TpsmmSource = state.features.expand(n)
+        kp_source = {"fg_kp": state.kp_source["fg_kp"].expand(n, -1, -1)}
+        bg_param = None
+        if source.background is not None:
+            bg_param = self.model.bg_predictor.predict(source.background, frames)
+        dense_motion, inpainting = self.networks(state.precision)
+        motion = dense_motion.predict(
+            source.small, self.transfer(state, kp_source, kp_driving), kp_source, bg_param, source.heatmap
+        )
+        return inpainting.decode(source.image, source.encoder_maps, motion)["prediction"]
