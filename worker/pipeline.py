@@ -224,6 +224,21 @@ class SourceState:
     kp_initial: dict[str, torch.Tensor] | None = None  # taken from the first frame when None
 
 
+def _normalized(state: SourceState, kp_driving: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Driving keypoints as the generator should see them for this source; the first frame a state
+    sees becomes its initial frame unless it has one."""
+    if state.kp_initial is None:
+        state.kp_initial = {k: v[:1] for k, v in kp_driving.items()}
+    return normalize_kp(
+        state.kp_source,
+        kp_driving,
+        state.kp_initial,
+        adapt_movement_scale=state.adapt_scale and state.relative,
+        use_relative_movement=state.relative,
+        use_relative_jacobian=state.relative,
+    )
+
+
 class Renderer:
     """Holds a loaded model, prepared for inference, and renders jobs with it.
 
@@ -278,21 +293,31 @@ class Renderer:
         """
         if kp_driving is None:
             kp_driving = self.keypoints(frames)
-        if state.kp_initial is None:
-            state.kp_initial = {k: v[:1] for k, v in kp_driving.items()}
-        kp_norm = normalize_kp(
-            state.kp_source,
-            kp_driving,
-            state.kp_initial,
-            adapt_movement_scale=state.adapt_scale and state.relative,
-            use_relative_movement=state.relative,
-            use_relative_jacobian=state.relative,
-        )
+        kp_norm = _normalized(state, kp_driving)
         n = frames.shape[0]
         kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
         generator = self.generator(state.precision)
         out = generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
         return out["prediction"]
+
+    @torch.inference_mode()
+    def animate_sessions(self, states: list[SourceState], frames: torch.Tensor) -> torch.Tensor:
+        """One driving frame for each of several sources as one batch: frames[i] (3, H, W) animates
+        states[i]. The states must share a precision. Returns (N, 3, H, W) in [0, 1]."""
+        if len(states) == 1:
+            return self.animate_batch(states[0], frames)
+        if len({state.precision for state in states}) != 1:
+            raise ValueError("sessions batched together must share a precision")
+        kp_driving = self.keypoints(frames)
+        norms = [
+            _normalized(s, {k: v[i : i + 1] for k, v in kp_driving.items()}) for i, s in enumerate(states)
+        ]
+        kp_norm = {k: torch.cat([norm[k] for norm in norms]) for k in norms[0]}
+        kp_source = {k: torch.cat([s.kp_source[k] for s in states]) for k in states[0].kp_source}
+        parts = zip(*((s.features.image, s.features.encoded, s.features.small) for s in states), strict=True)
+        features = SourceFeatures(*(torch.cat(part) for part in parts))
+        generator = self.generator(states[0].precision)
+        return generator.animate(features, kp_source, kp_norm, maps=False)["prediction"]
 
     @torch.inference_mode()
     def _driving_keypoints(self, frames: Iterator[np.ndarray], batch_size: int, stop_at: int | None):
