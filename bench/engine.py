@@ -335,7 +335,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each whole process (medians)")
     parser.add_argument("--child", nargs="+")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads in every measured process (OMP_NUM_THREADS)"
+    )
+    parser.add_argument("--whole-process-only", action="store_true", help="only the fixed cost and the race")
     args = parser.parse_args()
+    if args.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every child process
     sys.path.insert(0, str(ROOT))
     device = args.device
     if args.child:
@@ -369,6 +375,21 @@ def main() -> None:
         "matmul peak: " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
         + f"; GFLOP per frame: published loop {static['gflop_plain']:.1f}, our path {gflop:.1f}\n"
     )  # fmt: skip
+    precisions = precisions_for(device, args.quick)
+    if not args.whole_process_only:
+        print_engine_rows(args, device, static, precisions)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        make_inputs(workdir)
+        print_fixed_cost(workdir, device, args.repeat)
+        print_whole_process(workdir, device, precisions, args.repeat)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def print_engine_rows(
+    args: argparse.Namespace, device: str, static: dict, precisions: tuple[str, ...]
+) -> None:
+    gflop, peak = static["gflop"], static["peak"]
     print("| path | batch | precision | s/frame | CPU s/frame | frames/s | GFLOP/s | % of peak | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     plain = child(["plain", str(args.frames)], device)
@@ -378,7 +399,6 @@ def main() -> None:
         f"| {plain['cpu_per_frame']:.3f} | {rate:.2f} | - | - | {plain['peak_mb']:.0f} |"
     )
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
-    precisions = precisions_for(device, args.quick)
     for precision in precisions:
         for batch in batches:
             r = child(["engine", str(max(args.frames, batch)), str(batch), precision], device)
@@ -390,13 +410,6 @@ def main() -> None:
             )
     if "bf16" not in precisions and device == "cpu":
         print("\nbf16: not measured, this CPU has no native bf16 (AVX-512 BF16 or AMX)")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        make_inputs(workdir)
-        print_fixed_cost(workdir, device, args.repeat)
-        print_whole_process(workdir, device, precisions, args.repeat)
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
