@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     worker_device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(4, ge=1, le=256)
     precision: Literal["fp32", "bf16", "fp16"] | None = Field(
-        None, description="inference precision; unset: fp32 on cpu, bf16 on cuda"
+        None,
+        description="inference precision; unset: bf16 on cuda and on CPUs with native bf16, else fp32 "
+        "(the worker decides: worker/hardware.py)",
     )
     job_timeout: int = Field(1800, ge=1, description="seconds one render may take before RQ stops it")
     job_retries: int = Field(2, ge=0, description="times a job whose worker died is queued again")
@@ -94,8 +96,3 @@ class Settings(BaseSettings):
             if suffix and path.is_file() and len(path.name) > len(suffix):
                 found.setdefault(path.name[: -len(suffix)], path)
         return found
-
-    @property
-    def render_precision(self) -> str:
-        """The precision renders use: PRECISION, or the device's default."""
-        return self.precision or ("bf16" if self.worker_device == "cuda" else "fp32")
