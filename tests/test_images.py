@@ -105,25 +105,34 @@ def test_api_stage_runs_without_torch(api_venv, redis_server, tmp_path):
     missing = _run(api_venv, "-c", "import torch", env=clean_env(), cwd=tmp_path)
     assert missing.returncode != 0, "torch is not installed in the API stage"
 
-    port = free_port()
-    env = clean_env(REDIS_URL=redis_server.url, DATA_DIR=str(tmp_path / "data"), PORT=str(port))
-    command = [str(api_venv / "bin" / "python"), "-m", "service"]  # the stage's CMD
-    api = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, 60, "the API stage's server", api)
-        healthcheck = (
-            f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=4)"
+    # The stage's CMD (uvicorn with the connection limits of issue 15), and the plain factory entry point.
+    python = str(api_venv / "bin" / "python")
+    for command in (
+        [python, "-m", "service"],
+        [str(api_venv / "bin" / "uvicorn"), "service.app:create_app", "--factory"],
+    ):
+        port = free_port()
+        env = clean_env(REDIS_URL=redis_server.url, DATA_DIR=str(tmp_path / "data"), PORT=str(port))
+        if "uvicorn" in command[0]:
+            command += ["--port", str(port)]
+        api = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        assert _run(api_venv, "-c", healthcheck, env=env, cwd=tmp_path).returncode == 0
-    finally:
-        stop_process(api)
+        try:
+
+            def answers(port: int = port) -> bool:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(answers, 60, f"the API stage's {command[-1]}", api)
+            healthcheck = (
+                f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=4)"
+            )
+            assert _run(api_venv, "-c", healthcheck, env=env, cwd=tmp_path).returncode == 0
+        finally:
+            stop_process(api)
 
 
 @pytest.mark.parametrize("module", ["worker.run", "worker.live"])
