@@ -14,7 +14,6 @@ from contract.settings import Settings
 from contract.storage.base import (
     DRIVING,
     POSTER,
-    RESULT,
     SOURCE,
     InvalidJobId,
     JobStore,
@@ -28,7 +27,6 @@ from contract.storage.base import (
 __all__ = [
     "DRIVING",
     "POSTER",
-    "RESULT",
     "SOURCE",
     "InvalidJobId",
     "JobStore",

@@ -17,7 +17,6 @@ def result_name(format: str = "mp4") -> str:
     return f"result.{format}"
 
 
-RESULT = result_name()  # an MP4 result, the name every result had before formats
 
 
 class InvalidJobId(ValueError):
