@@ -17,8 +17,6 @@ def result_name(format: str = "mp4") -> str:
     return f"result.{format}"
 
 
-
-
 class InvalidJobId(ValueError):
     pass
 
