@@ -106,7 +106,10 @@ class JobQueue:
 
     def forget(self, record: JobRecord) -> None:
         self.redis.delete(CANCEL_PREFIX + record.id)
-        record.job.delete()
+        try:
+            record.job.delete()
+        except ValueError:  # RQ still lists an execution whose record already expired
+            self.redis.delete(record.job.key)
 
 
 def live_workers(redis: Redis) -> list[dict[str, Any]]:

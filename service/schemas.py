@@ -11,7 +11,6 @@ from contract.job import (
     JobResult,
     JobStatusName,
     JobTimings,
-    ProgressStage,
 )
 from contract.options import AnimationOptions, Mode
 
@@ -27,7 +26,8 @@ class Progress(BaseModel):
     a GIF's palette passes, the final flush); None once it ended. `frames_done` and `frames_total`
     count the stage's own frames; `percent` is of the whole job and never goes down."""
 
-    stage: Literal["queued"] | ProgressStage | None = None
+    # One flat enumeration (not a union of two), which client generators turn into one enum type.
+    stage: Literal["queued", "analysing", "rendering", "encoding"] | None = None
     frames_done: int = 0
     frames_total: int | None = None
     percent: float = 0.0

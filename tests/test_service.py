@@ -306,7 +306,16 @@ def test_models_health_and_docs(stack):
     models = stack.http.get("/models").json()
     assert models["default"] == "small"
     assert models["models"] == [
-        {"name": "small", "frame_size": [64, 64], "num_kp": 10, "device": "cpu", "workers": 1}
+        {
+            "name": "small",
+            "frame_size": [64, 64],
+            "num_kp": 10,
+            "family": "fomm",
+            "modes": ["relative", "absolute"],
+            "background_motion": False,
+            "device": "cpu",
+            "workers": 1,
+        }
     ]
     assert stack.http.get("/healthz").json() == {"status": "ok"}
     ready = stack.http.get("/readyz").json()
