@@ -11,10 +11,11 @@ whole process (bench/reference_demo.py), interleaved in one run. CPU seconds are
 wall seconds: on a shared machine they move much less with the load. bf16 rows run only where the
 CPU has native bf16 (on others PyTorch falls back to a slow loop). On a GPU the batch-1 row is the
 single-stream latency, and the engine rows include the driving frames' trip from host memory
-(uint8, pinned), as in a job.
+(uint8, pinned), as in a job. `--runtimes torch,openvino` adds OpenVINO rows (CPU; FOMM only: TPSMM
+has no export graphs); its conversion is cached in out/bench-model-cache and not timed.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
-        [--families fomm,tpsmm] [--clip-frames 60]
+        [--families fomm,tpsmm] [--runtimes torch,openvino] [--precisions fp32,bf16] [--clip-frames 60]
 """
 
 import argparse
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_CACHE = ROOT / "out" / "bench-model-cache"  # the openvino runtime's converted vox-256 graphs
 VOX_256 = {
     "common_params": {"num_kp": 10, "num_channels": 3, "estimate_jacobian": True},
     "kp_detector_params": {
@@ -214,10 +216,11 @@ def run_plain_loop(family: str, frames: int, device: str) -> dict:
     return {"seconds_per_frame": seconds / frames, "cpu_per_frame": cpu / frames, "peak_mb": peak_mb(device)}
 
 
-def run_engine(family: str, frames: int, batch: int, precision: str, device: str) -> dict:
+def run_engine(family: str, frames: int, batch: int, precision: str, device: str, runtime: str) -> dict:
     """Our path: source encoded once, frames in batches, the Renderer's inference step.
 
-    Each batch starts as host uint8 frames and ends as host uint8 frames, as in a job.
+    Each batch starts as host uint8 frames and ends as host uint8 frames, as in a job. The openvino
+    runtime converts the model once into MODEL_CACHE (seconds to minutes), which is not timed.
     """
     import numpy as np
     import torch
@@ -225,7 +228,9 @@ def run_engine(family: str, frames: int, batch: int, precision: str, device: str
     from worker.pipeline import Renderer, to_frames, to_tensor
 
     torch.manual_seed(1)
-    renderer = Renderer(vox_model(family).to(device), device)
+    started = time.perf_counter()
+    renderer = Renderer(vox_model(family).to(device), device, runtime=runtime, cache_dir=MODEL_CACHE)
+    load_seconds = time.perf_counter() - started
     source = torch.rand(1, 3, 256, 256)
     state = renderer.prepare_source(source, precision=precision)
     batches = max(1, frames // batch)
@@ -239,7 +244,23 @@ def run_engine(family: str, frames: int, batch: int, precision: str, device: str
             to_frames(renderer.animate_batch(state, to_tensor(driving, device)))
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     frames = batches * batch
-    return {"seconds_per_frame": seconds / frames, "cpu_per_frame": cpu / frames, "peak_mb": peak_mb(device)}
+    result = {
+        "seconds_per_frame": seconds / frames,
+        "cpu_per_frame": cpu / frames,
+        "peak_mb": peak_mb(device),
+        "load_s": load_seconds,
+    }
+    if runtime == "openvino":
+        result["cache_hit"] = renderer.adapter.graphs.cache_hit
+    return result
+
+
+def runtime_rows(family: str, runtimes: list[str], notes: list[str]) -> list[str]:
+    """The runtimes `family` can run on: OpenVINO needs export graphs, which TPSMM does not have."""
+    if family == "tpsmm" and "openvino" in runtimes:
+        notes.append("openvino: no tpsmm rows (TPSMM has no export graphs: its TPS fit does not export)")
+        return [runtime for runtime in runtimes if runtime != "openvino"]
+    return runtimes
 
 
 def run_model_load(checkpoint: str, device: str) -> dict:
@@ -283,12 +304,14 @@ def timed_process(cmd: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def render_command(workdir: Path, family: str, clip: str, precision: str, device: str) -> list[str]:
+def render_command(
+    workdir: Path, family: str, runtime: str, precision: str, clip: str, device: str
+) -> list[str]:
     return [
         sys.executable, "-m", "worker.cli", "render", "--source", str(workdir / "source.png"),
         "--driving", str(workdir / clip), "--checkpoint", str(workdir / f"{family}.pth.tar"),
-        "--out", str(workdir / f"out-{family}-{precision}.mp4"), "--precision", precision, "--crop", "none",
-        "--device", device,
+        "--out", str(workdir / f"out-{family}-{runtime}-{precision}.mp4"), "--precision", precision,
+        "--crop", "none", "--device", device, "--runtime", runtime, "--cache-dir", str(MODEL_CACHE),
     ]  # fmt: skip
 
 
@@ -323,7 +346,8 @@ def print_fixed_cost(workdir: Path, families: list[str], device: str, repeat: in
     for family in families:
         loads = [child(["load", family, str(workdir / f"{family}.pth.tar")], device) for _ in range(repeat)]
         starts = [
-            timed_process(render_command(workdir, family, "one.mp4", "fp32", device)) for _ in range(repeat)
+            timed_process(render_command(workdir, family, "torch", "fp32", "one.mp4", device))
+            for _ in range(repeat)
         ]
         print(
             f"| {family} model load: checkpoint read and checked, folded, fused, channels-last "
@@ -338,17 +362,25 @@ def print_fixed_cost(workdir: Path, families: list[str], device: str, repeat: in
 
 
 def print_whole_process(
-    workdir: Path, families: list[str], device: str, precisions: tuple[str, ...], repeat: int, frames: int
+    workdir: Path,
+    families: list[str],
+    runtimes: list[str],
+    device: str,
+    precisions: tuple[str, ...],
+    repeat: int,
+    frames: int,
 ) -> None:
     """Ours against the published demo's way (FOMM), whole processes, interleaved run by run."""
-    names = (["reference"] if "fomm" in families else []) + [(f, p) for f in families for p in precisions]
+    names = (["reference"] if "fomm" in families else []) + [
+        (f, r, p) for f in families for r in runtime_rows(f, runtimes, []) for p in precisions
+    ]
     runs: dict = {name: [] for name in names}
     for _ in range(repeat):
         for name in names:
             cmd = (
                 reference_command(workdir)
                 if name == "reference"
-                else render_command(workdir, *name, "clip.mp4")
+                else render_command(workdir, *name, "clip.mp4", device)
             )
             runs[name].append(timed_process(cmd))
     reference = runs.get("reference")
@@ -363,7 +395,7 @@ def print_whole_process(
         if name == "reference":
             label = "fomm, published demo's way (bench/reference_demo.py)"
         else:
-            label = f"{name[0]}, `animate render --precision {name[1]}`"
+            label = f"{name[0]}, `animate render --runtime {name[1]} --precision {name[2]}`"
         if reference is not None and (name == "reference" or name[0] == "fomm"):
             ref_wall = statistics.median(w for w, _ in reference)
             ref_cpu = statistics.median(c for _, c in reference)
@@ -383,6 +415,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only (also its peak)")
     parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: fomm, tpsmm")
     parser.add_argument("--clip-frames", type=int, default=60, help="frames of the whole-process clip")
+    parser.add_argument("--runtimes", default="torch", help="comma-separated: torch, openvino (CPU)")
+    parser.add_argument(
+        "--precisions", help="comma-separated; default: fp32 and what the device runs natively"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     device = args.device
@@ -391,14 +427,13 @@ def main() -> None:
         if kind == "plain":
             result = run_plain_loop(family, int(rest[0]), device)
         elif kind == "engine":
-            result = run_engine(family, int(rest[0]), int(rest[1]), rest[2], device)
+            result = run_engine(family, int(rest[0]), int(rest[1]), rest[2], device, rest[3])
         elif kind == "load":
             result = run_model_load(rest[0], device)
         elif kind == "gflop":
             result = {"plain": gflop_per_frame(family, prepared=False), "ours": gflop_per_frame(family, True)}
         elif kind == "peak":
-            precisions = precisions_for(device, quick=rest[0] == "quick")
-            result = {"peak": measure_matmul_peak(device, precisions), "device": device_name(device)}
+            result = {"peak": measure_matmul_peak(device, tuple(rest)), "device": device_name(device)}
         print(json.dumps(result))
         return
 
@@ -410,7 +445,15 @@ def main() -> None:
 
         if not torch.cuda.is_available():
             sys.exit("bench: --device cuda: no CUDA device is available")
-    machine = child(["peak", "-", "quick" if args.quick else "full"], device)
+    runtimes = args.runtimes.split(",")
+    if not set(runtimes) <= {"torch", "openvino"}:
+        sys.exit("bench: --runtimes takes torch and/or openvino")
+    if "openvino" in runtimes and device != "cpu":
+        sys.exit("bench: the openvino runtime runs on the CPU only")
+    precisions = tuple(args.precisions.split(",")) if args.precisions else precisions_for(device, args.quick)
+    if not set(precisions) <= {"fp32", "bf16", "fp16"}:
+        sys.exit("bench: --precisions takes fp32, bf16 and/or fp16")
+    machine = child(["peak", "-", *dict.fromkeys(["fp32", *precisions])], device)
     peak = machine["peak"]
     gflop = {family: child(["gflop", family], device) for family in families}
     print(f"# Engine benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {device}: {machine['device']}")
@@ -421,37 +464,46 @@ def main() -> None:
     peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
     print(f"matmul peak: {peaks}; GFLOP per frame: {gflops}\n")
     print(
-        "| model | path | batch | precision | s/frame | CPU s/frame | frames/s | GFLOP/s | % of peak "
-        "| peak MB |"
+        "| model | path | runtime | batch | precision | s/frame | CPU s/frame | frames/s | GFLOP/s "
+        "| % of peak | peak MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
-    precisions = precisions_for(device, args.quick)
+    notes: list[str] = []
     for family in families:
         plain = child(["plain", family, str(args.frames)], device)
         spf = plain["seconds_per_frame"]
         print(
-            f"| {family} | plain per-frame loop | 1 | fp32 | {spf:.3f} | {plain['cpu_per_frame']:.3f} "
-            f"| {1 / spf:.2f} | - | - | {plain['peak_mb']:.0f} |"
+            f"| {family} | plain per-frame loop | torch | 1 | fp32 | {spf:.3f} "
+            f"| {plain['cpu_per_frame']:.3f} | {1 / spf:.2f} | - | - | {plain['peak_mb']:.0f} |"
         )
-        for precision in precisions:
-            for batch in batches:
-                r = child(["engine", family, str(max(args.frames, batch)), str(batch), precision], device)
-                spf = r["seconds_per_frame"]
-                achieved = gflop[family]["ours"] / spf
-                print(
-                    f"| {family} | engine | {batch} | {precision} | {spf:.3f} | {r['cpu_per_frame']:.3f} "
-                    f"| {1 / spf:.2f} | {achieved:.0f} | {100 * achieved / peak[precision]:.0f}% "
-                    f"| {r['peak_mb']:.0f} |"
-                )
+        for runtime in runtime_rows(family, runtimes, notes):
+            for precision in precisions:
+                for batch in batches:
+                    frames = str(max(args.frames, batch))
+                    r = child(["engine", family, frames, str(batch), precision, runtime], device)
+                    spf = r["seconds_per_frame"]
+                    achieved = gflop[family]["ours"] / spf
+                    print(
+                        f"| {family} | engine | {runtime} | {batch} | {precision} | {spf:.3f} "
+                        f"| {r['cpu_per_frame']:.3f} | {1 / spf:.2f} | {achieved:.0f} "
+                        f"| {100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
+                    )
+                    if runtime == "openvino" and not r["cache_hit"]:
+                        notes.append(
+                            f"openvino: converted the {family} model in {r['load_s']:.0f} s "
+                            f"(cached in {MODEL_CACHE})"
+                        )
     if "bf16" not in precisions and device == "cpu" and not args.quick:
-        print("\nbf16: not measured, this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+        notes.append("bf16: not measured, this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+    for note in dict.fromkeys(notes):
+        print(f"\n{note}")
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         make_inputs(workdir, families, args.clip_frames)
         print_fixed_cost(workdir, families, device, args.repeat)
-        print_whole_process(workdir, families, device, precisions, args.repeat, args.clip_frames)
+        print_whole_process(workdir, families, runtimes, device, precisions, args.repeat, args.clip_frames)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         description="inference precision; unset: bf16 on cuda and on CPUs with native bf16 (AVX-512 BF16 "
         "or AMX), fp32 on other CPUs (the worker decides: it needs torch)",
     )
+    runtime: Literal["torch", "openvino"] = Field(
+        "torch", description="render workers' runtime; openvino: CPU only, needs the openvino extra"
+    )
+    model_cache_dir: Path = Field(
+        Path("model-cache"), description="converted models (openvino), by model content, version and shape"
+    )
     job_timeout: int = Field(1800, ge=1, description="seconds one render may take before RQ stops it")
     job_retries: int = Field(2, ge=0, description="times a job whose worker died is queued again")
     heartbeat_interval: int = Field(

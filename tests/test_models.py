@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from worker.models import CheckpointError, build_model, load_checkpoint, normalize_kp
-from worker.models.blocks import AntiAliasDownsample, coordinate_grid, warp
+from worker.models.blocks import AntiAliasDownsample, coordinate_grid, inverse_2x2, warp
 from worker.models.keypoint_detector import expected_coordinates
 from worker.models.motion_transfer import convex_hull_area
 from worker.pipeline import best_start_frame
@@ -52,6 +52,16 @@ def test_keypoint_of_a_delta_heatmap_lands_on_its_pixel(row, col):
     x, y = expected_coordinates(heatmap)[0, 0].tolist()
     assert x == pytest.approx(2 * col / 15 - 1, abs=1e-6)
     assert y == pytest.approx(2 * row / 12 - 1, abs=1e-6)
+
+
+def test_closed_form_2x2_inverse_equals_torch_inverse():
+    matrices = torch.randn(500, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    matrices = matrices[torch.linalg.det(matrices).abs() > 0.1]  # conditioned like learned jacobians
+    ours = inverse_2x2(matrices)
+    assert torch.allclose(ours, torch.inverse(matrices), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(matrices @ ours, torch.eye(2, dtype=torch.float64).expand_as(ours), atol=1e-12)
+    jacobians = matrices[:40].float().view(4, 10, 2, 2)  # (N, K, 2, 2) in float32, as the models use
+    assert (inverse_2x2(jacobians) - torch.inverse(jacobians)).abs().max() < 1e-4
 
 
 def test_convex_hull_area_of_a_square_with_inner_points():

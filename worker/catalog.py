@@ -4,6 +4,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.export import ExportError
 from worker.models import AnimationModel, CheckpointError, TPSMModel, load_checkpoint
 from worker.pipeline import Renderer
 
@@ -30,22 +31,31 @@ class LoadedModel:
         }
 
 
-def load_models(checkpoints: dict[str, Path], device: str) -> dict[str, LoadedModel]:
-    """Load each checkpoint onto `device`; one that fails to load is reported and left out."""
+def load_models(
+    checkpoints: dict[str, Path], device: str, runtime: str = "torch", cache_dir: Path | None = None
+) -> dict[str, LoadedModel]:
+    """Load each checkpoint onto `device` for `runtime`; one that fails to load is reported and left out.
+
+    With the openvino runtime a model's first load converts it into `cache_dir` (seconds to a
+    minute each); later loads read the converted files. A family without export graphs (TPSMM)
+    cannot run there: it is reported and left out too.
+    """
     loaded = {}
     for name, path in checkpoints.items():
         try:
             model = load_checkpoint(path, device=device)
-        except CheckpointError as exc:
+            renderer = Renderer(model, device, runtime=runtime, cache_dir=cache_dir)
+        except (CheckpointError, ExportError) as exc:
             log.error("skipping %s: %s", path, exc)
             continue
-        loaded[name] = LoadedModel(name, path, model, Renderer(model, device))
+        loaded[name] = LoadedModel(name, path, model, renderer)
         log.info(
-            "loaded %s model %r from %s (%dx%d, %d keypoints)",
+            "loaded %s model %r from %s (%dx%d, %d keypoints, %s runtime)",
             model.family,
             name,
             path,
             *model.frame_shape,
             model.num_kp,
+            runtime,
         )
     return loaded

@@ -1,9 +1,10 @@
-"""The `animate` command: render locally, inspect a checkpoint, train and evaluate models.
+"""The `animate` command: render locally, inspect and export a checkpoint, train and evaluate models.
 
 Errors about inputs print one line on stderr and exit with status 2; no output file is left behind.
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +29,19 @@ def _start_frame(value: str) -> int | str:
     return index
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"animate: error: {self.prog}: {message}\n")
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "animate" / "models"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="animate", description="Animate a still image by a video.")
+    parser = _Parser(prog="animate", description="Animate a still image by a video.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     render = commands.add_parser("render", help="animate an image by a driving video (MP4, WebM, GIF, WebP)")
@@ -55,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--batch-size", type=int, default=4)
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     render.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
+    render.add_argument(
+        "--runtime",
+        choices=["torch", "openvino"],
+        default="torch",
+        help="openvino: CPU only, needs the openvino extra; models are converted once and cached",
+    )
+    render.add_argument(
+        "--cache-dir", type=Path, default=None, help="converted models (default: ~/.cache/animate/models)"
+    )
     render.add_argument("--size", type=int, help="output side in pixels (default: the model's)")
     render.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
     render.add_argument(
@@ -100,6 +121,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
+
+    export = commands.add_parser(
+        "export", help="write a model as ONNX or OpenVINO graphs that run without torch"
+    )
+    export.add_argument("--format", required=True, metavar="onnx|openvino")
+    export.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
+    export.add_argument("--out", required=True, type=Path, help="a new (or empty) folder for the files")
+    export.add_argument(
+        "--batch", type=int, help="fix the batch size of the per-frame graphs (default: dynamic)"
+    )
+    export.add_argument("--precision", default="fp32", metavar="fp32|bf16", help="bf16: OpenVINO only")
+    export.add_argument("--config", help="YAML in the published config format overriding the inferred one")
 
     add_submit_arguments(commands.add_parser("submit", help="animate through a running service, over HTTP"))
 
@@ -169,6 +202,8 @@ def _render_loaded(args: argparse.Namespace, inputs: Callable[[], tuple]) -> int
 
     from contract.options import first_error
     from worker.errors import RenderError
+    from worker.export import ExportError
+    from worker.export.openvino_ir import OpenVinoMissing
     from worker.hardware import default_precision, native_bf16
     from worker.models import CheckpointError, load_checkpoint
     from worker.pipeline import Renderer, RenderOptions
@@ -206,17 +241,30 @@ def _render_loaded(args: argparse.Namespace, inputs: Callable[[], tuple]) -> int
         )
     except ValidationError as exc:
         return _fail(first_error(exc)[1])
+    if args.runtime == "openvino" and args.device != "cpu":
+        return _fail("--runtime openvino runs on the CPU only")
+    if args.runtime == "openvino" and precision not in ("fp32", "bf16"):
+        return _fail("--runtime openvino runs fp32 or bf16")
     bar = ProgressBar()
+    converting = ProgressBar(unit="graphs")
     try:
         try:
             model = load_checkpoint(args.checkpoint, config=args.config, device=args.device)
         except CheckpointError:
             inputs()  # a bad input is reported first, as when the inputs were read before the model
             raise
-        renderer = Renderer(model, args.device)
+        renderer = Renderer(
+            model,
+            args.device,
+            runtime=args.runtime,
+            cache_dir=args.cache_dir or _default_cache_dir(),
+            on_converted=lambda done, total: converting.count("converting", done, total),
+        )
+        converting.close()
         image, info = inputs()
         result = renderer.render(image, args.driving, out, options, bar, info=info, poster_path=poster)
-    except (RenderError, CheckpointError) as exc:
+    except (RenderError, CheckpointError, ExportError, OpenVinoMissing) as exc:
+        converting.close()
         bar.close()
         return _fail(str(exc))
     bar.close()
@@ -253,6 +301,40 @@ def _crop(args: argparse.Namespace) -> int:
     bar.close()
     framing = f"{plan.kind} framing" if plan.kind != "none" else "no subject found: centre squares"
     print(f"wrote {out} ({len(plan.boxes)} frames, {args.size}x{args.size}, {framing})", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from worker.export import graph_set
+    from worker.export.files import ExportError, check_request, export_graphs, file_digest
+    from worker.export.openvino_ir import OpenVinoMissing
+    from worker.models import CheckpointError, load_checkpoint
+    from worker.optimize import prepare_for_inference
+    from worker.progress import ProgressBar
+
+    bar = ProgressBar(unit="graphs")
+    try:
+        check_request(args.format, args.batch, args.precision, args.out)
+        model = prepare_for_inference(load_checkpoint(args.checkpoint, config=args.config), "cpu")
+        checkpoint = {"file": Path(args.checkpoint).name, "sha256": file_digest(Path(args.checkpoint))}
+        info = export_graphs(
+            graph_set(model),
+            args.out,
+            args.format,
+            args.batch,
+            args.precision,
+            checkpoint,
+            lambda done, total: bar.count("converting", done, total),
+        )
+    except (ExportError, CheckpointError, OpenVinoMissing) as exc:
+        bar.close()
+        return _fail(str(exc))
+    bar.close()
+    files = ", ".join(graph["file"] for graph in info["graphs"].values())
+    print(
+        f"wrote {args.out}: {files} and manifest.json ({info['family']}, batch {info['batch']})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -347,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _train,
         "eval": _evaluate,
         "submit": submit,
+        "export": _export,
     }
     try:
         return handlers[args.command](args)

@@ -14,9 +14,14 @@ from torch import nn
 from worker.hardware import onednn_bf16
 
 
+def _exporting() -> bool:
+    """Whether an exporter (ONNX, OpenVINO) is tracing: it knows only plain, out-of-place operations."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def _onednn(x: torch.Tensor) -> bool:
-    """Whether oneDNN's fused convolutions serve this input: CPU, with kernels for its dtype."""
-    if x.device.type != "cpu":
+    """Whether oneDNN's fused convolutions serve this input: CPU, with kernels for its dtype, not traced."""
+    if x.device.type != "cpu" or _exporting():
         return False
     return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16())
 
@@ -89,6 +94,8 @@ class UpsampleConvReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         o = self.out_channels
+        if _exporting():
+            return self._interleave(self.conv(x), h, w)
         phases = self.conv(x).permute(0, 2, 3, 1)  # (N, H+1, W+1, 4*O)
         out = torch.empty((n, 2 * h, 2 * w, o), dtype=phases.dtype, device=x.device)  # channels-last memory
         tiles = out.view(n, h, 2, w, 2, o)  # the same memory, by phase
@@ -97,6 +104,17 @@ class UpsampleConvReLU(nn.Module):
                 phase = 2 * a + b
                 tiles[:, :, a, :, b, :].copy_(phases[:, a : a + h, b : b + w, phase * o : (phase + 1) * o])
         return out.permute(0, 3, 1, 2)  # (N, O, 2H, 2W), channels-last
+
+    def _interleave(self, phases: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The same assembly as a pure function of `phases` (N, 4*O, H+1, W+1), for exporters."""
+        o = self.out_channels
+        tiles = [
+            phases[:, (2 * a + b) * o : (2 * a + b + 1) * o, a : a + h, b : b + w]
+            for a in (0, 1)
+            for b in (0, 1)
+        ]
+        rows = [torch.stack(tiles[2 * a : 2 * a + 2], dim=-1) for a in (0, 1)]  # 2 x (N, O, H, W, 2)
+        return torch.stack(rows, dim=3).reshape(phases.shape[0], o, 2 * h, 2 * w)  # from (N, O, H, 2, W, 2)
 
 
 class PreActResidual(nn.Module):

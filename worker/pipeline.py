@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from contract.job import JobResult
 from contract.options import AnimationOptions
-from worker.adapters import SourceState, model_adapter
+from worker.adapters import ModelAdapter, SourceState, model_adapter
 from worker.errors import RenderCanceled, RenderError
 from worker.models import AnimationModel, TPSMModel
 from worker.models.motion_transfer import convex_hull_area
@@ -29,6 +29,8 @@ from worker.progress import ProgressCallback, ProgressModel, StageCosts
 from worker.subject.framing import plan_framing
 from worker.subject.paste import ModelFrame
 from worker.video_io import VideoInfo, probe_video
+
+RUNTIMES = ("torch", "openvino")
 
 
 class RenderOptions(AnimationOptions):
@@ -205,12 +207,22 @@ class Renderer:
 
     One instance per worker process. It takes ownership of `model`: batch norm is folded into the
     convolutions and the weights are made channels-last, in place. What differs between model
-    families is in its adapter (`worker/adapters/`).
+    families is in its adapter (`worker/adapters/`); `runtime` picks torch (any device) or openvino
+    (CPU; the model's graphs converted once into `cache_dir`, with `on_converted(graphs done,
+    graphs)` while converting).
     """
 
-    def __init__(self, model: AnimationModel | TPSMModel, device: str = "cpu"):
-        self.adapter = model_adapter(model, device)
+    def __init__(
+        self,
+        model: AnimationModel | TPSMModel,
+        device: str = "cpu",
+        runtime: str = "torch",
+        cache_dir: Path | None = None,
+        on_converted: Callable[[int, int], None] | None = None,
+    ):
+        self.adapter = _runtime_adapter(model, device, runtime, cache_dir, on_converted)
         self.model = self.adapter.model
+        self.runtime = runtime
         self.device = device
         self.costs = StageCosts()  # seconds per frame of each stage, for progress; learnt job by job
 
@@ -463,3 +475,25 @@ class Renderer:
                 "total": round(time.perf_counter() - started, 4),
             },
         )
+
+
+def _runtime_adapter(
+    model: AnimationModel | TPSMModel,
+    device: str,
+    runtime: str,
+    cache_dir: Path | None,
+    on_converted: Callable[[int, int], None] | None,
+) -> ModelAdapter:
+    if runtime == "torch":
+        return model_adapter(model, device)
+    if runtime != "openvino":
+        raise RenderError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}", "invalid_option")
+    if device != "cpu":
+        raise RenderError("the openvino runtime runs on the CPU only", "invalid_option")
+    if cache_dir is None:
+        raise RenderError(
+            "the openvino runtime needs a cache folder for its converted models", "invalid_option"
+        )
+    from worker.openvino_runtime import OpenVinoAdapter
+
+    return OpenVinoAdapter(model, cache_dir, on_converted)

@@ -22,6 +22,7 @@ from contract.logs import configure_logging
 from contract.queue import PRESENCE_INTERVAL, PRESENCE_TTL
 from contract.settings import Settings
 from worker.catalog import LoadedModel, load_models
+from worker.export.openvino_ir import OpenVinoMissing
 
 log = logging.getLogger("worker")
 
@@ -34,15 +35,26 @@ def process_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}"
 
 
-def start(process: str, settings: Settings) -> dict[str, LoadedModel]:
-    """Logging set up, the device checked and every checkpoint of WEIGHTS_DIR loaded."""
+def start(process: str, settings: Settings, runtime: str = "torch") -> dict[str, LoadedModel]:
+    """Logging set up, the device and runtime checked and every checkpoint of WEIGHTS_DIR loaded.
+
+    Render workers pass RUNTIME as `runtime` (openvino: converted into MODEL_CACHE_DIR on first
+    use); live workers stay on torch.
+    """
     configure_logging(process, settings.log_level, settings.log_format)
     if settings.worker_device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise StartError("WORKER_DEVICE=cuda but no CUDA device is available")
-    models = load_models(settings.checkpoints(), settings.worker_device)
+    if runtime == "openvino" and (settings.worker_device != "cpu" or settings.precision == "fp16"):
+        raise StartError("RUNTIME=openvino runs on WORKER_DEVICE=cpu with PRECISION fp32 or bf16")
+    try:
+        models = load_models(
+            settings.checkpoints(), settings.worker_device, runtime, settings.model_cache_dir
+        )
+    except OpenVinoMissing as exc:
+        raise StartError(f"RUNTIME=openvino: {exc}") from None
     if not models:
         raise StartError(f"no usable checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}")
     return models

@@ -198,9 +198,12 @@ class ProgressBar:
     Silent when `stream` is not a terminal; redrawn at most every `min_interval` seconds.
     """
 
-    def __init__(self, stream: TextIO = sys.stderr, min_interval: float = 0.2, width: int = 30):
-        self.stream = stream
-        self.enabled = stream.isatty()
+    def __init__(
+        self, stream: TextIO | None = None, min_interval: float = 0.2, width: int = 30, unit: str = "frames"
+    ):
+        self.stream = stream or sys.stderr  # read when built: a default bound at import goes stale
+        self.unit = unit
+        self.enabled = self.stream.isatty()
         self.min_interval = min_interval
         self.width = width
         self.last = 0.0
@@ -220,11 +223,17 @@ class ProgressBar:
         eta = "ETA   --" if progress.eta_seconds is None else f"ETA {progress.eta_seconds:5.1f}s"
         self.stream.write(
             f"\r{progress.stage:<9} [{bar}] {progress.overall_percent:5.1f}%  "
-            f"{progress.frames_done}/{progress.frames_total} frames  {fps}  {eta}   "
+            f"{progress.frames_done}/{progress.frames_total} {self.unit}  {fps}  {eta}   "
         )
         self.stream.flush()
 
+    def count(self, stage: str, done: int, total: int) -> None:
+        """Draw a plain count (graphs converted, say) that has no rate of its own."""
+        self(Progress(stage, done, total, 100 * done / max(total, 1), None, None))
+
     def close(self) -> None:
+        """End the bar's line, if it drew one; safe to call more than once."""
         if self.enabled and self.last:
             self.stream.write("\n")
             self.stream.flush()
+            self.last = 0.0

@@ -31,6 +31,18 @@ def warp(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
+def inverse_2x2(matrix: torch.Tensor) -> torch.Tensor:
+    """Inverse of (..., 2, 2) matrices by the adjugate over the determinant.
+
+    The same function as torch.inverse for 2x2 matrices, and it exports to ONNX and OpenVINO,
+    which torch.inverse does not.
+    """
+    a, b = matrix[..., 0, 0], matrix[..., 0, 1]
+    c, d = matrix[..., 1, 0], matrix[..., 1, 1]
+    adjugate = torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
+    return adjugate / (a * d - b * c)[..., None, None]
+
+
 def gaussian_heatmaps(kp: torch.Tensor, height: int, width: int, variance: float) -> torch.Tensor:
     """Isotropic Gaussians centred on keypoints: kp (N, K, 2) -> (N, K, H, W)."""
     grid = coordinate_grid(height, width, kp)

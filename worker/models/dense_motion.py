@@ -9,6 +9,7 @@ from worker.models.blocks import (
     Hourglass,
     coordinate_grid,
     gaussian_heatmaps,
+    inverse_2x2,
     warp,
 )
 
@@ -61,21 +62,19 @@ class DenseMotion(nn.Module):
         identity = coordinate_grid(h, w, kp_driving["value"]).view(1, 1, h, w, 2)
         offset = identity - kp_driving["value"].view(n, self.num_kp, 1, 1, 2)
         if "jacobian" in kp_driving:
-            jacobian = kp_source["jacobian"] @ torch.inverse(kp_driving["jacobian"])  # (N, K, 2, 2)
+            jacobian = kp_source["jacobian"] @ inverse_2x2(kp_driving["jacobian"])  # (N, K, 2, 2)
             offset = torch.einsum("nkij,nkhwj->nkhwi", jacobian, offset)
         to_source = offset + kp_source["value"].view(n, self.num_kp, 1, 1, 2)
         return torch.cat([identity.expand(n, 1, h, w, 2), to_source], dim=1)
 
     def forward(
         self,
-        source: torch.Tensor,
+        source_small: torch.Tensor,
         kp_driving: dict[str, torch.Tensor],
         kp_source: dict[str, torch.Tensor],
-        source_small: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """source (N, C, H, W); `source_small` is `downscale(source)` when the caller has it."""
-        small = self.downscale(source) if source_small is None else source_small
-        n, c, h, w = small.shape
+        """source_small (N, C, h, w): `downscale(source)`, which callers compute once per source."""
+        n, c, h, w = source_small.shape
         k1 = self.num_kp + 1
 
         heatmaps = gaussian_heatmaps(kp_driving["value"], h, w, self.kp_variance) - gaussian_heatmaps(
@@ -84,7 +83,7 @@ class DenseMotion(nn.Module):
         heatmaps = torch.cat([heatmaps.new_zeros(n, 1, h, w), heatmaps], dim=1).unsqueeze(2)
 
         motions = self.sparse_motions(kp_driving, kp_source, h, w)  # (N, K+1, h, w, 2)
-        repeated = small.unsqueeze(1).expand(n, k1, c, h, w).reshape(n * k1, c, h, w)
+        repeated = source_small.unsqueeze(1).expand(n, k1, c, h, w).reshape(n * k1, c, h, w)
         sparse_deformed = warp(repeated, motions.reshape(n * k1, h, w, 2)).view(n, k1, c, h, w)
 
         features = torch.cat([heatmaps, sparse_deformed], dim=2).view(n, -1, h, w)

@@ -14,13 +14,14 @@ from worker.models.dense_motion import DenseMotion
 class SourceFeatures:
     """What the generator needs from the source image; computed once per job, reused per frame."""
 
-    image: torch.Tensor  # (N, C, H, W)
+    image: torch.Tensor | None  # (N, C, H, W); only the inspection maps need it
     encoded: torch.Tensor  # (N, F, H / 2**num_down_blocks, W / 2**num_down_blocks)
     small: torch.Tensor  # the image at the dense motion network's resolution
 
     def expand(self, n: int) -> "SourceFeatures":
         """The same source repeated to a batch of n frames, without copying memory."""
-        return SourceFeatures(*(t.expand(n, *t.shape[1:]) for t in (self.image, self.encoded, self.small)))
+        image = None if self.image is None else self.image.expand(n, *self.image.shape[1:])
+        return SourceFeatures(image, *(t.expand(n, *t.shape[1:]) for t in (self.encoded, self.small)))
 
 
 def resize_flow(deformation: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -87,12 +88,13 @@ class Generator(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Render driving frames from cached source features (batch sizes must agree).
 
-        `maps=False` skips the source warped at full resolution, which only serves inspection.
+        `maps=False` (or no source image in `features`) skips the source warped at full resolution,
+        which only serves inspection.
         """
         out: dict[str, torch.Tensor] = {}
         encoded = features.encoded
         if self.dense_motion_network is not None:
-            motion = self.dense_motion_network(features.image, kp_driving, kp_source, features.small)
+            motion = self.dense_motion_network(features.small, kp_driving, kp_source)
             out.update(motion)
             deformation = motion["deformation"]
             encoded = warp(encoded, resize_flow(deformation, *encoded.shape[2:]))
@@ -103,7 +105,7 @@ class Generator(nn.Module):
                         occlusion, size=encoded.shape[2:], mode="bilinear", align_corners=False
                     )
                 encoded = encoded * occlusion
-            if maps:
+            if maps and features.image is not None:
                 out["deformed"] = warp(features.image, resize_flow(deformation, *features.image.shape[2:]))
         decoded = self.bottleneck(encoded)
         for block in self.up_blocks:
