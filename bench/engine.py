@@ -14,7 +14,7 @@ single-stream latency, and the engine rows include the driving frames' trip from
 (uint8, pinned), as in a job.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
-        [--families fomm,tpsmm] [--clip-frames 60]
+        [--families fomm,tpsmm] [--clip-frames 60] [--threads N] [--whole-process-only]
 """
 
 import argparse
@@ -383,7 +383,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only (also its peak)")
     parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: fomm, tpsmm")
     parser.add_argument("--clip-frames", type=int, default=60, help="frames of the whole-process clip")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads in every measured process (OMP_NUM_THREADS)"
+    )
+    parser.add_argument("--whole-process-only", action="store_true", help="only the fixed cost and the race")
     args = parser.parse_args()
+    if args.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every child process
     sys.path.insert(0, str(ROOT))
     device = args.device
     if args.child:
@@ -420,13 +426,32 @@ def main() -> None:
     )
     peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
     print(f"matmul peak: {peaks}; GFLOP per frame: {gflops}\n")
+    precisions = precisions_for(device, args.quick)
+    if not args.whole_process_only:
+        print_engine_rows(args, device, families, gflop, peak, precisions)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        make_inputs(workdir, families, args.clip_frames)
+        print_fixed_cost(workdir, families, device, args.repeat)
+        print_whole_process(workdir, families, device, precisions, args.repeat, args.clip_frames)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def print_engine_rows(
+    args: argparse.Namespace,
+    device: str,
+    families: list[str],
+    gflop: dict[str, dict],
+    peak: dict[str, float],
+    precisions: tuple[str, ...],
+) -> None:
+    """The per-frame table: the published loop and our engine at each batch size and precision."""
     print(
         "| model | path | batch | precision | s/frame | CPU s/frame | frames/s | GFLOP/s | % of peak "
         "| peak MB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
-    precisions = precisions_for(device, args.quick)
     for family in families:
         plain = child(["plain", family, str(args.frames)], device)
         spf = plain["seconds_per_frame"]
@@ -446,13 +471,6 @@ def main() -> None:
                 )
     if "bf16" not in precisions and device == "cpu" and not args.quick:
         print("\nbf16: not measured, this CPU has no native bf16 (AVX-512 BF16 or AMX)")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        make_inputs(workdir, families, args.clip_frames)
-        print_fixed_cost(workdir, families, device, args.repeat)
-        print_whole_process(workdir, families, device, precisions, args.repeat, args.clip_frames)
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
