@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import imageio_ffmpeg
 import numpy as np
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +84,7 @@ class Run:
     seconds: float = 0.0
     server_p95: list[float] = field(default_factory=list)  # the API's own p95 from each stats message
     refused: dict | None = None  # the handshake's answer when the session was not admitted
+    closed: str | None = None  # why the server closed the session before the end, if it did
 
     def summary(self) -> dict:
         if self.refused is not None:
@@ -99,6 +100,7 @@ class Run:
             "dropped": self.sent - len(ms),
             "dropped_by_api_count": self.dropped,
             "fps_out": round(len(ms) / self.seconds, 2) if self.seconds > 0 else 0.0,
+            "closed_early": self.closed,
             "latency_ms": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": pick(1.0)},
             "api_p95_ms_median": round(statistics.median(self.server_p95), 1) if self.server_p95 else None,
         }
@@ -153,29 +155,36 @@ def stream(url: str, source: bytes, frames: list[bytes], fps: float | None, seco
         def send() -> None:
             start = time.perf_counter()
             index = 0
-            while (now := time.perf_counter()) - start < seconds:
-                if fps is not None:
-                    time.sleep(max(0.0, start + index / fps - now))
-                elif index and not answered.wait(5):
-                    break
-                answered.clear()
-                sent_at[index] = time.perf_counter()
-                ws.send(frames[index % len(frames)])
-                index += 1
-            run.sent = index
-            done.set()
+            try:
+                while (now := time.perf_counter()) - start < seconds:
+                    if fps is not None:
+                        time.sleep(max(0.0, start + index / fps - now))
+                    elif index and not answered.wait(5):
+                        break
+                    answered.clear()
+                    sent_at[index] = time.perf_counter()
+                    ws.send(frames[index % len(frames)])
+                    index += 1
+            except ConnectionClosed:
+                pass  # the receiving side records why
+            finally:
+                run.sent = index
+                done.set()
 
         sender = threading.Thread(target=send)
         started = time.perf_counter()
         sender.start()
         last_answer = started
-        while not done.is_set() or time.perf_counter() - last_answer < 0.5:
+        while not done.is_set() or time.perf_counter() - last_answer < drain_seconds(run):
             try:
                 message = ws.recv(timeout=0.5)
             except TimeoutError:
-                if done.is_set():
+                if done.is_set() and time.perf_counter() - last_answer >= drain_seconds(run):
                     break
                 continue
+            except ConnectionClosed as exc:
+                run.closed = exc.rcvd.reason if exc.rcvd is not None else str(exc)
+                break
             if isinstance(message, bytes):
                 last_answer = time.perf_counter()
                 run.latencies.append(last_answer - sent_at[_index(message)])
@@ -189,6 +198,11 @@ def stream(url: str, source: bytes, frames: list[bytes], fps: float | None, seco
         sender.join()
         run.seconds = min(seconds, last_answer - started)
     return run
+
+
+def drain_seconds(run: Run) -> float:
+    """How long to wait for answers still in flight once sending stops: longer for a slow model."""
+    return max(0.5, 1.5 * max(run.latencies, default=0.0))
 
 
 def concurrent(url: str, source: bytes, frames: list[bytes], fps: float, seconds: float, clients: int):

@@ -15,6 +15,7 @@ import queue
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ from worker.adapters import SourceState
 from worker.pipeline import Renderer, to_frames, to_tensor
 
 CALIBRATION_FRAMES = 3
+WAIT_TICK = 1.0  # seconds
 
 
 @dataclass
@@ -42,11 +44,20 @@ class LiveEngine:
         self._thread = threading.Thread(target=self._run, name="live-engine", daemon=True)
         self._thread.start()
 
-    def render(self, renderer: Renderer, state: SourceState, frame: np.ndarray) -> np.ndarray:
-        """Animate one (H, W, 3) uint8 driving frame for `state`; blocks until it is done."""
+    def render(
+        self,
+        renderer: Renderer,
+        state: SourceState,
+        frame: np.ndarray,
+        while_waiting: Callable[[], None] | None = None,
+    ) -> np.ndarray:
+        """Animate one (H, W, 3) uint8 driving frame for `state`; blocks until it is done, calling
+        `while_waiting` every WAIT_TICK seconds meanwhile (a session keeps its leases alive)."""
         request = _Request(renderer, state, to_tensor(frame[None], renderer.device))
         self._requests.put(request)
-        request.done.wait()
+        while not request.done.wait(WAIT_TICK):
+            if while_waiting is not None:
+                while_waiting()
         if request.error is not None:
             raise request.error
         return request.result

@@ -219,6 +219,8 @@ class LiveSession(threading.Thread):
         if self.reset_at is not None and index >= self.reset_at:
             self.state.kp_initial = None  # the next frame rendered becomes the anchor
             self.reset_at = None
-        animated = self.engine.render(self.renderer, self.state, frame)
+        animated = self.engine.render(
+            self.renderer, self.state, frame, lambda: self.keep_leases(time.monotonic())
+        )
         self.send(channel.ANIMATED, index, encode_answer(animated, index))
         self.frames_done += 1
