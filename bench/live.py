@@ -159,8 +159,8 @@ def stream(url: str, source: bytes, frames: list[bytes], fps: float | None, seco
                 while (now := time.perf_counter()) - start < seconds:
                     if fps is not None:
                         time.sleep(max(0.0, start + index / fps - now))
-                    elif index and not answered.wait(5):
-                        break
+                    elif index and not answered.wait(max(5.0, 3 * max(run.latencies, default=0.0))):
+                        break  # no answer in a long while: the session is stuck
                     answered.clear()
                     sent_at[index] = time.perf_counter()
                     ws.send(frames[index % len(frames)])
