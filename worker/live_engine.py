@@ -39,6 +39,8 @@ class _Request:
 
 
 class LiveEngine:
+    """The inference thread; session threads call `render` and wait for their frame."""
+
     def __init__(self):
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="live-engine", daemon=True)
