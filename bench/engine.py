@@ -16,6 +16,7 @@ has no export graphs); its conversion is cached in out/bench-model-cache and not
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
         [--families fomm,tpsmm] [--runtimes torch,openvino] [--precisions fp32,bf16] [--clip-frames 60]
+        [--threads N] [--whole-process-only]
 """
 
 import argparse
@@ -419,7 +420,13 @@ def main() -> None:
     parser.add_argument(
         "--precisions", help="comma-separated; default: fp32 and what the device runs natively"
     )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads in every measured process (OMP_NUM_THREADS)"
+    )
+    parser.add_argument("--whole-process-only", action="store_true", help="only the fixed cost and the race")
     args = parser.parse_args()
+    if args.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every child process
     sys.path.insert(0, str(ROOT))
     device = args.device
     if args.child:
@@ -463,6 +470,26 @@ def main() -> None:
     )
     peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
     print(f"matmul peak: {peaks}; GFLOP per frame: {gflops}\n")
+    if not args.whole_process_only:
+        print_engine_rows(args, device, families, runtimes, gflop, peak, precisions)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        make_inputs(workdir, families, args.clip_frames)
+        print_fixed_cost(workdir, families, device, args.repeat)
+        print_whole_process(workdir, families, runtimes, device, precisions, args.repeat, args.clip_frames)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def print_engine_rows(
+    args: argparse.Namespace,
+    device: str,
+    families: list[str],
+    runtimes: list[str],
+    gflop: dict[str, dict],
+    peak: dict[str, float],
+    precisions: tuple[str, ...],
+) -> None:
+    """The per-frame table: the published loop and our engine at each batch size and precision."""
     print(
         "| model | path | runtime | batch | precision | s/frame | CPU s/frame | frames/s | GFLOP/s "
         "| % of peak | peak MB |"
@@ -498,13 +525,6 @@ def main() -> None:
         notes.append("bf16: not measured, this CPU has no native bf16 (AVX-512 BF16 or AMX)")
     for note in dict.fromkeys(notes):
         print(f"\n{note}")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        make_inputs(workdir, families, args.clip_frames)
-        print_fixed_cost(workdir, families, device, args.repeat)
-        print_whole_process(workdir, families, runtimes, device, precisions, args.repeat, args.clip_frames)
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

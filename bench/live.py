@@ -11,13 +11,18 @@ it to just after the client has its answer (matched by the `frame=<index>` comme
 Scenarios: one client at 25 and at 30 fps (paced by the clock, like a camera), one client in a closed
 loop (the next frame is sent when the previous answer arrives: the most one session renders), and
 two clients at 25 fps at once. The model is weights/starter.pth.tar when present, else the small
-reference checkpoint re-saved for 64 px frames (the tests' model), or --checkpoint.
+reference checkpoint re-saved for 64 px frames (the tests' model), or --checkpoint, or with
+--published-widths random weights at the published vox-256 widths (bench/engine.py's model).
+
+A session the live worker refuses (HTTP 503: it cannot serve one more at LIVE_TARGET_FPS, or all
+LIVE_SESSIONS are open) is a result, reported with its reason. "dropped" is what the client sent
+and never got back (stale frames skipped by the API's queue or the worker); the API's own count is
+next to it.
 """
 
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,12 +36,15 @@ from pathlib import Path
 import cv2
 import imageio_ffmpeg
 import numpy as np
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stack import SMALL, BenchStack, resave_checkpoint  # noqa: E402
+from contract import live_channel  # noqa: E402
+from worker.hardware import describe_cpu  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 CLIP = SHARED / "media" / "clips" / "d3.mp4"
@@ -45,9 +53,15 @@ STARTER = ROOT / "weights" / "starter.pth.tar"
 JPEG_QUALITY = 85
 
 
-def prepare_checkpoint(folder: Path, path: Path | None) -> Path:
+def prepare_checkpoint(folder: Path, path: Path | None, published_widths: bool = False) -> Path:
     """The checkpoint the live worker loads, as WEIGHTS_DIR/bench.pth.tar."""
     out = folder / "bench.pth.tar"
+    if published_widths:
+        from bench.engine import vox_model
+        from worker.models import save_checkpoint
+
+        save_checkpoint(out, vox_model())
+        return out
     if path is not None or STARTER.is_file():
         out.symlink_to((path or STARTER).resolve())
         return out
@@ -69,8 +83,12 @@ class Run:
     dropped: int = 0
     seconds: float = 0.0
     server_p95: list[float] = field(default_factory=list)  # the API's own p95 from each stats message
+    refused: dict | None = None  # the handshake's answer when the session was not admitted
+    closed: str | None = None  # why the server closed the session before the end, if it did
 
     def summary(self) -> dict:
+        if self.refused is not None:
+            return {"refused": self.refused}
         ms = sorted(x * 1000 for x in self.latencies)
 
         def pick(q: float) -> float:
@@ -79,8 +97,10 @@ class Run:
         return {
             "sent": self.sent,
             "answered": len(ms),
-            "dropped": self.dropped,
-            "fps_out": round(len(ms) / self.seconds, 2),
+            "dropped": self.sent - len(ms),
+            "dropped_by_api_count": self.dropped,
+            "fps_out": round(len(ms) / self.seconds, 2) if self.seconds > 0 else 0.0,
+            "closed_early": self.closed,
             "latency_ms": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": pick(1.0)},
             "api_p95_ms_median": round(statistics.median(self.server_p95), 1) if self.server_p95 else None,
         }
@@ -100,7 +120,7 @@ def cpu_per_frame(service: BenchStack, scenario) -> tuple[object, dict[str, floa
     client_before = sum(os.times()[:2])
     result = scenario()
     runs = result if isinstance(result, list) else [result]
-    frames = max(sum(len(run.latencies) for run in runs), 1)
+    frames = max(sum(len(run.latencies) for run in runs), 1)  # a refused session answered none
     spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     spent["client"] = sum(os.times()[:2]) - client_before
     return result, {name: round(seconds * 1000 / frames, 2) for name, seconds in spent.items()}
@@ -116,7 +136,17 @@ def stream(url: str, source: bytes, frames: list[bytes], fps: float | None, seco
     run = Run()
     sent_at: dict[int, float] = {}
     answered = threading.Event()
-    with connect(url, max_size=None, open_timeout=30) as ws:
+    try:
+        ws = connect(url, max_size=None, open_timeout=30)
+    except InvalidStatus as exc:
+        response = exc.response
+        try:
+            error = json.loads(response.body)["error"]
+        except (ValueError, KeyError, TypeError):
+            error = {"code": None, "message": response.body.decode(errors="replace")}
+        run.refused = {"status": response.status_code, "code": error["code"], "message": error["message"]}
+        return run
+    with ws:
         ws.send(source)
         while not (isinstance(m := ws.recv(timeout=30), str) and json.loads(m)["type"] == "ready"):
             continue
@@ -125,29 +155,36 @@ def stream(url: str, source: bytes, frames: list[bytes], fps: float | None, seco
         def send() -> None:
             start = time.perf_counter()
             index = 0
-            while (now := time.perf_counter()) - start < seconds:
-                if fps is not None:
-                    time.sleep(max(0.0, start + index / fps - now))
-                elif index and not answered.wait(5):
-                    break
-                answered.clear()
-                sent_at[index] = time.perf_counter()
-                ws.send(frames[index % len(frames)])
-                index += 1
-            run.sent = index
-            done.set()
+            try:
+                while (now := time.perf_counter()) - start < seconds:
+                    if fps is not None:
+                        time.sleep(max(0.0, start + index / fps - now))
+                    elif index and not answered.wait(max(5.0, 3 * max(run.latencies, default=0.0))):
+                        break  # no answer in a long while: the session is stuck
+                    answered.clear()
+                    sent_at[index] = time.perf_counter()
+                    ws.send(frames[index % len(frames)])
+                    index += 1
+            except ConnectionClosed:
+                pass  # the receiving side records why
+            finally:
+                run.sent = index
+                done.set()
 
         sender = threading.Thread(target=send)
         started = time.perf_counter()
         sender.start()
         last_answer = started
-        while not done.is_set() or time.perf_counter() - last_answer < 0.5:
+        while not done.is_set() or time.perf_counter() - last_answer < drain_seconds(run):
             try:
                 message = ws.recv(timeout=0.5)
             except TimeoutError:
-                if done.is_set():
+                if done.is_set() and time.perf_counter() - last_answer >= drain_seconds(run):
                     break
                 continue
+            except ConnectionClosed as exc:
+                run.closed = exc.rcvd.reason if exc.rcvd is not None else str(exc)
+                break
             if isinstance(message, bytes):
                 last_answer = time.perf_counter()
                 run.latencies.append(last_answer - sent_at[_index(message)])
@@ -163,8 +200,14 @@ def stream(url: str, source: bytes, frames: list[bytes], fps: float | None, seco
     return run
 
 
+def drain_seconds(run: Run) -> float:
+    """How long to wait for answers still in flight once sending stops: longer for a slow model."""
+    return max(0.5, 1.5 * max(run.latencies, default=0.0))
+
+
 def concurrent(url: str, source: bytes, frames: list[bytes], fps: float, seconds: float, clients: int):
-    runs: list[Run | None] = [None] * clients
+    """`clients` sessions at once, each opened 1 s after the previous (admission sees the others open)."""
+    runs: list[Run] = [Run() for _ in range(clients)]
 
     def one(i: int) -> None:
         runs[i] = stream(url, source, frames, fps, seconds)
@@ -172,9 +215,25 @@ def concurrent(url: str, source: bytes, frames: list[bytes], fps: float, seconds
     threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
+        time.sleep(1)
     for thread in threads:
         thread.join()
     return runs
+
+
+def live_worker_presence(service: BenchStack) -> dict:
+    """What the live worker publishes: precision, target frame rate, ms per frame, capacity."""
+    from contract.queue import connect as redis_connect
+
+    client = redis_connect(service.redis.url)
+    names = list(client.scan_iter(match=live_channel.WORKER_PREFIX + "*"))
+    return json.loads(client.get(names[0])) if names else {}
+
+
+def checkpoint_label(args: argparse.Namespace) -> str:
+    if args.published_widths:
+        return "random weights at the published vox-256 widths"
+    return str(args.checkpoint or (STARTER if STARTER.is_file() else "fomm-small at 64 px"))
 
 
 def main() -> int:
@@ -183,8 +242,13 @@ def main() -> int:
     parser.add_argument(
         "--checkpoint", type=Path, help="default: weights/starter.pth.tar, else the small one"
     )
+    parser.add_argument(
+        "--published-widths", action="store_true", help="random weights at the published vox-256 widths"
+    )
+    parser.add_argument("--target-fps", type=float, help="LIVE_TARGET_FPS for the live worker (default: 15)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     for path in (CLIP, PORTRAIT, args.checkpoint or SMALL):
         if not path.is_file():
             print(f"bench: error: {path} is missing", file=sys.stderr)
@@ -193,18 +257,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
         folder = Path(tmp)
         (folder / "weights").mkdir()
-        checkpoint = prepare_checkpoint(folder / "weights", args.checkpoint)
+        checkpoint = prepare_checkpoint(folder / "weights", args.checkpoint, args.published_widths)
         from worker.models import load_checkpoint
 
         size = load_checkpoint(checkpoint).frame_shape[0]
         frames = driving_frames(size, 4)
         source = PORTRAIT.read_bytes()
-        stack = BenchStack(
-            folder, folder / "weights", 0, live_worker=True, LIVE_SESSIONS=2, LOG_LEVEL="WARNING"
-        )
+        settings = {"LIVE_SESSIONS": 2, "LOG_LEVEL": "WARNING"}
+        if args.target_fps is not None:
+            settings["LIVE_TARGET_FPS"] = args.target_fps
+        stack = BenchStack(folder, folder / "weights", 0, live_worker=True, **settings)
         results = {}
         with stack as service:
             url = f"ws://127.0.0.1:{service.port}/live"
+            worker = live_worker_presence(service)
+            print("live worker", json.dumps(worker), flush=True)
             stream(url, source, frames, 25, 3)  # warm-up
             for name, fps in (("25 fps", 25), ("30 fps", 30), ("closed loop", None)):
                 run, cpu = cpu_per_frame(service, lambda f=fps: stream(url, source, frames, f, args.seconds))
@@ -219,8 +286,9 @@ def main() -> int:
 
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
-        "checkpoint": str(args.checkpoint or (STARTER if STARTER.is_file() else "fomm-small at 64 px")),
+        "machine": f"{describe_cpu()}; load average {os.getloadavg()[0]:.1f} after, {load_before:.1f} before",
+        "live_worker": worker,
+        "checkpoint": checkpoint_label(args),
         "frame_size": size,
         "seconds": args.seconds,
         "results": results,

@@ -5,7 +5,7 @@ session `<sid>` (a UUID4 chosen by the API) has these keys, all with short TTLs 
 outlives two dead ends:
 
 - `animate:live:session:<sid>:frames`: driving frames, API -> worker, at most FRAME_QUEUE long. The
-  API pushes with PUSH_FRAME (Lua, atomic): past the cap the oldest frames are dropped and counted.
+  API pushes with PUSH_FRAME (Lua, atomic): past the cap the oldest frames are dropped.
 - `animate:live:session:<sid>:control`: source image, reset, close; API -> worker, never dropped.
   The worker pops control before frames.
 - `animate:live:session:<sid>:down`: the admission answer, "ready", animated frames and errors,

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     live_idle_seconds: float = Field(
         30, gt=0, description="a live session without a source, or then a frame, for this long is closed"
     )
+    live_target_fps: float = Field(
+        15, gt=0, description="a live worker admits only the sessions it can serve at this frame rate"
+    )
     api_keys: str = Field(
         "", description="owner:sha256-of-key entries, comma separated; empty: no key needed (the demo)"
     )

@@ -99,13 +99,17 @@ class LiveStats:
         self.received_at[index] = time.monotonic()
 
     def frame_out(self, index: int) -> None:
+        """An answer for frame `index`: every older frame still unanswered was dropped, whether this
+        side trimmed it from the queue or the worker skipped it as stale (answers come in order)."""
         self.frames_out += 1
         self.window_out += 1
         arrived = self.received_at.pop(index, None)
         if arrived is not None:
             self.window_latency.append(time.monotonic() - arrived)
-        for older in [i for i in self.received_at if i < index]:  # dropped, never answered
-            del self.received_at[older]
+        older = [i for i in self.received_at if i < index]
+        for i in older:
+            del self.received_at[i]
+        self.dropped += len(older)
 
     def message(self) -> dict:
         """The stats of the window since the last message; the window starts again."""
@@ -142,6 +146,7 @@ async def admit(client: aioredis.Redis, model: str) -> channel.SessionKeys:
         models = sorted({m["name"] for w in workers for m in w.get("models", [])})
         message = f"model {model!r} is not served live; live models: {', '.join(models) or 'none'}"
         raise ApiError(422, "unknown_model", message)
+    reasons = []  # a worker that cannot serve one more session at its target frame rate says why
     for worker in serving:
         keys = channel.SessionKeys(str(uuid.uuid4()))
         await client.set(keys.client_lease, "1", ex=channel.LEASE_TTL)
@@ -153,9 +158,13 @@ async def admit(client: aioredis.Redis, model: str) -> channel.SessionKeys:
             kind, _, payload = channel.unpack(answer[1])
             if kind == channel.ACCEPTED:
                 return keys
+            if kind == channel.ERROR and (error := json.loads(payload)).get("code") == "live_too_slow":
+                reasons.append(str(error.get("message")))
         await client.delete(keys.client_lease, keys.down)  # silent, full, or its models changed: next
     capacity = sum(w["capacity"] for w in serving)
     message = f"all {capacity} live sessions for model {model!r} are in use; retry later"
+    if reasons:
+        message = f"{'; '.join(reasons)}; retry later"
     raise ApiError(503, "live_busy", message, {"Retry-After": "5"})
 
 
@@ -236,8 +245,9 @@ class Relay:
             if message.get("bytes") is not None:
                 check_frame(message["bytes"])
                 item = channel.pack(channel.FRAME, index, message["bytes"])
+                # a frame trimmed from the queue counts as dropped when a newer one is answered
                 self.stats.frame_in(index)
-                self.stats.dropped += await self.push_frame(
+                await self.push_frame(
                     keys=[self.keys.frames], args=[item, channel.FRAME_QUEUE, channel.KEY_TTL]
                 )
                 index += 1

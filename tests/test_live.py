@@ -33,6 +33,7 @@ def stack(tmp_path_factory, small_checkpoint):
         small_checkpoint.parent,
         LIVE_SESSIONS=str(SESSIONS),
         LIVE_IDLE_SECONDS=str(IDLE_SECONDS),
+        LIVE_TARGET_FPS="1",  # admission by speed has its own test; here it must not depend on the load
         API_KEYS=f"tester:{hash_key(KEY)}",
     ) as service:
         yield service
@@ -230,3 +231,26 @@ def test_worker_gone_closes_the_client(idle, portrait, stop, code, close):
         assert closed.value.rcvd.code == close
     finally:
         idle.start_live_worker()
+
+
+def test_a_session_the_machine_cannot_serve_at_the_target_rate_is_refused_with_the_reason(
+    tmp_path_factory, small_checkpoint, portrait
+):
+    """No machine renders 100,000 frames a second: the live worker refuses even a first session,
+    says why (model, time per frame, precision), and bench/live.py reports that as its result."""
+    from bench.live import stream
+
+    with LiveStack(
+        tmp_path_factory.mktemp("live-refusing"),
+        small_checkpoint.parent,
+        PRECISION="bf16",
+        LIVE_TARGET_FPS="100000",
+    ) as service:
+        worker = service.live_worker()
+        assert worker["precision"] == "bf16" and worker["capacity"] == 0
+        assert worker["models"][0]["ms_per_frame"] > 0
+        run = stream(f"{service.ws_url}?model=small", portrait.read_bytes(), [], 25, 1)
+    refused = run.summary()["refused"]
+    assert refused["status"] == 503 and refused["code"] == "live_busy"
+    assert "cannot serve model 'small' live at 100000 fps" in refused["message"]
+    assert "ms here (bf16, cpu)" in refused["message"]

@@ -27,7 +27,12 @@ def weights(tmp_path_factory, small_checkpoint):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, weights):
-    with LiveStack(tmp_path_factory.mktemp("tpsmm-service"), weights, render_worker=True) as service:
+    with LiveStack(
+        tmp_path_factory.mktemp("tpsmm-service"),
+        weights,
+        render_worker=True,
+        LIVE_TARGET_FPS="1",  # admission by speed is tested in test_live.py
+    ) as service:
         yield service
 
 

@@ -26,6 +26,7 @@ def stack(tmp_path_factory, small_checkpoint):
         render_worker=True,
         API_KEYS=f"tester:{hash_key(KEY)}",
         BATCH_SIZE="2",
+        LIVE_TARGET_FPS="1",  # admission by speed is tested in test_live.py
     ) as service:
         yield service
 

@@ -2,12 +2,15 @@
 
 Why a process of its own rather than a thread in the RQ worker (`make serve` starts both):
 - Latency. A queued render keeps the RQ worker busy for minutes with decode and encode threads, big
-  batches and torch's intra-op pool sized for throughput. A live frame is a batch of one that must
-  be back within tens of milliseconds; sharing the interpreter (GIL) and the thread pool with a
-  render would put every live frame behind a batch. Here torch runs one intra-op thread per session
-  on CPU (a 64 px frame gains nothing from more and loses much when cores are contended), sessions
-  render in parallel in their own threads, and the OS shares the cores between this process and a
-  render.
+  batches and torch's intra-op pool sized for throughput. A live frame must be back within tens of
+  milliseconds; sharing the interpreter (GIL) and the thread pool with a render would put every live
+  frame behind a batch. Here one inference thread (worker/live_engine.py) renders every session's
+  newest frame, batched, with all of torch's threads: one session gets every core, several share
+  them turn by turn, and the OS shares the cores between this process and a render.
+- Admission. At start-up the worker times a frame of each model (in the PRECISION it renders, bf16
+  where the CPU has it natively) and admits a session only while the open sessions' frames and the
+  new one's still fit in one frame interval at LIVE_TARGET_FPS; a session it cannot serve at that
+  rate is refused with the reason (503 from the API).
 - Control. RQ's SimpleWorker owns the main thread, its signal handlers and its job timeout (SIGALRM);
   live sessions would have to survive its restarts between incarnations. Here stopping is simple:
   every session tells its client (`live_worker_stopping`) and ends.
@@ -36,6 +39,8 @@ from contract.settings import Settings
 from contract.storage import InvalidJobId, parse_job_id
 from worker import process
 from worker.catalog import LoadedModel
+from worker.hardware import default_precision
+from worker.live_engine import LiveEngine, seconds_per_frame
 from worker.live_session import LiveSession
 
 STOP_TIMEOUT = 10.0
@@ -49,13 +54,41 @@ class LiveServer:
         self.name = name
         self.models = models
         self.client = client
-        self.capacity = settings.live_sessions
         self.device = settings.worker_device
+        self.precision = settings.precision or default_precision(self.device)
         self.idle_seconds = settings.live_idle_seconds
+        self.target_fps = settings.live_target_fps
+        self.frame_seconds = self.calibrate()
+        cheapest = min(self.frame_seconds.values())
+        self.session_limit = settings.live_sessions
+        # what presence advertises: the sessions of the cheapest model that fit at the target rate
+        self.capacity = min(settings.live_sessions, int(1 / (self.target_fps * cheapest)))
+        self.engine = LiveEngine()
         self.stopping = threading.Event()
         self.sessions: dict[str, LiveSession] = {}
         self.lock = threading.Lock()
         self.last_presence = 0.0
+
+    def calibrate(self) -> dict[str, float]:
+        """Seconds per live frame of each model, with the intra-op thread count that renders fastest.
+
+        All cores, unless one thread is faster: on a machine whose cores are busy with other work, a
+        pool whose threads wait for each other at every operation can be many times slower.
+        """
+        counts = sorted({1, torch.get_num_threads()})
+        timings = {}
+        for count in counts:
+            torch.set_num_threads(count)
+            timings[count] = {
+                name: seconds_per_frame(m.renderer, self.precision) for name, m in self.models.items()
+            }
+        best = min(counts, key=lambda count: sum(timings[count].values()))
+        torch.set_num_threads(best)
+        for model, seconds in timings[best].items():
+            log.info(
+                "model %r: %.1f ms a live frame (%s, %d threads)", model, seconds * 1000, self.precision, best
+            )
+        return timings[best]
 
     @property
     def open_key(self) -> str:
@@ -64,10 +97,16 @@ class LiveServer:
     def presence(self) -> dict:
         with self.lock:
             open_sessions = len(self.sessions)
+        models = [
+            {**m.describe(), "ms_per_frame": round(self.frame_seconds[m.name] * 1000, 1)}
+            for m in self.models.values()
+        ]
         return {
             "name": self.name,
             "device": self.device,
-            "models": [m.describe() for m in self.models.values()],
+            "precision": self.precision,
+            "target_fps": self.target_fps,
+            "models": models,
             "capacity": self.capacity,
             "sessions": open_sessions,
         }
@@ -104,20 +143,54 @@ class LiveServer:
             self.answer(keys, channel.ERROR, {"code": "unknown_model", "message": message})
             return
         with self.lock:
-            full = len(self.sessions) >= self.capacity
-            if not full:
+            refusal = self.refusal(model)
+            if refusal is None:
                 thread = LiveSession(
-                    session, self.models[model], self.client, self.stopping, self.ended, self.idle_seconds
+                    session,
+                    self.models[model],
+                    self.client,
+                    self.stopping,
+                    self.ended,
+                    self.idle_seconds,
+                    self.engine,
+                    self.precision,
                 )
                 self.sessions[session] = thread
-        if full:
-            message = f"live worker {self.name} has all its {self.capacity} sessions in use"
-            self.answer(keys, channel.ERROR, {"code": "live_full", "message": message})
+        if refusal is not None:
+            self.answer(keys, channel.ERROR, refusal)
             return
         self.answer(keys, channel.ACCEPTED, {"worker": self.name})
         thread.start()
         self.publish()
         log.info("session %s opened (%s), %d of %d in use", session, model, len(self.sessions), self.capacity)
+
+    def refusal(self, model: str) -> dict | None:
+        """Why a session of `model` cannot be admitted now (an error payload), or None; under the lock.
+
+        A session is admitted while the open sessions' frames and its own fit in one frame interval
+        at the target rate: the engine renders them turn by turn.
+        """
+        if len(self.sessions) >= self.session_limit:
+            message = f"live worker {self.name} has all its {self.session_limit} sessions in use"
+            return {"code": "live_full", "message": message}
+        interval = 1 / self.target_fps
+        busy = sum(self.frame_seconds[s.loaded.name] for s in self.sessions.values())
+        cost = self.frame_seconds[model]
+        if busy + cost <= interval:
+            return None
+        rate = f"{self.target_fps:g} fps (a frame every {interval * 1000:.0f} ms)"
+        if not self.sessions:
+            message = (
+                f"this machine cannot serve model {model!r} live at {rate}: a frame takes "
+                f"{cost * 1000:.0f} ms here ({self.precision}, {self.device})"
+            )
+        else:
+            message = (
+                f"live worker {self.name} cannot serve another session of model {model!r} at {rate}: "
+                f"its {len(self.sessions)} open session(s) take {busy * 1000:.0f} ms of each interval "
+                f"and a frame of this model {cost * 1000:.0f} ms"
+            )
+        return {"code": "live_too_slow", "message": message}
 
     def ended(self, session: LiveSession) -> None:
         with self.lock:
@@ -125,7 +198,13 @@ class LiveServer:
             left = len(self.sessions)
         if not self.stopping.is_set():
             self.publish()
-        log.info("session %s closed after %d frames, %d in use", session.session, session.frames_done, left)
+        log.info(
+            "session %s closed after %d frames (%d stale ones skipped), %d in use",
+            session.session,
+            session.frames_done,
+            session.frames_dropped,
+            left,
+        )
 
     def serve(self) -> None:
         self.publish()
@@ -150,6 +229,7 @@ class LiveServer:
             threads = list(self.sessions.values())
         for thread in threads:
             thread.join(STOP_TIMEOUT)
+        self.engine.stop()
         try:
             channel.withdraw_live_worker(self.client, self.name)
             self.client.delete(self.open_key)
@@ -168,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         models = process.start("live", settings)
     except process.StartError as exc:
         return process.fail("live", exc)
-    if settings.worker_device == "cpu":
-        torch.set_num_threads(1)
     name = process.process_name()
     server = LiveServer(name, models, connect(settings.queue_url), settings)
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,10 +1,13 @@
 """One live session on a live worker: driving JPEGs in, animated JPEGs out, one frame at a time.
 
-The session is a thread that pops its Redis lists (control before frames, see contract/live_channel.py)
-and renders each frame as soon as it is taken: the API keeps at most FRAME_QUEUE frames waiting, so
-a frame is never older than a couple of renders. Each answer is a JPEG with a comment segment
-(COM, right after SOI) reading `frame=<index>`, the index of the driving frame it animates: the
-client can match answers to what it sent, in order, with the dropped ones missing.
+The session is a thread that pops its Redis lists (control before frames, see contract/live_channel.py),
+decodes a frame and hands it to the worker's inference engine (worker/live_engine.py), which renders
+it with the other sessions' frames. While a frame renders, newer ones wait in Redis (the API keeps at
+most FRAME_QUEUE); when the session takes frames again it renders only the newest and drops the older
+ones as stale, so an answer is never more than about two renders behind the camera. Each answer is a
+JPEG with a comment segment (COM, right after SOI) reading `frame=<index>`, the index of the driving
+frame it animates: the client can match answers to what it sent, in order, with the dropped ones
+missing (the API counts those as dropped).
 """
 
 import json
@@ -21,7 +24,8 @@ import torch
 
 from contract import live_channel as channel
 from worker.catalog import LoadedModel
-from worker.pipeline import to_frames, to_tensor
+from worker.live_engine import LiveEngine
+from worker.pipeline import to_tensor
 from worker.subject.autocrop import image_crop
 from worker.subject.cutout import cut_out
 
@@ -84,6 +88,8 @@ class LiveSession(threading.Thread):
         stopping: threading.Event,
         on_end: Callable[["LiveSession"], None],
         idle_seconds: float,
+        engine: LiveEngine,
+        precision: str,
     ):
         super().__init__(name=f"live-{session[:8]}", daemon=True)
         self.session = session
@@ -97,7 +103,10 @@ class LiveSession(threading.Thread):
         self.last_input = time.monotonic()
         self.state = None
         self.reset_at: int | None = None
+        self.engine = engine
+        self.precision = precision
         self.frames_done = 0
+        self.frames_dropped = 0
         self.last_lease = 0.0
 
     def send(self, kind: bytes, index: int = 0, payload: bytes = b"") -> None:
@@ -181,7 +190,17 @@ class LiveSession(threading.Thread):
             elif kind == channel.RESET:
                 self.reset_at = index
             elif kind == channel.FRAME and self.state is not None:
-                self.animate(index, payload)
+                self.animate(*self.newest(index, payload))
+
+    def newest(self, index: int, payload: bytes) -> tuple[int, bytes]:
+        """The newest driving frame waiting, this one or a later one; the older ones are dropped."""
+        later = self.client.lpop(self.keys.frames, channel.FRAME_QUEUE) or []
+        for item in later:
+            kind, later_index, later_payload = channel.unpack(item)
+            if kind == channel.FRAME:
+                self.frames_dropped += 1
+                index, payload = later_index, later_payload
+        return index, payload
 
     @torch.inference_mode()
     def prepare(self, data: bytes) -> None:
@@ -190,17 +209,18 @@ class LiveSession(threading.Thread):
         image = decode_image(data)
         _, box = image_crop(image)
         source = to_tensor(cut_out(image, box, width, height)[None], self.renderer.device)
-        self.state = self.renderer.prepare_source(source)
+        self.state = self.renderer.prepare_source(source, precision=self.precision)
         ready = {"model": self.loaded.name, "width": width, "height": height}
         self.send(channel.READY, payload=json.dumps(ready).encode())
 
-    @torch.inference_mode()
     def animate(self, index: int, data: bytes) -> None:
         height, width = self.loaded.model.frame_shape
         frame = driving_input(data, height, width)
         if self.reset_at is not None and index >= self.reset_at:
             self.state.kp_initial = None  # the next frame rendered becomes the anchor
             self.reset_at = None
-        animated = self.renderer.animate_batch(self.state, to_tensor(frame[None], self.renderer.device))
-        self.send(channel.ANIMATED, index, encode_answer(to_frames(animated)[0], index))
+        animated = self.engine.render(
+            self.renderer, self.state, frame, lambda: self.keep_leases(time.monotonic())
+        )
+        self.send(channel.ANIMATED, index, encode_answer(animated, index))
         self.frames_done += 1

@@ -125,7 +125,8 @@ class OpenVinoAdapter:
     with the same inputs and outputs as the family's torch adapter; families with export graphs only.
 
     Precision policy as in torch: fp32, or bf16 for the convolution stacks only (keypoints, flows
-    and sampling stay float32).
+    and sampling stay float32). Render workers only: it has no `animate_sessions`, because the live
+    engine runs on torch (its graphs take one source, broadcast).
     """
 
     def __init__(self, model: nn.Module, cache_dir: Path, on_converted: ConversionCallback | None = None):

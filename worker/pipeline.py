@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from contract.job import JobResult
 from contract.options import AnimationOptions
 from worker.adapters import ModelAdapter, SourceState, model_adapter
+from worker.adapters.state import frame_keypoints
 from worker.errors import RenderCanceled, RenderError
 from worker.models import AnimationModel, TPSMModel
 from worker.models.motion_transfer import convex_hull_area
@@ -286,6 +287,23 @@ class Renderer:
     ) -> torch.Tensor:
         """Animated frames (N, 3, H, W) in [0, 1] for driving frames (N, 3, H, W) in [0, 1]."""
         return self.animate_with_motion(state, frames, kp_driving)["prediction"]
+
+    @torch.inference_mode()
+    def animate_sessions(self, states: list[SourceState], frames: torch.Tensor) -> torch.Tensor:
+        """One driving frame for each of several sources, as one batch: frames[i] (3, H, W) in [0, 1]
+        animates states[i]. Live sessions share the model this way (worker/live_engine.py). The
+        states must share precision, mode, scale adaptation and background motion. Returns
+        (N, 3, H, W) in [0, 1]."""
+        if len(states) == 1:
+            return self.animate_batch(states[0], frames)
+        if len({state.batch_key for state in states}) != 1:
+            raise ValueError("sessions batched together must share precision, mode and options")
+        frames = self._input(frames)
+        kp_driving = self.adapter.keypoints(frames)
+        for i, state in enumerate(states):
+            if state.kp_initial is None:
+                state.kp_initial = frame_keypoints(kp_driving, i)
+        return self.adapter.animate_sessions(states, frames, kp_driving)["prediction"]
 
     @torch.inference_mode()
     def still(self, state: SourceState) -> ModelFrame:

@@ -35,6 +35,13 @@ class ModelAdapter(Protocol):
         `deformation` (N, h, w, 2), a grid into the source, and `occlusion_map` (N, 1, h, w), 1 where
         the warped source is shown."""
 
+    def animate_sessions(
+        self, states: list[SourceState], frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """`animate` for several sources at once: frames[i] and its keypoints drive states[i], as one
+        batch. The states share precision, mode, scale adaptation and background motion, and each
+        has its `kp_initial`. The same outputs as `animate`, row i for states[i]."""
+
     def still(self, state: SourceState) -> dict[str, torch.Tensor]:
         """`animate`'s output for the source itself with no motion (batch of 1): what paste-back
         compares every frame with."""

@@ -2,8 +2,9 @@
 
 import torch
 
-from worker.adapters.state import SourceState
+from worker.adapters.state import SourceState, frame_keypoints, joined_keypoints
 from worker.models import AnimationModel, Generator, normalize_kp
+from worker.models.generator import SourceFeatures
 from worker.optimize import PRECISIONS, low_precision_generator, prepare_for_inference
 
 
@@ -34,8 +35,27 @@ class FommAdapter:
     def animate(
         self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
+        return self._generate(state, self._transfer(state, kp_driving))
+
+    def animate_sessions(
+        self, states: list[SourceState], frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        kp_norm = joined_keypoints(
+            [self._transfer(state, frame_keypoints(kp_driving, i)) for i, state in enumerate(states)]
+        )
+        kp_source = joined_keypoints([state.kp_source for state in states])
+        features = SourceFeatures.joined([state.features for state in states])
+        return self._outputs(
+            self.generator(states[0].precision).animate(features, kp_source, kp_norm, maps=False)
+        )
+
+    def still(self, state: SourceState) -> dict[str, torch.Tensor]:
+        return self._generate(state, state.kp_source)
+
+    def _transfer(self, state: SourceState, kp_driving: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The driving keypoints as the generator should see them, by the job's mode."""
         relative = state.mode == "relative"
-        kp_norm = normalize_kp(
+        return normalize_kp(
             state.kp_source,
             kp_driving,
             state.kp_initial,
@@ -43,15 +63,15 @@ class FommAdapter:
             use_relative_movement=relative,
             use_relative_jacobian=relative,
         )
-        return self._generate(state, kp_norm)
-
-    def still(self, state: SourceState) -> dict[str, torch.Tensor]:
-        return self._generate(state, state.kp_source)
 
     def _generate(self, state: SourceState, kp_norm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The generator's prediction and, with a dense motion network, its deformation and occlusion."""
+        """The generator's outputs for one source and a batch of driving keypoints."""
         n = kp_norm["value"].shape[0]
         kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in state.kp_source.items()}
         generator = self.generator(state.precision)
-        out = generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False)
+        return self._outputs(generator.animate(state.features.expand(n), kp_source, kp_norm, maps=False))
+
+    @staticmethod
+    def _outputs(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The prediction and, with a dense motion network, its deformation and occlusion."""
         return {key: out[key] for key in ("prediction", "deformation", "occlusion_map") if key in out}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from worker.adapters.state import SourceState
+from worker.adapters.state import SourceState, frame_keypoints, joined_keypoints
 from worker.models.tpsmm import DenseMotionNetwork, InpaintingNetwork, TPSMModel, relative_kp
 from worker.optimize import PRECISIONS, low_precision_tpsmm, prepare_for_inference
 
@@ -34,6 +34,19 @@ class TpsmmSource:
         background = None if self.background is None else repeat(self.background)
         maps = [repeat(m) for m in self.encoder_maps]
         return TpsmmSource(repeat(self.image), repeat(self.small), repeat(self.heatmap), maps, background)
+
+    @staticmethod
+    def joined(parts: list["TpsmmSource"]) -> "TpsmmSource":
+        """Several sources as one batch, in order (one source per driving frame); they all have a
+        background half or none does."""
+        backgrounds = [p.background for p in parts]
+        return TpsmmSource(
+            torch.cat([p.image for p in parts]),
+            torch.cat([p.small for p in parts]),
+            torch.cat([p.heatmap for p in parts]),
+            [torch.cat(level) for level in zip(*(p.encoder_maps for p in parts), strict=True)],
+            None if backgrounds[0] is None else torch.cat(backgrounds),
+        )
 
 
 class TpsmmAdapter:
@@ -88,6 +101,23 @@ class TpsmmAdapter:
         if source.background is not None:
             bg_param = self.model.bg_predictor.predict(source.background, frames)
         return self._generate(state, source, self.transfer(state, kp_source, kp_driving), kp_source, bg_param)
+
+    def animate_sessions(
+        self, states: list[SourceState], frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        source = TpsmmSource.joined([state.features for state in states])
+        sources = [{"fg_kp": state.kp_source["fg_kp"]} for state in states]
+        kp_source = joined_keypoints(sources)
+        transferred = joined_keypoints(
+            [
+                self.transfer(state, kp, frame_keypoints(kp_driving, i))
+                for i, (state, kp) in enumerate(zip(states, sources, strict=True))
+            ]
+        )
+        bg_param = None
+        if source.background is not None:
+            bg_param = self.model.bg_predictor.predict(source.background, frames)
+        return self._generate(states[0], source, transferred, kp_source, bg_param)
 
     def still(self, state: SourceState) -> dict[str, torch.Tensor]:
         """The source driven by its own keypoints, background unmoved."""

@@ -23,6 +23,16 @@ class SourceFeatures:
         image = None if self.image is None else self.image.expand(n, *self.image.shape[1:])
         return SourceFeatures(image, *(t.expand(n, *t.shape[1:]) for t in (self.encoded, self.small)))
 
+    @staticmethod
+    def joined(parts: list["SourceFeatures"]) -> "SourceFeatures":
+        """Several sources' features as one batch, in order (one source per driving frame)."""
+        return SourceFeatures(
+            *(
+                torch.cat(tensors)
+                for tensors in zip(*((p.image, p.encoded, p.small) for p in parts), strict=True)
+            )
+        )
+
 
 def resize_flow(deformation: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Resize a (N, h', w', 2) flow to (N, h, w, 2) bilinearly, as the published generator does."""
