@@ -11,8 +11,8 @@ whole process (bench/reference_demo.py), interleaved in one run. CPU seconds are
 wall seconds: on a shared machine they move much less with the load. bf16 rows run only where the
 CPU has native bf16 (on others PyTorch falls back to a slow loop). On a GPU the batch-1 row is the
 single-stream latency, and the engine rows include the driving frames' trip from host memory
-(uint8, pinned), as in a job. `--runtimes torch,openvino` adds OpenVINO rows (CPU; FOMM only: TPSMM
-has no export graphs); its conversion is cached in out/bench-model-cache and not timed.
+(uint8, pinned), as in a job. `--runtimes torch,openvino` adds OpenVINO rows (CPU, both families);
+its conversion is cached in out/bench-model-cache and not timed.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
         [--families fomm,tpsmm] [--runtimes torch,openvino] [--precisions fp32,bf16] [--clip-frames 60]
@@ -256,14 +256,6 @@ def run_engine(family: str, frames: int, batch: int, precision: str, device: str
     return result
 
 
-def runtime_rows(family: str, runtimes: list[str], notes: list[str]) -> list[str]:
-    """The runtimes `family` can run on: OpenVINO needs export graphs, which TPSMM does not have."""
-    if family == "tpsmm" and "openvino" in runtimes:
-        notes.append("openvino: no tpsmm rows (TPSMM has no export graphs: its TPS fit does not export)")
-        return [runtime for runtime in runtimes if runtime != "openvino"]
-    return runtimes
-
-
 def run_model_load(checkpoint: str, device: str) -> dict:
     """A worker's or the CLI's model load: the checkpoint read and checked, then prepared."""
     import torch  # noqa: F401  (imported before the clock starts: start-up is measured separately)
@@ -372,7 +364,7 @@ def print_whole_process(
     frames: int,
 ) -> None:
     """Ours against the published demo's way (FOMM), whole processes, interleaved run by run."""
-    ours = [(f, r, p) for f in families for r in runtime_rows(f, runtimes, []) for p in precisions]
+    ours = [(f, r, p) for f in families for r in runtimes for p in precisions]
     names = (["reference"] if "fomm" in families else []) + ours
     runs: dict = {name: [] for name in names}
     for family, runtime, precision in ours:
@@ -506,7 +498,7 @@ def print_engine_rows(
             f"| {family} | plain per-frame loop | torch | 1 | fp32 | {spf:.3f} "
             f"| {plain['cpu_per_frame']:.3f} | {1 / spf:.2f} | - | - | {plain['peak_mb']:.0f} |"
         )
-        for runtime in runtime_rows(family, runtimes, notes):
+        for runtime in runtimes:
             for precision in precisions:
                 for batch in batches:
                     frames = str(max(args.frames, batch))

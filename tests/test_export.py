@@ -20,7 +20,7 @@ from tests.test_cli import cut
 from worker.cli import main
 from worker.export import BATCH, graph_set
 from worker.export.files import MANIFEST
-from worker.models import load_checkpoint
+from worker.models import load_checkpoint, save_checkpoint
 from worker.models.motion_transfer import convex_hull_area
 from worker.pipeline import Renderer, RenderOptions
 from worker.video_io import load_image, read_frames
@@ -67,6 +67,20 @@ def torch_reference(renderer: Renderer, frames, mode: str, adapt: bool) -> dict[
     }
 
 
+def module_runner(graphs):
+    """Runs a set's graphs as torch modules, fed and answering as the runtimes do (numpy by name)."""
+
+    def run(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        graph = graphs.graphs[name]
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[spec.name])) for spec in graph.inputs]
+        with torch.no_grad():
+            outputs = graph.module(*tensors)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {spec.name: out.numpy() for spec, out in zip(graph.outputs, outputs, strict=True)}
+
+    return run
+
+
 def assert_close(name: str, ours, reference) -> None:
     ours, reference = np.asarray(ours), np.asarray(reference)
     assert ours.shape == reference.shape, name
@@ -88,7 +102,7 @@ def test_graph_modules_compute_what_the_renderer_computes(name, frames):
             kp = graphs.graphs["keypoints"].module(driving)
         assert_close(f"{name} source_encoded", encoded, state.features.encoded)
         kp_driving = dict(zip(("value", "jacobian"), kp, strict=False))
-        feed = graphs.frame_feed(state, kp_driving)
+        feed = graphs.frame_feed(state, kp_driving, driving, module_runner(graphs))
         assert ("kp_driving_jacobian" in feed) == (name != "fomm-small-zero-order")
         inputs = [torch.from_numpy(feed[spec.name]) for spec in graphs.graphs["frame"].inputs]
         with torch.no_grad():
@@ -211,7 +225,9 @@ def test_openvino_files_run_in_plain_openvino_like_torch(ov_renderer, frames, tm
     kp = keypoints({"frames": driving[:2].numpy()})
     kp_driving = {name: torch.from_numpy(kp[name]) for name in ("value", "jacobian")}
     assert_close(
-        "openvino IR prediction", frame(graphs.frame_feed(state, kp_driving))["prediction"], reference
+        "openvino IR prediction",
+        frame(graphs.frame_feed(state, kp_driving, driving[:2], module_runner(graphs)))["prediction"],
+        reference,
     )
 
 
@@ -249,11 +265,13 @@ def test_the_cache_key_follows_the_weights(ov_cache):
     assert changed != cache_entry(ov_cache, graphs, model_digest(small_model()))
 
 
-def test_the_bf16_policy_keeps_keypoints_flows_and_sampling_in_float32(ov_renderer):
+def assert_bf16_policy(graphs, name: str = "frame") -> dict[str, str]:
+    """Under bf16, every convolution of a graph's low-precision scopes may run in bfloat16 and no
+    node that computes geometry does; returns the kept nodes' types by friendly name."""
     from worker.export.openvino_ir import KEEP_PRECISION_KEY, keep_float32_outside
 
-    graph = ov_renderer.adapter.graphs.graph_set.graphs["frame"]
-    model = ov_renderer.adapter.graphs.models["frame"].clone()
+    graph = graphs.graph_set.graphs[name]
+    model = graphs.models[name].clone()
     keep_float32_outside(model, graph.low_precision_scopes)
     kept = {node.get_friendly_name(): KEEP_PRECISION_KEY in node.get_rt_info() for node in model.get_ops()}
     types = {node.get_friendly_name(): node.get_type_name() for node in model.get_ops()}
@@ -264,10 +282,16 @@ def test_the_bf16_policy_keeps_keypoints_flows_and_sampling_in_float32(ov_render
         for weight in graph.module.get_submodule(scope).parameters()
     )
     assert len(low) == convs_in_scopes > 0  # every convolution of the stacks may run bf16...
-    for name, node_type in types.items():  # ...and nothing that computes geometry does
-        if node_type in ("GridSample", "Softmax", "Einsum", "MatMul", "Exp", "Select", "Divide"):
-            assert kept[name], name
-    assert kept[next(n for n in types if n.startswith("__module.generator.dense_motion_network.mask/"))]
+    geometry = ("GridSample", "Softmax", "Einsum", "MatMul", "Exp", "Log", "Select", "Divide", "TopK")
+    for node, node_type in types.items():  # ...and nothing that computes geometry does
+        if node_type in geometry:
+            assert kept[node], node
+    return {node: types[node] for node, is_kept in kept.items() if is_kept}
+
+
+def test_the_bf16_policy_keeps_keypoints_flows_and_sampling_in_float32(ov_renderer):
+    kept = assert_bf16_policy(ov_renderer.adapter.graphs)
+    assert next(n for n in kept if n.startswith("__module.generator.dense_motion_network.mask/"))
 
 
 def test_bf16_flows_stay_within_a_hundredth_of_a_pixel(ov_renderer, frames):
@@ -280,7 +304,10 @@ def test_bf16_flows_stay_within_a_hundredth_of_a_pixel(ov_renderer, frames):
     for precision in ("fp32", "bf16"):
         state = ov_renderer.prepare_source(source, precision=precision)
         state.kp_initial = ov_renderer.keypoints(driving[:1])
-        feed = ov_renderer.adapter.graphs.graph_set.frame_feed(state, ov_renderer.keypoints(driving[:4]))
+        graphs = ov_renderer.adapter.graphs.graph_set
+        feed = graphs.frame_feed(
+            state, ov_renderer.keypoints(driving[:4]), driving[:4], module_runner(graphs)
+        )
         flows[precision] = ov_renderer.adapter.graphs.run("frame", feed, precision)["deformation"]
     size = flows["fp32"].shape[1]
     pixels = np.abs(flows["bf16"] - flows["fp32"]).max() * (size - 1) / 2
@@ -390,18 +417,270 @@ def test_exported_shapes_name_the_batch(small_checkpoint):
     assert graphs.graphs["keypoints"].inputs[0].shape == (BATCH, 3, 64, 64)
 
 
-def test_a_tpsmm_file_is_refused_with_one_line(tmp_path, capsys, ov_cache):
-    """TPSMM has no export graphs (its spline fit, torch.linalg.solve, exports to neither format)."""
-    checkpoint = need_shared(TPSMM / "tpsmm-small.pth.tar")
-    assert (
-        main(["export", "--format", "onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")])
-        == 2
-    )
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["animate: error: tpsmm models cannot be exported or run on OpenVINO yet (only fomm)"]
-    assert list(tmp_path.iterdir()) == []
+# TPSMM: its spline fit's solve in operations the exporters take, then its graphs as torch modules,
+# in ONNX Runtime and in the OpenVINO runtime.
+
+TPSMM_MODES = {  # what tpsmm-small renders: name -> mode, adapt_scale, background_motion
+    "relative_adapt": ("relative", True, False),
+    "relative": ("relative", False, False),
+    "absolute": ("absolute", False, False),
+    "avd": ("avd", False, False),
+    "absolute_background": ("absolute", False, True),
+}
+MOTION = ("prediction", "deformation", "occlusion_map")
+
+
+def tpsmm_model(name: str = "tpsmm-small"):
+    model = load_checkpoint(need_shared(TPSMM / f"{name}.pth.tar"))
+    model.frame_shape = (64, 64)
+    return model
+
+
+def tpsmm_modes(model) -> dict[str, tuple[str, bool, bool]]:
+    return {
+        name: (mode, adapt, background)
+        for name, (mode, adapt, background) in TPSMM_MODES.items()
+        if mode in model.modes and (model.background_motion or not background)
+    }
+
+
+@pytest.fixture(scope="module")
+def tpsmm_frames() -> tuple[torch.Tensor, torch.Tensor]:
+    """The TPSMM fixture's source (1, 3, 64, 64) and five driving frames (5, 3, 64, 64)."""
+    golden = np.load(need_shared(TPSMM / "tpsmm-small.npz"))
+    source = torch.from_numpy(golden["source"]).permute(2, 0, 1)[None].contiguous()
+    return source, torch.from_numpy(golden["driving"]).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture(scope="module")
+def tpsmm_checkpoint(tmp_path_factory) -> Path:
+    """tpsmm-small (3 splines, AVD network, background predictor) re-saved at its 64x64 frame size."""
+    path = tmp_path_factory.mktemp("tpsmm") / "tpsmm-small.pth.tar"
+    save_checkpoint(path, tpsmm_model())
+    return path
+
+
+@pytest.fixture(scope="module")
+def tpsmm_torch_renderer() -> Renderer:
+    return Renderer(tpsmm_model())
+
+
+def tpsmm_reference(renderer: Renderer, frames, mode: str, adapt: bool, background: bool) -> dict:
+    """A renderer's per-job tensors, its frames with their motion (batches of 3, then 2) and the
+    still source that paste-back compares them with."""
+    source, driving = frames
+    state = renderer.prepare_source(source, mode=mode, adapt_scale=adapt, background_motion=background)
+    batches = [renderer.animate_with_motion(state, batch) for batch in (driving[:3], driving[3:])]
+    still = torch.inference_mode()(renderer.adapter.still)(state)
+    return {
+        "kp_source": state.kp_source["fg_kp"],
+        **{f"encoder_{i}": level for i, level in enumerate(state.features.encoder_maps)},
+        **{key: torch.cat([batch[key] for batch in batches]) for key in MOTION},
+        **{f"still {key}": still[key] for key in MOTION},
+    }
+
+
+def well_conditioned_systems(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random 8x8 systems U diag(s) V^T x = b, s in [1, 10] (condition number at most 10)."""
+    generator = torch.Generator().manual_seed(0)
+    u, v = (torch.linalg.qr(torch.randn(n, 8, 8, generator=generator, dtype=torch.float64))[0] for _ in "uv")
+    singular_values = 1 + 9 * torch.rand(n, 8, generator=generator, dtype=torch.float64)
+    matrix = u @ torch.diag_embed(singular_values) @ v.transpose(1, 2)
+    return matrix.to(dtype), torch.randn(n, 8, 2, generator=generator, dtype=torch.float64).to(dtype)
+
+
+def spline_systems(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The systems TPSMM solves for the fixtures' frames in every mode, (S, 8, 8) and (S, 8, 2)."""
+    from worker.models.tpsmm import relative_kp
+    from worker.models.tpsmm.tps import fit_system
+
+    systems = []
+    for name in ("tpsmm-small", "tpsmm-small-nobg"):
+        model = load_checkpoint(need_shared(TPSMM / f"{name}.pth.tar")).to(dtype)
+        golden = np.load(TPSMM / f"{name}.npz")
+        source = torch.from_numpy(golden["source"]).permute(2, 0, 1)[None].to(dtype)
+        driving = torch.from_numpy(golden["driving"]).permute(0, 3, 1, 2).to(dtype)
+        with torch.no_grad():
+            kp_source, kp_driving = model.kp_detector(source), model.kp_detector(driving)
+            kp_source_n = {"fg_kp": kp_source["fg_kp"].expand_as(kp_driving["fg_kp"])}
+            moved = [
+                kp_driving,
+                relative_kp(kp_source, kp_driving, {"fg_kp": kp_driving["fg_kp"][:1]}),
+                model.avd_network(kp_source_n, kp_driving),
+            ]
+        for kp_norm in moved:
+            n = kp_norm["fg_kp"].shape[0]
+            systems.append(
+                fit_system(kp_norm["fg_kp"].view(n, -1, 5, 2), kp_source_n["fg_kp"].view(n, -1, 5, 2))
+            )
+    matrices = torch.cat([matrix.reshape(-1, 8, 8) for matrix, _ in systems])
+    return matrices, torch.cat([rhs.reshape(-1, 8, 2) for _, rhs in systems])
+
+
+@pytest.mark.parametrize("systems", ["well-conditioned", "splines"])
+def test_the_exportable_solve_computes_what_torch_linalg_solve_does(systems):
+    """The splines' own systems (conditioned up to about 200) in float32 to 1e-6 of the solution's
+    scale (about 1e-5 absolute), no further from the float64 solution than torch.linalg.solve's own
+    float32 result is; random well-conditioned ones to 1e-5; float64 to 1e-12."""
+    from worker.models.tpsmm.tps import gauss_jordan_solve
+
+    for dtype in (torch.float32, torch.float64):
+        matrix, rhs = (
+            well_conditioned_systems(2000, dtype) if systems == "well-conditioned" else spline_systems(dtype)
+        )
+        ours, reference = gauss_jordan_solve(matrix, rhs), torch.linalg.solve(matrix, rhs)
+        error = float((ours - reference).abs().max())
+        if dtype == torch.float64:
+            assert error < 1e-12, f"{systems} float64: max abs error {error:.2e}"
+            continue
+        scale = float(reference.abs().max())
+        assert error < 1e-6 * max(scale, 10), (
+            f"{systems}: max abs error {error:.2e} (solutions to {scale:.1f})"
+        )
+        exact = torch.linalg.solve(matrix.double(), rhs.double())
+        ours_off, reference_off = (float((x.double() - exact).abs().max()) for x in (ours, reference))
+        assert ours_off < 2 * reference_off + 1e-6, (ours_off, reference_off)
+
+
+@pytest.mark.parametrize("name", ["tpsmm-small", "tpsmm-small-nobg"])
+def test_tpsmm_graph_modules_compute_what_the_renderer_computes(name, tpsmm_frames, monkeypatch):
+    """The graphs as torch modules, fed by the set's own feed functions, in every mode the model
+    offers; the frame graph with the splines fitted as the exporters see them (Gauss-Jordan)."""
+    renderer = Renderer(tpsmm_model(name))
+    graphs = graph_set(renderer.model)
+    assert list(graphs.graphs) == [
+        "keypoints",
+        "source",
+        *(["background"] * renderer.model.background_motion),
+        "frame",
+    ]
+    run = module_runner(graphs)
+    source, driving = tpsmm_frames
+    for name_of_mode, (mode, adapt, background) in tpsmm_modes(renderer.model).items():
+        state = renderer.prepare_source(source, mode=mode, adapt_scale=adapt, background_motion=background)
+        reference = renderer.animate_with_motion(state, driving)
+        kp_source = run("keypoints", {"frames": source.numpy()})
+        assert_close("kp_source", kp_source["fg_kp"], state.kp_source["fg_kp"])
+        features = graphs.source_features(run("source", graphs.source_feed(source, state.kp_source)), source)
+        for i, level in enumerate(state.features.encoder_maps):
+            assert_close(f"encoder_{i}", features.encoder_maps[i], level)
+        assert_close("source_heatmap", features.heatmap, state.features.heatmap)
+        kp_driving = {"fg_kp": torch.from_numpy(run("keypoints", {"frames": driving.numpy()})["fg_kp"])}
+        with monkeypatch.context() as exporting:
+            exporting.setattr("worker.models.tpsmm.tps._exporting", lambda: True)
+            out = run("frame", graphs.frame_feed(state, kp_driving, driving, run))
+        for key in MOTION:
+            assert_close(f"{name} {name_of_mode} {key}", out[key], reference[key])
+
+
+@pytest.fixture(scope="module")
+def tpsmm_onnx_export(tmp_path_factory, tpsmm_checkpoint) -> Path:
+    pytest.importorskip("onnx", reason="onnx is not installed: pip install 'animate[onnx]'")
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed: pip install 'animate[onnx]'")
+    out = tmp_path_factory.mktemp("export") / "tpsmm-onnx"
+    result = run_animate("export", "--format", "onnx", "--checkpoint", tpsmm_checkpoint, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_tpsmm_onnx_export_runs_in_onnxruntime_like_torch(
+    tpsmm_onnx_export, tpsmm_frames, tpsmm_torch_renderer
+):
+    """The manifest's steps with onnxruntime and numpy alone, every mode, a dynamic batch."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the dev extra)")
+    manifest = json.loads((tpsmm_onnx_export / MANIFEST).read_text())
+    assert manifest["family"] == "tpsmm" and manifest["batch"] == "dynamic"
+    assert sorted(p.name for p in tpsmm_onnx_export.iterdir()) == [
+        "background.onnx", "frame.onnx", "keypoints.onnx", "manifest.json", "source.onnx",
+    ]  # fmt: skip
+    graphs = manifest["graphs"]
+    sessions = {name: ort.InferenceSession(tpsmm_onnx_export / g["file"]) for name, g in graphs.items()}
+
+    def run(name: str, **inputs) -> dict[str, np.ndarray]:
+        outputs = [spec["name"] for spec in graphs[name]["outputs"]]
+        feed = {spec["name"]: inputs[spec["name"]] for spec in graphs[name]["inputs"]}
+        return dict(zip(outputs, sessions[name].run(outputs, feed), strict=True))
+
+    source, driving = (t.numpy() for t in tpsmm_frames)
+    kp_source = run("keypoints", frames=source)["fg_kp"]
+    features = run("source", source=source, kp_source=kp_source)
+    kp_initial = run("keypoints", frames=driving[:1])["fg_kp"]
+    area = convex_hull_area(kp_source[0]) / convex_hull_area(kp_initial[0])
+    for name, (mode, adapt, background) in TPSMM_MODES.items():
+        reference = tpsmm_reference(tpsmm_torch_renderer, tpsmm_frames, mode, adapt, background)
+        outputs = []
+        for batch in (driving[:3], driving[3:]):
+            if background:
+                bg_param = run("background", frames=batch, **features)["bg_param"]
+            else:
+                bg_param = np.repeat(np.eye(3, dtype=np.float32)[None], len(batch), axis=0)
+            outputs.append(
+                run(
+                    "frame",
+                    kp_driving=run("keypoints", frames=batch)["fg_kp"],
+                    kp_source=kp_source,
+                    kp_initial=kp_initial,
+                    movement_scale=np.array([np.sqrt(area) if adapt else 1.0], dtype=np.float32),
+                    relative=np.array([mode == "relative"]),
+                    avd=np.array([mode == "avd"]),
+                    bg_param=bg_param,
+                    source=source,
+                    **features,
+                )
+            )
+        assert_close("kp_source", kp_source, reference["kp_source"])
+        for level in (key for key in features if key.startswith("encoder_")):
+            assert_close(level, features[level], reference[level])
+        for key in MOTION:
+            assert_close(f"{name} {key}", np.concatenate([out[key] for out in outputs]), reference[key])
+
+
+@pytest.fixture(scope="module")
+def tpsmm_ov_renderer(ov_cache, tpsmm_checkpoint):
     pytest.importorskip("openvino", reason="openvino is not installed: pip install 'animate[openvino]'")
+    steps = []
+    renderer = Renderer(
+        load_checkpoint(tpsmm_checkpoint),
+        runtime="openvino",
+        cache_dir=ov_cache,
+        on_converted=lambda *step: steps.append(step),
+    )
+    assert not renderer.adapter.graphs.cache_hit
+    assert steps[0] == (0, 4) and steps[-1] == (4, 4)
+    return renderer
+
+
+def test_openvino_runtime_runs_tpsmm_like_torch_in_every_mode(
+    tpsmm_ov_renderer, tpsmm_torch_renderer, tpsmm_frames
+):
+    """Frames, the motion paste-back reads and the still source, in each mode tpsmm-small renders;
+    the last batch (2 frames) and the still source (1) run padded to the first batch's size (3)."""
+    for name, (mode, adapt, background) in TPSMM_MODES.items():
+        reference = tpsmm_reference(tpsmm_torch_renderer, tpsmm_frames, mode, adapt, background)
+        ours = tpsmm_reference(tpsmm_ov_renderer, tpsmm_frames, mode, adapt, background)
+        for key in reference:
+            assert_close(f"{name} {key}", ours[key], reference[key])
+    compiled = tpsmm_ov_renderer.adapter.graphs.compiled
+    assert {size for (name, _, size) in compiled if name in ("frame", "background")} == {3}
+    assert tpsmm_ov_renderer.adapter.points(tpsmm_ov_renderer.keypoints(tpsmm_frames[1])).shape == (5, 15, 2)
+
+
+def test_the_bf16_policy_keeps_tpsmm_geometry_in_float32(tpsmm_ov_renderer):
+    """As low_precision_tpsmm in torch: convolution stacks in bf16; keypoints, the spline fit,
+    flows and sampling in float32; the background graph wholly in float32."""
+    assert_bf16_policy(tpsmm_ov_renderer.adapter.graphs)
+    frame = tpsmm_ov_renderer.adapter.graphs.models["frame"]
+    assert any(node.get_type_name() == "TopK" for node in frame.get_ops())  # the solve's pivots: kept
+    source = tpsmm_ov_renderer.adapter.graphs.graph_set.graphs["source"]
+    assert source.low_precision_scopes == ("inpainting_network.first", "inpainting_network.down_blocks")
+    assert tpsmm_ov_renderer.adapter.graphs.graph_set.graphs["background"].low_precision_scopes == ()
+
+
+def test_a_worker_on_openvino_serves_tpsmm_files(tpsmm_ov_renderer, tpsmm_checkpoint, ov_cache):
     from worker.catalog import load_models
 
-    assert load_models({"tpsmm": checkpoint}, "cpu", "openvino", ov_cache) == {}  # left out, logged
-    assert "tpsmm" in load_models({"tpsmm": checkpoint}, "cpu")  # torch still serves it
+    loaded = load_models({"tpsmm": tpsmm_checkpoint}, "cpu", "openvino", ov_cache)
+    renderer = loaded["tpsmm"].renderer
+    assert renderer.runtime == "openvino" and renderer.adapter.graphs.cache_hit
+    assert renderer.adapter.graphs.folder == tpsmm_ov_renderer.adapter.graphs.folder
+    assert loaded["tpsmm"].describe()["modes"] == ["relative", "absolute", "avd"]

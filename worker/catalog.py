@@ -37,8 +37,8 @@ def load_models(
     """Load each checkpoint onto `device` for `runtime`; one that fails to load is reported and left out.
 
     With the openvino runtime a model's first load converts it into `cache_dir` (seconds to a
-    minute each); later loads read the converted files. A family without export graphs (TPSMM)
-    cannot run there: it is reported and left out too.
+    minute each); later loads read the converted files. Both families (FOMM and TPSMM) have export
+    graphs; a model of a family without them would be reported and left out too.
     """
     loaded = {}
     for name, path in checkpoints.items():

@@ -27,7 +27,6 @@ from worker.models import AnimationModel
 from worker.optimize import prepare_for_inference
 
 log = logging.getLogger("worker")
-FP32_GRAPHS = ("keypoints",)  # graphs that run in float32 whatever the job's precision
 
 
 def model_digest(model: AnimationModel) -> str:
@@ -100,9 +99,10 @@ class OpenVinoGraphs:
             return self.compiled[name, precision, size], size
 
     def run(self, name: str, inputs: dict[str, np.ndarray], precision: str = "fp32") -> dict[str, np.ndarray]:
-        """Outputs of graph `name` by output name; batch-dimension inputs are padded as needed."""
+        """Outputs of graph `name` by output name; batch-dimension inputs are padded as needed. A graph
+        without low-precision scopes (keypoints, background motion) runs in float32 whatever is asked."""
         graph = self.graph_set.graphs[name]
-        precision = "fp32" if name in FP32_GRAPHS else precision
+        precision = precision if graph.low_precision_scopes else "fp32"
         batched = [spec.name for spec in graph.inputs if spec.shape[0] == BATCH]
         n = inputs[batched[0]].shape[0] if batched else 1
         compiled, size = self._compiled(name, precision, n)
@@ -144,13 +144,13 @@ class OpenVinoAdapter:
         return precision
 
     def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The keypoints graph's outputs under their names, which are the torch detector's keys."""
         outputs = self.graphs.run("keypoints", {"frames": frames.float().numpy()})
-        return {
-            name: torch.from_numpy(outputs[name].copy()) for name in ("value", "jacobian") if name in outputs
-        }
+        return {name: torch.from_numpy(value.copy()) for name, value in outputs.items()}
 
     def points(self, kp: dict[str, torch.Tensor]) -> torch.Tensor:
-        return kp["value"]
+        """The positions: the keypoints graph's first output."""
+        return kp[self.graphs.graph_set.graphs["keypoints"].outputs[0].name]
 
     def prepare_source(
         self, source: torch.Tensor, precision: str, mode: str, adapt_scale: bool, background_motion: bool
@@ -158,18 +158,22 @@ class OpenVinoAdapter:
         precision = self._precision(precision)
         source = source.float().contiguous()
         kp_source = self.keypoints(source)
-        outputs = self.graphs.run("source", {"source": source.numpy()}, precision)
-        features = self.graphs.graph_set.source_features(outputs, source)
+        graphs = self.graphs.graph_set
+        outputs = self.graphs.run("source", graphs.source_feed(source, kp_source), precision)
+        features = graphs.source_features(outputs, source)
         return SourceState(features, kp_source, precision, mode, adapt_scale, background_motion)
 
     def animate(
         self, state: SourceState, frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        feed = self.graphs.graph_set.frame_feed(state, kp_driving)
-        outputs = self.graphs.run("frame", feed, state.precision)
+        def run(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return self.graphs.run(name, inputs, state.precision)
+
+        feed = self.graphs.graph_set.frame_feed(state, kp_driving, frames, run)
+        outputs = run("frame", feed)
         return {name: torch.from_numpy(value.copy()) for name, value in outputs.items()}
 
     def still(self, state: SourceState) -> dict[str, torch.Tensor]:
-        """The source's own keypoints in absolute mode: the generator's output with no motion."""
-        still = replace(state, mode="absolute", kp_initial=state.kp_source)
+        """The source's own keypoints in absolute mode, background unmoved: the output with no motion."""
+        still = replace(state, mode="absolute", kp_initial=state.kp_source, background_motion=False)
         return self.animate(still, still.features.image, state.kp_source)

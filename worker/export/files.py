@@ -79,6 +79,9 @@ def write_onnx(graph: Graph, path: Path, batch: int | None) -> None:
 
 
 def _onnx_export(graph: Graph, path: Path, batch: int | None) -> None:
+    """Unoptimised (`optimize=False`): onnxscript's optimizer (0.7) rewrites `x + c` to `x` for any
+    scalar |c| < 1e-8, which drops the 1e-9 in TPSMM's r^2 log(r^2 + 1e-9) and makes its splines
+    NaN. ONNX Runtime folds and fuses the graph when it loads it, so nothing runs slower."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -89,6 +92,7 @@ def _onnx_export(graph: Graph, path: Path, batch: int | None) -> None:
             output_names=[spec.name for spec in graph.outputs],
             dynamic_shapes=_dynamic_shapes(graph, batch),
             opset_version=ONNX_OPSET,
+            optimize=False,
             external_data=False,
             verbose=False,
         )

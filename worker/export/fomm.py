@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from worker.adapters.state import SourceState
-from worker.export.graphs import BATCH, Graph, GraphSet, TensorSpec, register_family
+from worker.export.graphs import BATCH, Graph, GraphRunner, GraphSet, TensorSpec, register_family
 from worker.models import AnimationModel, SourceFeatures
 from worker.models.motion_transfer import movement_scale, relative_motion
 
@@ -80,8 +80,11 @@ def _numpy_keypoints(kp: dict[str, torch.Tensor], prefix: str) -> dict[str, np.n
     return out
 
 
-def frame_feed(state: SourceState, kp_driving: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """The frame graph's inputs for a batch, from a job's SourceState (kp_initial set)."""
+def frame_feed(
+    state: SourceState, kp_driving: dict[str, torch.Tensor], frames: torch.Tensor, run: GraphRunner
+) -> dict[str, np.ndarray]:
+    """The frame graph's inputs for a batch, from a job's SourceState (kp_initial set); FOMM's frame
+    graph needs neither the frames nor another graph."""
     relative = state.mode == "relative"
     scale = movement_scale(state.kp_source, state.kp_initial) if relative and state.adapt_scale else 1.0
     return {
@@ -93,6 +96,11 @@ def frame_feed(state: SourceState, kp_driving: dict[str, torch.Tensor]) -> dict[
         "source_encoded": state.features.encoded.numpy(),
         "source_small": state.features.small.numpy(),
     }
+
+
+def source_feed(source: torch.Tensor, kp_source: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The source graph's inputs: the image alone."""
+    return {"source": source.numpy()}
 
 
 def source_features(outputs: dict[str, np.ndarray], source: torch.Tensor) -> SourceFeatures:
@@ -195,6 +203,7 @@ def fomm_graphs(model: AnimationModel) -> GraphSet:
             " movement_scale, relative, source_encoded, source_small)",
         ],
         frame_feed=frame_feed,
+        source_feed=source_feed,
         source_features=source_features,
     )
 

@@ -1,14 +1,15 @@
 """What a model family hands to the exporters and to the OpenVINO runtime: its graphs, described.
 
-A family (FOMM today) splits its inference into graphs whose inputs and outputs are plain tensors:
-the work done once per job and the work done per frame. Exporters and runtimes only read these
-descriptions, so another family (TPSMM has none yet) plugs in by registering a function that builds
-its own set under its `family` name.
+A family (worker/export/fomm.py, worker/export/tpsmm.py) splits its inference into graphs whose
+inputs and outputs are plain tensors: the work done once per job and the work done per frame.
+Exporters and runtimes only read these descriptions, so a family plugs in by registering a function
+that builds its own set under its `family` name.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch import nn
 
 BATCH = "batch"  # the name of the batch dimension in shapes; static when an export fixes it
@@ -66,12 +67,16 @@ class GraphSet:
     graphs: dict[str, Graph]
     once_per_job: list[str] = field(default_factory=list)
     per_frame: list[str] = field(default_factory=list)
-    # For the OpenVINO Renderer: the frame graph's inputs from a job's SourceState and a batch's
-    # driving keypoints, and the SourceFeatures from the source graph's outputs and the source image.
+    # For the OpenVINO Renderer. source_feed(source, kp_source): the source graph's inputs.
+    # source_features(outputs, source): the job's cached features (SourceState.features) from the
+    # source graph's outputs. frame_feed(state, kp_driving, frames, run): the frame graph's inputs
+    # for a batch, where run(graph, inputs) runs any other per-frame graph of the set.
     frame_feed: Callable | None = None
+    source_feed: Callable | None = None
     source_features: Callable | None = None
 
 
+GraphRunner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]  # (graph, inputs) -> outputs
 GraphSetBuilder = Callable[[nn.Module], GraphSet]
 _FAMILIES: dict[str, GraphSetBuilder] = {}
 
