@@ -40,12 +40,17 @@ def small_model(name: str = "fomm-small"):
     return model
 
 
-@pytest.fixture(scope="module")
-def frames() -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixture's own source (1, 3, 64, 64) and six driving frames (6, 3, 64, 64)."""
-    golden = np.load(need_shared(FOMM / "fomm-small.npz"))
+def golden_frames(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixture's own source (1, 3, H, W) and driving frames (N, 3, H, W) from its golden file."""
+    golden = np.load(need_shared(path))
     source = torch.from_numpy(golden["source"]).permute(2, 0, 1)[None].contiguous()
     return source, torch.from_numpy(golden["driving"]).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture(scope="module")
+def frames() -> tuple[torch.Tensor, torch.Tensor]:
+    """The FOMM fixture's source (1, 3, 64, 64) and six driving frames (6, 3, 64, 64)."""
+    return golden_frames(FOMM / "fomm-small.npz")
 
 
 @pytest.fixture(scope="module")
@@ -447,9 +452,7 @@ def tpsmm_modes(model) -> dict[str, tuple[str, bool, bool]]:
 @pytest.fixture(scope="module")
 def tpsmm_frames() -> tuple[torch.Tensor, torch.Tensor]:
     """The TPSMM fixture's source (1, 3, 64, 64) and five driving frames (5, 3, 64, 64)."""
-    golden = np.load(need_shared(TPSMM / "tpsmm-small.npz"))
-    source = torch.from_numpy(golden["source"]).permute(2, 0, 1)[None].contiguous()
-    return source, torch.from_numpy(golden["driving"]).permute(0, 3, 1, 2).contiguous()
+    return golden_frames(TPSMM / "tpsmm-small.npz")
 
 
 @pytest.fixture(scope="module")
@@ -567,7 +570,7 @@ def test_tpsmm_graph_modules_compute_what_the_renderer_computes(name, tpsmm_fram
         assert_close("source_heatmap", features.heatmap, state.features.heatmap)
         kp_driving = {"fg_kp": torch.from_numpy(run("keypoints", {"frames": driving.numpy()})["fg_kp"])}
         with monkeypatch.context() as exporting:
-            exporting.setattr("worker.models.tpsmm.tps._exporting", lambda: True)
+            exporting.setattr("worker.models.tpsmm.tps.exporting", lambda: True)
             out = run("frame", graphs.frame_feed(state, kp_driving, driving, run))
         for key in MOTION:
             assert_close(f"{name} {name_of_mode} {key}", out[key], reference[key])

@@ -12,16 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.hardware import onednn_bf16
-
-
-def _exporting() -> bool:
-    """Whether an exporter (ONNX, OpenVINO) is tracing: it knows only plain, out-of-place operations."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+from worker.models.blocks import exporting
 
 
 def _onednn(x: torch.Tensor) -> bool:
     """Whether oneDNN's fused convolutions serve this input: CPU, with kernels for its dtype, not traced."""
-    if x.device.type != "cpu" or _exporting():
+    if x.device.type != "cpu" or exporting():
         return False
     return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16())
 
@@ -94,7 +90,7 @@ class UpsampleConvReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         o = self.out_channels
-        if _exporting():
+        if exporting():
             return self._interleave(self.conv(x), h, w)
         phases = self.conv(x).permute(0, 2, 3, 1)  # (N, H+1, W+1, 4*O)
         out = torch.empty((n, 2 * h, 2 * w, o), dtype=phases.dtype, device=x.device)  # channels-last memory

@@ -14,6 +14,12 @@ from torch import nn
 Norm = Callable[[int], nn.Module]  # builds a normalisation layer for a number of channels
 
 
+def exporting() -> bool:
+    """Whether an exporter (ONNX, OpenVINO) is tracing: blocks then use plain, out-of-place
+    operations that it converts, computing the same function."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def instance_norm(features: int) -> nn.InstanceNorm2d:
     """Per-image normalisation with a learned scale and shift and no running statistics (TPSMM)."""
     return nn.InstanceNorm2d(features, affine=True)

@@ -7,17 +7,14 @@ terms U(r) = r^2 log r^2 around each control point.
 
 import torch
 
+from worker.models.blocks import exporting
+
 REGULARIZATION = 0.01  # added to the system's diagonal, as in the published fit
 LOG_EPSILON = 1e-9  # keeps log finite at r = 0
 
 
 def _radial(squared_distance: torch.Tensor) -> torch.Tensor:
     return squared_distance * torch.log(squared_distance + LOG_EPSILON)
-
-
-def _exporting() -> bool:
-    """Whether an exporter (ONNX, OpenVINO) is tracing the model."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def gauss_jordan_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -76,7 +73,7 @@ class ThinPlateSpline:
 
     def __init__(self, kp_driving: torch.Tensor, kp_source: torch.Tensor):
         p = kp_driving.shape[2]
-        solve = gauss_jordan_solve if _exporting() else torch.linalg.solve
+        solve = gauss_jordan_solve if exporting() else torch.linalg.solve
         params = solve(*fit_system(kp_driving, kp_source))  # (N, K, P + 3, 2)
         self.control_points = kp_driving
         self.radial_weights = params[:, :, :p]  # (N, K, P, 2)
