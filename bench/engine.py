@@ -11,8 +11,8 @@ whole process (bench/reference_demo.py), interleaved in one run. CPU seconds are
 wall seconds: on a shared machine they move much less with the load. bf16 rows run only where the
 CPU has native bf16 (on others PyTorch falls back to a slow loop). On a GPU the batch-1 row is the
 single-stream latency, and the engine rows include the driving frames' trip from host memory
-(uint8, pinned), as in a job. `--runtimes torch,openvino` adds OpenVINO rows (CPU, both families);
-its conversion is cached in out/bench-model-cache and not timed.
+(uint8, pinned), as in a job. On a CPU with the `openvino` extra installed every table also has
+OpenVINO rows (`--runtimes` picks); its conversion is cached in out/bench-model-cache, not timed.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
         [--families fomm,tpsmm] [--runtimes torch,openvino] [--precisions fp32,bf16] [--clip-frames 60]
@@ -268,6 +268,14 @@ def run_model_load(checkpoint: str, device: str) -> dict:
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
 
 
+def default_runtimes(device: str) -> list[str]:
+    """Every runtime this machine can run: torch, and on a CPU OpenVINO where its extra is installed."""
+    import importlib.util
+
+    openvino = device == "cpu" and importlib.util.find_spec("openvino") is not None
+    return ["torch", "openvino"] if openvino else ["torch"]
+
+
 def child(args: list[str], device: str) -> dict:
     cmd = [sys.executable, __file__, "--device", device, "--child", *args]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
@@ -410,7 +418,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only (also its peak)")
     parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: fomm, tpsmm")
     parser.add_argument("--clip-frames", type=int, default=60, help="frames of the whole-process clip")
-    parser.add_argument("--runtimes", default="torch", help="comma-separated: torch, openvino (CPU)")
+    parser.add_argument(
+        "--runtimes",
+        help="comma-separated: torch, openvino (CPU); default: torch, and openvino where installed",
+    )
     parser.add_argument(
         "--precisions", help="comma-separated; default: fp32 and what the device runs natively"
     )
@@ -446,7 +457,7 @@ def main() -> None:
 
         if not torch.cuda.is_available():
             sys.exit("bench: --device cuda: no CUDA device is available")
-    runtimes = args.runtimes.split(",")
+    runtimes = args.runtimes.split(",") if args.runtimes else default_runtimes(device)
     if not set(runtimes) <= {"torch", "openvino"}:
         sys.exit("bench: --runtimes takes torch and/or openvino")
     if "openvino" in runtimes and device != "cpu":
