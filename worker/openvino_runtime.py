@@ -30,7 +30,8 @@ log = logging.getLogger("worker")
 
 
 def model_digest(model: AnimationModel) -> str:
-    """sha256 of the model as loaded: every tensor, the config and the frame size."""
+    """sha256 of the model as loaded (before folding and fusing): every tensor, the config and the
+    frame size."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
@@ -66,11 +67,15 @@ class OpenVinoGraphs:
     def load(
         cls, model: AnimationModel, cache_dir: Path, on_converted: ConversionCallback | None = None
     ) -> "OpenVinoGraphs":
-        graphs = graph_set(model)
+        """The model's graphs, from the cache when it has them. `model` is as loaded: it is prepared
+        for inference (folded and fused, a second or two for a vox-256 model) only to be converted."""
+        model.eval()
         digest = model_digest(model)
+        graphs = graph_set(model)  # the graphs' names, shapes and scopes are those of the prepared model
         folder = cache_entry(Path(cache_dir), graphs, digest)
         if (folder / MANIFEST).is_file():
             return cls(graphs, folder, cache_hit=True)
+        graphs = graph_set(prepare_for_inference(model, "cpu"))
         folder.parent.mkdir(parents=True, exist_ok=True)
         log.info("converting %s graphs for OpenVINO into %s", graphs.family, folder)
         try:
@@ -126,12 +131,13 @@ class OpenVinoAdapter:
 
     Precision policy as in torch: fp32, or bf16 for the convolution stacks only (keypoints, flows
     and sampling stay float32). Render workers only: it has no `animate_sessions`, because the live
-    engine runs on torch (its graphs take one source, broadcast).
+    engine runs on torch (its graphs take one source, broadcast). `model` stays as loaded: only its
+    attributes are read (frame shape, modes), the graphs do the work.
     """
 
     def __init__(self, model: nn.Module, cache_dir: Path, on_converted: ConversionCallback | None = None):
-        self.model = prepare_for_inference(model, "cpu")
-        self.graphs = OpenVinoGraphs.load(self.model, cache_dir, on_converted)
+        self.model = model
+        self.graphs = OpenVinoGraphs.load(model, cache_dir, on_converted)
         self.native_bf16 = cpu_has_bf16(self.graphs.core)
         self._warned_bf16 = False
 
