@@ -121,14 +121,19 @@ def test_graph_modules_compute_what_the_renderer_computes(name, frames):
             assert out["occlusion_map"].shape == (6, 1, *small.shape[2:])
 
 
-@pytest.fixture(scope="module")
-def onnx_export(tmp_path_factory, small_checkpoint) -> Path:
+def export_onnx(tmp_path_factory, checkpoint: Path, name: str) -> Path:
+    """`animate export --format onnx` of `checkpoint` into a new folder `name`."""
     pytest.importorskip("onnx", reason="onnx is not installed: pip install 'animate[onnx]'")
     pytest.importorskip("onnxscript", reason="onnxscript is not installed: pip install 'animate[onnx]'")
-    out = tmp_path_factory.mktemp("export") / "small-onnx"
-    result = run_animate("export", "--format", "onnx", "--checkpoint", small_checkpoint, "--out", out)
+    out = tmp_path_factory.mktemp("export") / name
+    result = run_animate("export", "--format", "onnx", "--checkpoint", checkpoint, "--out", out)
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory, small_checkpoint) -> Path:
+    return export_onnx(tmp_path_factory, small_checkpoint, "small-onnx")
 
 
 def test_onnx_export_runs_in_onnxruntime_like_torch(onnx_export, frames, torch_renderer):
@@ -578,12 +583,7 @@ def test_tpsmm_graph_modules_compute_what_the_renderer_computes(name, tpsmm_fram
 
 @pytest.fixture(scope="module")
 def tpsmm_onnx_export(tmp_path_factory, tpsmm_checkpoint) -> Path:
-    pytest.importorskip("onnx", reason="onnx is not installed: pip install 'animate[onnx]'")
-    pytest.importorskip("onnxscript", reason="onnxscript is not installed: pip install 'animate[onnx]'")
-    out = tmp_path_factory.mktemp("export") / "tpsmm-onnx"
-    result = run_animate("export", "--format", "onnx", "--checkpoint", tpsmm_checkpoint, "--out", out)
-    assert result.returncode == 0, result.stderr
-    return out
+    return export_onnx(tmp_path_factory, tpsmm_checkpoint, "tpsmm-onnx")
 
 
 def test_tpsmm_onnx_export_runs_in_onnxruntime_like_torch(
