@@ -16,9 +16,9 @@ import pytest
 
 from contract.queue import JobQueue, connect
 from contract.storage.local import LocalStore
+from engine.media.video_io import probe_video
 from service.cleanup import sweep
 from tests.service_stack import ROOT, ServiceStack, clean_env, cut_clip
-from worker.video_io import probe_video
 
 pytestmark = pytest.mark.slow
 UPLOAD_LIMIT_MB = 2
@@ -352,7 +352,7 @@ def test_expired_jobs_are_swept(stack, portrait, short_clip):
 
 
 def test_animate_submit_command(stack, portrait, short_clip, tmp_path):
-    animate = [sys.executable, "-m", "worker.cli", "submit", "--server", stack.url]
+    animate = [sys.executable, "-m", "cli.main", "submit", "--server", stack.url]
     out = tmp_path / "cli.mp4"
     inputs = ["--source", str(portrait), "--driving", str(short_clip), "--crop", "none", "--no-audio"]
     done = subprocess.run([*animate, *inputs, "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
