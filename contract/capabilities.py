@@ -3,7 +3,8 @@
 A worker describes each model it loaded as a `ModelCapabilities` (its family's own words: modes,
 the motion options it offers, its frame size) plus how this worker runs it (runtime, precision,
 measured speed). The API names no model family: a mode or an option is valid because a loaded
-model says so (`unsupported_choice`), and the CLI checks a local model the same way.
+model says so (`unsupported_mode`, `unsupported_option`), and the CLI checks a local model the
+same way.
 """
 
 from typing import Literal, get_args
@@ -23,8 +24,8 @@ class ModelCapabilities(BaseModel):
     """One loaded model: what it is and what a request may ask of it."""
 
     name: str = Field(examples=["starter"])
-    family: str = Field(examples=["fomm"], description="the model family, as `animate inspect` names it")
-    title: str = Field("", examples=["First Order Motion Model"], description="the family's full name")
+    family: str = Field(description="the model family, as `animate inspect` names it")
+    title: str = Field("", description="the family's published name")
     frame_size: tuple[int, int] = Field(
         description="height, width the model animates at", examples=[[256, 256]]
     )

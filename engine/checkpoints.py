@@ -106,7 +106,8 @@ def read_config(path: str | Path) -> dict:
 def stored_frame_shape(checkpoint: Checkpoint, config: dict | str | Path | None) -> tuple[int, int]:
     """The file's own frame size, else the config file's `dataset_params.frame_shape`, else 256x256.
 
-    Published checkpoints do not store it, and TPSMM's ted-384 has the same tensors as vox-256.
+    Published checkpoints do not store it, and some (ted-384) have the same tensors as others
+    trained at 256x256.
     """
     frame_shape = checkpoint.data.get("frame_shape")
     if frame_shape is None and isinstance(config, (str, Path)):

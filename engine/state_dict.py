@@ -1,6 +1,6 @@
 """Reading an architecture off a state dict and loading it key by key, shape by shape.
 
-Shared by the FOMM and TPSMM loaders: a checkpoint is untrusted input, so nothing is copied into a
+Shared by the families' loaders: a checkpoint is untrusted input, so nothing is copied into a
 network before every key and shape has been checked.
 """
 

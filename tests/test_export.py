@@ -375,7 +375,7 @@ def test_the_openvino_runtime_refuses_what_it_cannot_run(ov_renderer, frames, ov
 
     loaded = load_models({"small": small_checkpoint}, "cpu", "openvino", ov_cache)
     assert (
-        loaded["small"].renderer.runtime == "openvino" and loaded["small"].renderer.adapter.graphs.cache_hit
+        loaded["small"].animator.runtime == "openvino" and loaded["small"].animator.adapter.graphs.cache_hit
     )
 
 
@@ -668,7 +668,7 @@ def test_openvino_runtime_runs_tpsmm_like_torch_in_every_mode(
             assert_close(f"{name} {key}", ours[key], reference[key])
     compiled = tpsmm_ov_renderer.adapter.graphs.compiled
     assert {size for (name, _, size) in compiled if name in ("frame", "background")} == {3}
-    assert tpsmm_ov_renderer.adapter.points(tpsmm_ov_renderer.keypoints(tpsmm_frames[1])).shape == (5, 15, 2)
+    assert tpsmm_ov_renderer.keypoints(tpsmm_frames[1])["fg_kp"].shape == (5, 15, 2)
 
 
 def test_the_bf16_policy_keeps_tpsmm_geometry_in_float32(tpsmm_ov_renderer):
@@ -686,7 +686,7 @@ def test_a_worker_on_openvino_serves_tpsmm_files(tpsmm_ov_renderer, tpsmm_checkp
     from worker.catalog import load_models
 
     loaded = load_models({"tpsmm": tpsmm_checkpoint}, "cpu", "openvino", ov_cache)
-    renderer = loaded["tpsmm"].renderer
+    renderer = loaded["tpsmm"].animator
     assert renderer.runtime == "openvino" and renderer.adapter.graphs.cache_hit
     assert renderer.adapter.graphs.folder == tpsmm_ov_renderer.adapter.graphs.folder
-    assert loaded["tpsmm"].describe()["modes"] == ["relative", "absolute", "avd"]
+    assert loaded["tpsmm"].describe().modes == ["relative", "absolute", "avd"]

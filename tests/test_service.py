@@ -302,10 +302,22 @@ def test_redis_outage_answers_503_then_recovers(stack, portrait, short_clip):
     assert stack.wait_finished(after["id"])["status"] == "succeeded"
 
 
+PUBLISHED_BEFORE_CAPABILITIES = (
+    "name",
+    "frame_size",
+    "num_kp",
+    "family",
+    "modes",
+    "background_motion",
+    "device",
+    "workers",
+)
+
+
 def test_models_health_and_docs(stack):
     models = stack.http.get("/models").json()
     assert models["default"] == "small"
-    assert models["models"] == [
+    assert [{key: model[key] for key in PUBLISHED_BEFORE_CAPABILITIES} for model in models["models"]] == [
         {
             "name": "small",
             "frame_size": [64, 64],
@@ -317,6 +329,12 @@ def test_models_health_and_docs(stack):
             "workers": 1,
         }
     ]
+    capabilities = models["models"][0]
+    assert capabilities["options"] == ["adapt_scale"] and capabilities["runtime"] == "torch"
+    assert capabilities["title"] == "First Order Motion Model" and capabilities["precision"] in (
+        "fp32",
+        "bf16",
+    )
     assert stack.http.get("/healthz").json() == {"status": "ok"}
     ready = stack.http.get("/readyz").json()
     assert ready["status"] == "ready" and ready["workers"] == 1

@@ -365,7 +365,7 @@ def test_bundled_starter_model_loads_with_its_config():
     from conftest import ROOT
 
     model = load_checkpoint(ROOT / "weights" / "starter.pth.tar")
-    config = read_training_config(ROOT / "worker" / "train" / "configs" / "starter-64.yaml")
+    config = read_training_config(ROOT / "engine" / "train" / "configs" / "starter-64.yaml")
     assert model.frame_shape == tuple(config["dataset_params"]["frame_shape"][:2]) == (64, 64)
 
     def agrees(stored: dict, given: dict) -> bool:

@@ -1,8 +1,8 @@
-"""Building blocks shared by the FOMM and TPSMM networks.
+"""Building blocks shared by the families' 2-D networks.
 
 Attribute names (`conv`, `norm`, `conv1`, ...) follow the published checkpoints' state-dict keys,
-so the files load as they are. FOMM normalises with batch norm, TPSMM with instance norm: the
-blocks take the normalisation as a parameter.
+so the files load as they are. Some families normalise with batch norm, others with instance
+norm: the blocks take the normalisation as a parameter.
 """
 
 from collections.abc import Callable
@@ -21,7 +21,7 @@ def exporting() -> bool:
 
 
 def instance_norm(features: int) -> nn.InstanceNorm2d:
-    """Per-image normalisation with a learned scale and shift and no running statistics (TPSMM)."""
+    """Per-image normalisation with a learned scale and shift and no running statistics."""
     return nn.InstanceNorm2d(features, affine=True)
 
 

@@ -14,7 +14,7 @@ from engine.families.tpsmm.precision import fold_resnet_norms
 from engine.layers.geometry import normalized_arrangement
 from engine.layers.inference import prepare_for_inference
 
-DISTINCTIVE_PARTS = ("inpainting_network", "dense_motion_network")  # FOMM nests its dense motion
+DISTINCTIVE_PARTS = ("inpainting_network", "dense_motion_network")  # not nested in a generator
 
 
 class Tpsmm(ModelFamily):
