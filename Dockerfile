@@ -13,7 +13,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contract ./contract
 COPY service ./service
+COPY engine ./engine
 COPY worker ./worker
+COPY cli ./cli
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS api

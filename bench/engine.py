@@ -89,7 +89,7 @@ def synchronize(device: str) -> None:
 
 def precisions_for(device: str, quick: bool) -> tuple[str, ...]:
     """fp32, and the low precisions this device runs natively."""
-    from worker.hardware import native_bf16
+    from engine.hardware import native_bf16
 
     if quick:
         return ("fp32",)
@@ -101,7 +101,7 @@ def precisions_for(device: str, quick: bool) -> tuple[str, ...]:
 def device_name(device: str) -> str:
     import torch
 
-    from worker.hardware import describe_cpu
+    from engine.hardware import describe_cpu
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()}; host CPU {describe_cpu()}"
@@ -112,7 +112,8 @@ def vox_model(family: str = "fomm"):
     """Published vox-256 widths, random weights, non-trivial batch-norm statistics as in a trained model."""
     import torch
 
-    from worker.models import build_model, tpsmm
+    from engine.families import tpsmm
+    from engine.families.fomm import build_model
 
     torch.manual_seed(0)
     if family == "tpsmm":
@@ -129,8 +130,8 @@ def vox_model(family: str = "fomm"):
 
 def published_frame(model, source, kp_source, kp_initial, driving_frame):
     """One frame as the published demo computes it (relative motion), everything recomputed."""
-    from worker.models import normalize_kp
-    from worker.models.tpsmm import relative_kp
+    from engine.families.fomm import normalize_kp
+    from engine.families.tpsmm import relative_kp
 
     kp = model.kp_detector(driving_frame)
     if model.family == "tpsmm":
@@ -161,7 +162,7 @@ def measure_matmul_peak(device: str, precisions: tuple[str, ...]) -> dict:
 
 
 def _pointwise_conv_flops(x_shape, *shapes, out_shape=None, **_) -> int:
-    """FLOPs of oneDNN's fused convolutions (worker/fused.py), which FlopCounterMode does not know."""
+    """FLOPs of oneDNN's fused convolutions (engine/layers/fused.py), which FlopCounterMode does not know."""
     import torch
     from torch.utils.flop_counter import conv_flop_count
 
@@ -178,7 +179,7 @@ def gflop_per_frame(family: str, prepared: bool) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from worker.pipeline import Renderer
+    from engine.animator import Animator
 
     custom = {torch.ops.mkldnn._convolution_pointwise: _pointwise_conv_flops}
     model = vox_model(family)
@@ -189,7 +190,7 @@ def gflop_per_frame(family: str, prepared: bool) -> float:
             with FlopCounterMode(display=False) as counter:
                 published_frame(model, source, kp_source, kp_source, frame)
             return counter.get_total_flops() / 1e9
-        renderer = Renderer(model)
+        renderer = Animator(model)
         state = renderer.prepare_source(source)
         renderer.animate_batch(state, frame)  # sets the initial frame
         with FlopCounterMode(display=False, custom_mapping=custom) as counter:
@@ -226,11 +227,12 @@ def run_engine(family: str, frames: int, batch: int, precision: str, device: str
     import numpy as np
     import torch
 
-    from worker.pipeline import Renderer, to_frames, to_tensor
+    from engine.animator import Animator
+    from engine.frames import to_frames, to_tensor
 
     torch.manual_seed(1)
     started = time.perf_counter()
-    renderer = Renderer(vox_model(family).to(device), device, runtime=runtime, cache_dir=MODEL_CACHE)
+    renderer = Animator(vox_model(family).to(device), device, runtime=runtime, cache_dir=MODEL_CACHE)
     load_seconds = time.perf_counter() - started
     source = torch.rand(1, 3, 256, 256)
     state = renderer.prepare_source(source, precision=precision)
@@ -260,11 +262,11 @@ def run_model_load(checkpoint: str, device: str) -> dict:
     """A worker's or the CLI's model load: the checkpoint read and checked, then prepared."""
     import torch  # noqa: F401  (imported before the clock starts: start-up is measured separately)
 
-    from worker.models import load_checkpoint
-    from worker.pipeline import Renderer
+    from engine import load_checkpoint
+    from engine.animator import Animator
 
     start, cpu = time.perf_counter(), time.process_time()
-    Renderer(load_checkpoint(checkpoint, device=device), device)
+    Animator(load_checkpoint(checkpoint, device=device), device)
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
 
 
@@ -309,7 +311,7 @@ def render_command(
     workdir: Path, family: str, runtime: str, precision: str, clip: str, device: str
 ) -> list[str]:
     return [
-        sys.executable, "-m", "worker.cli", "render", "--source", str(workdir / "source.png"),
+        sys.executable, "-m", "cli.main", "render", "--source", str(workdir / "source.png"),
         "--driving", str(workdir / clip), "--checkpoint", str(workdir / f"{family}.pth.tar"),
         "--out", str(workdir / f"out-{family}-{runtime}-{precision}.mp4"), "--precision", precision,
         "--crop", "none", "--device", device, "--runtime", runtime, "--cache-dir", str(MODEL_CACHE),
@@ -330,7 +332,7 @@ def make_inputs(workdir: Path, families: list[str], clip_frames: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from worker.models import save_checkpoint
+    from engine import save_checkpoint
 
     for family in families:
         save_checkpoint(workdir / f"{family}.pth.tar", vox_model(family))

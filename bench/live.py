@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.stack import SMALL, BenchStack, resave_checkpoint  # noqa: E402
 from contract import live_channel  # noqa: E402
-from worker.hardware import describe_cpu  # noqa: E402
+from engine.hardware import describe_cpu  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 CLIP = SHARED / "media" / "clips" / "d3.mp4"
@@ -58,7 +58,7 @@ def prepare_checkpoint(folder: Path, path: Path | None, published_widths: bool =
     out = folder / "bench.pth.tar"
     if published_widths:
         from bench.engine import vox_model
-        from worker.models import save_checkpoint
+        from engine import save_checkpoint
 
         save_checkpoint(out, vox_model())
         return out
@@ -258,7 +258,7 @@ def main() -> int:
         folder = Path(tmp)
         (folder / "weights").mkdir()
         checkpoint = prepare_checkpoint(folder / "weights", args.checkpoint, args.published_widths)
-        from worker.models import load_checkpoint
+        from engine import load_checkpoint
 
         size = load_checkpoint(checkpoint).frame_shape[0]
         frames = driving_frames(size, 4)

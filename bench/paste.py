@@ -34,13 +34,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.models import load_checkpoint  # noqa: E402
-from worker.pipeline import Renderer, model_frames, to_tensor  # noqa: E402
-from worker.subject.autocrop import image_face  # noqa: E402
-from worker.subject.box import Box  # noqa: E402
-from worker.subject.framing import plan_framing  # noqa: E402
-from worker.subject.paste import ModelFrame, feather_ramp, resized  # noqa: E402
-from worker.video_io import load_image, probe_video  # noqa: E402
+from engine import load_checkpoint  # noqa: E402
+from engine.animator import Animator  # noqa: E402
+from engine.frames import model_frames, to_tensor  # noqa: E402
+from engine.media.video_io import load_image, probe_video  # noqa: E402
+from engine.subject.autocrop import image_face  # noqa: E402
+from engine.subject.box import Box  # noqa: E402
+from engine.subject.framing import plan_framing  # noqa: E402
+from engine.subject.paste import ModelFrame, feather_ramp, resized  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "media"
 FEATHER = 0.08  # the previous paste's feather, also the band measured around the border
@@ -156,7 +157,7 @@ def cut_clip(clip: Path, out: Path, frames: int) -> Path:
     return out
 
 
-def rendered_frames(renderer: Renderer, framing, frames: int, batch: int = 8):
+def rendered_frames(renderer: Animator, framing, frames: int, batch: int = 8):
     """The still and the first `frames` animated ModelFrames of the framing's driving video."""
     h, w = renderer.model.frame_shape
     source = to_tensor(framing.source_input(h, w)[None], "cpu")
@@ -179,7 +180,7 @@ def main() -> int:
     parser.add_argument("--png", help="folder for side-by-side pictures of one frame per portrait")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    renderer = Renderer(load_checkpoint(args.checkpoint))
+    renderer = Animator(load_checkpoint(args.checkpoint))
     images = sorted((MEDIA / "images").glob("*.jpg"))
     print(f"# paste-back, {args.frames} frames of {args.clip}, {len(images)} portraits, {platform.machine()}")
     columns = {

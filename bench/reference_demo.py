@@ -21,8 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.models import load_checkpoint, normalize_kp  # noqa: E402
-from worker.video_io import load_image, probe_video, read_frames, resize_image  # noqa: E402
+from engine import load_checkpoint  # noqa: E402
+from engine.families.fomm import normalize_kp  # noqa: E402
+from engine.media.video_io import load_image, probe_video, read_frames, resize_image  # noqa: E402
 
 
 def main() -> int:

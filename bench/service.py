@@ -70,13 +70,13 @@ def ffmpeg_cut(out: Path, *args: str) -> Path:
 
 
 def engine_once(renderer, source: Path, clip: Path, out: Path) -> float:
-    from worker.pipeline import RenderOptions
-    from worker.video_io import load_image, probe_video
+    from engine.media.video_io import load_image, probe_video
+    from engine.pipeline import RenderOptions, VideoPipeline
 
     started = time.perf_counter()
     image = load_image(source)
     info = probe_video(clip)
-    renderer.render(image, clip, out, RenderOptions(crop="none"), info=info)
+    VideoPipeline(renderer).render(image, clip, out, RenderOptions(crop="none"), info=info)
     return time.perf_counter() - started
 
 
@@ -146,8 +146,8 @@ def main() -> int:
         if not needed.exists():
             raise SystemExit(f"bench: {needed} is absent: this benchmark reads ../shared")
 
-    from worker.models import load_checkpoint
-    from worker.pipeline import Renderer
+    from engine import load_checkpoint
+    from engine.animator import Animator
 
     load_before = os.getloadavg()  # others' work on a shared machine shows here
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,7 +155,7 @@ def main() -> int:
         clip = ffmpeg_cut(folder / "d3-10s-25fps.mp4", "-t", "10", "-vf", "fps=25")
         short = ffmpeg_cut(folder / "d3-2s.mp4", "-t", "2")
         weights = resave_checkpoint(args.checkpoint or SMALL, folder / "weights" / "bench.pth.tar", args.size)
-        renderer = Renderer(load_checkpoint(weights))
+        renderer = Animator(load_checkpoint(weights))
         with BenchStack(folder, weights.parent, MAX_QUEUED=100000, MAX_UPLOAD_MB=100) as service:
             engine_once(renderer, PORTRAIT, clip, folder / "engine.mp4")  # warm-up
             http_once(service.url, PORTRAIT, clip, folder / "http.mp4")

@@ -24,7 +24,7 @@ START_TIMEOUT = 180.0
 
 def resave_checkpoint(source: Path, out: Path, size: int) -> Path:
     """`source` (e.g. the small reference checkpoint) re-saved at `out` to render `size` px frames."""
-    from worker.models import load_checkpoint, save_checkpoint
+    from engine import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(source)
     model.frame_shape = (size, size)

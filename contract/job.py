@@ -18,13 +18,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from rq.job import Job, JobStatus
 
-from contract.options import AnimationOptions, OutputFormatName
+from contract.capabilities import MODEL_NAME_PATTERN
+from contract.options import AnimationOptions
+from contract.render import JobResult, ProgressStage
 
 JobStatusName = Literal["queued", "started", "succeeded", "failed", "canceled"]
 OutcomeName = Literal["succeeded", "failed", "canceled"]
-ProgressStage = Literal["analysing", "rendering", "encoding"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 _RQ_STATUS: dict[JobStatus, JobStatusName] = {
     JobStatus.CREATED: "queued",
@@ -53,7 +53,7 @@ class ErrorDetail(BaseModel):
 
 
 class ProgressReport(BaseModel):
-    """What the worker last reported (worker/progress.py): the running stage's frames, the percent of
+    """What the worker last reported (engine/progress.py): the running stage's frames, the percent of
     the whole render (never lowered) and the estimated seconds left (None until it can be estimated)."""
 
     stage: ProgressStage | None = None
@@ -96,24 +96,6 @@ class JobTimings(BaseModel):
     encode: float | None = None
     render: float | None = None
     precision: str | None = Field(None, description="fp32, bf16 or fp16: what the render ran in")
-
-
-class JobResult(BaseModel):
-    """The result's summary; the fields after `precision` have defaults, so records written before
-    formats existed still read (as the MP4 they are)."""
-
-    frames: int
-    fps: float
-    width: int
-    height: int
-    audio: bool
-    driving_start: int
-    precision: str
-    format: OutputFormatName = "mp4"
-    mime_type: str = "video/mp4"
-    bytes: int = 0
-    loop: bool = False
-    poster: str | None = Field(None, description="the poster's file name, when one was made")
 
 
 class Outcome(BaseModel):

@@ -1,6 +1,6 @@
 """The options of one animation: what a client may choose, checked by the same type at every edge.
 
-The HTTP form (service/submission.py) and the command line (worker/cli.py) both build an
+The HTTP form (service/submission.py) and the command line (cli/main.py) both build an
 `AnimationOptions`, so a value refused by one is refused by the other with the same message; the job
 carries it to the worker as JSON and the worker reads it back through the same type.
 """
@@ -11,8 +11,24 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
 
 CROP_PATTERN = r"^(none|auto|face|body|\d{1,5},\d{1,5},\d{1,5},\d{1,5})$"
-Mode = Literal["relative", "absolute", "avd"]
-OutputFormatName = Literal["mp4", "webm", "gif", "webp"]  # worker/output.py's FORMATS
+Mode = Literal["relative", "absolute", "avd"]  # every family's modes are among these; GET /models says whose
+Region = Literal["all", "expression", "pose", "lips", "eyes"]
+DrivingOption = Literal["expression-friendly", "pose-friendly"]
+OutputFormatName = Literal["mp4", "webm", "gif", "webp"]  # engine/media/output.py's FORMATS
+
+
+MOTION_OPTIONS = (  # what a model may or may not offer (contract/capabilities.py); the rest any model does
+    "mode",
+    "adapt_scale",
+    "background_motion",
+    "region",
+    "driving_option",
+    "stitching",
+    "multiplier",
+    "eye_retargeting",
+    "lip_retargeting",
+    "normalize_lips",
+)
 
 
 class AnimationOptions(BaseModel):
@@ -22,7 +38,7 @@ class AnimationOptions(BaseModel):
         "relative",
         description=(
             "relative: the source keeps its pose and follows the driving motion; absolute: it takes the "
-            "driving pose; avd (TPSMM models with a trained AVD network): the driving motion disentangled "
+            "driving pose; avd (models with a trained AVD network): the driving motion disentangled "
             "from the driving identity. GET /models lists each model's modes"
         ),
     )
@@ -38,8 +54,22 @@ class AnimationOptions(BaseModel):
     )
     paste_back: bool = Field(False, description="paste the animated crop back into the full source image")
     background_motion: bool = Field(
-        False, description="move the background too (TPSMM models with a background predictor)"
+        False, description="move the background too (models with a background motion predictor)"
     )
+    region: Region = Field(
+        "all", description="what of the driving motion the face takes: all, expression, pose, lips or eyes"
+    )
+    driving_option: DrivingOption = Field(
+        "expression-friendly",
+        description="relative motion tuned for expressions (scaled to the source) or for head poses",
+    )
+    stitching: bool = Field(
+        True, description="keep the animated face seamless with the shoulders it is pasted on"
+    )
+    multiplier: float = Field(1.0, ge=0.0, le=4.0, description="scale the driving expression by this")
+    eye_retargeting: bool = Field(False, description="drive the eyes' openness from the driving video's")
+    lip_retargeting: bool = Field(False, description="drive the lips' openness from the driving video's")
+    normalize_lips: bool = Field(False, description="close the source's lips before animating them")
     format: OutputFormatName = Field(
         "mp4",
         description=(
@@ -52,6 +82,10 @@ class AnimationOptions(BaseModel):
     poster_frame: NonNegativeInt = Field(
         0, description="the poster's frame: an index into the result's frames (after any frame skipping)"
     )
+
+    def motion(self) -> tuple:
+        """The motion options' values: sources animated together in one batch must share them."""
+        return tuple(getattr(self, name) for name in MOTION_OPTIONS)
 
     @field_validator("crop")
     @classmethod

@@ -26,6 +26,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from contract.capabilities import ModelCapabilities
 from contract.job import JobRecord, JobRequest
 
 QUEUE_NAME = "animate"
@@ -117,3 +118,13 @@ def live_workers(redis: Redis) -> list[dict[str, Any]]:
     keys = sorted(redis.scan_iter(match=WORKER_PREFIX + "*", count=100))
     values = redis.mget(keys) if keys else []
     return [json.loads(value) for value in values if value is not None]
+
+
+def loaded_models(redis: Redis) -> dict[str, ModelCapabilities]:
+    """Each model some worker alive has loaded, as the first of them describes it."""
+    found: dict[str, ModelCapabilities] = {}
+    for worker in live_workers(redis):
+        for model in worker.get("models", []):
+            if model.get("name") not in found:
+                found[model["name"]] = ModelCapabilities.model_validate(model)
+    return found

@@ -4,11 +4,14 @@ The API, the workers and `make serve` read the same class, so a variable means t
 all of them.
 """
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contract.capabilities import MODEL_NAME_PATTERN, Precision, Runtime
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 CHECKPOINT_SUFFIXES = (".pth.tar", ".pth")
@@ -80,12 +83,12 @@ class Settings(BaseSettings):
     result_ttl: int = Field(24 * 3600, ge=1, description="seconds a finished job and its MP4 are kept")
     worker_device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(4, ge=1, le=256)
-    precision: Literal["fp32", "bf16", "fp16"] | None = Field(
+    precision: Precision | None = Field(
         None,
         description="inference precision; unset: bf16 on cuda and on CPUs with native bf16 (AVX-512 BF16 "
         "or AMX), fp32 on other CPUs (the worker decides: it needs torch)",
     )
-    runtime: Literal["torch", "openvino"] = Field(
+    runtime: Runtime = Field(
         "torch", description="render workers' runtime; openvino: CPU only, needs the openvino extra"
     )
     model_cache_dir: Path = Field(
@@ -144,7 +147,9 @@ class Settings(BaseSettings):
         return self.redis_url or LOCAL_REDIS_URL
 
     def checkpoints(self) -> dict[str, Path]:
-        """Every *.pth.tar / *.pth in WEIGHTS_DIR, by model name: the file name without that suffix."""
+        """Every *.pth.tar / *.pth file in WEIGHTS_DIR, by model name (the file name without that
+        suffix), and every folder there (a model of several files, named by the folder), which the
+        worker loads if a model family recognises it."""
         found: dict[str, Path] = {}
         if not self.weights_dir.is_dir():
             return found
@@ -152,4 +157,6 @@ class Settings(BaseSettings):
             suffix = next((s for s in CHECKPOINT_SUFFIXES if path.name.endswith(s)), None)
             if suffix and path.is_file() and len(path.name) > len(suffix):
                 found.setdefault(path.name[: -len(suffix)], path)
+            elif path.is_dir() and re.fullmatch(MODEL_NAME_PATTERN, path.name):
+                found.setdefault(path.name, path)
         return found

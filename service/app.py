@@ -20,7 +20,7 @@ from service.body_guard import BodyGuard
 from service.cleanup import sweep
 from service.context import ServiceContext
 from service.errors import install_error_handlers
-from service.live import router as live_router
+from service.live_socket import router as live_router
 from service.openapi import install_openapi
 from service.routes import router
 from service.web import install_web

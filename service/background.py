@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from contract.job import TERMINAL
 from contract.maintenance import LostJobHandler, recover_lost_jobs
 from service.context import ServiceContext
-from service.jobs import describe
+from service.job_view import describe
 from service.webhooks import Dispatcher
 
 log = logging.getLogger("service")

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from contract.option_flags import add_motion_arguments, motion_values
+
 if TYPE_CHECKING:  # imported where a request is made: `animate render` does not pay for httpx
     import httpx
 
@@ -37,15 +39,13 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--driving", required=True, help="driving video (MP4, MOV, WebM, MKV)")
     parser.add_argument("--out", required=True, help="where to write the result (MP4 unless --format)")
     parser.add_argument("--model", help="a model the service has loaded (default: the service's)")
-    parser.add_argument("--mode", choices=["relative", "absolute", "avd"])
-    parser.add_argument("--background-motion", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--format", choices=["mp4", "webm", "gif", "webp"])
     parser.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--adapt-scale", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--driving-start", metavar="N|best")
     parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--crop", metavar="none|auto|face|body|X,Y,W,H")
     parser.add_argument("--paste-back", action=argparse.BooleanOptionalAction, default=None)
+    add_motion_arguments(parser)
     parser.add_argument(
         "--timeout", type=float, default=3600, help="seconds to wait for the job (default 3600)"
     )
@@ -101,15 +101,13 @@ def form_fields(args: argparse.Namespace) -> dict[str, str]:
     """The options the user gave, as the API's form fields; the rest is left to the service."""
     values = {
         "model": args.model,
-        "mode": args.mode,
-        "adapt_scale": args.adapt_scale,
         "driving_start": args.driving_start,
         "audio": args.audio,
         "crop": args.crop,
         "paste_back": args.paste_back,
-        "background_motion": args.background_motion,
         "format": args.format,
         "loop": args.loop,
+        **motion_values(args),
     }
     return {
         name: str(value).lower() if isinstance(value, bool) else value

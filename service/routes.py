@@ -12,7 +12,7 @@ from contract.storage import POSTER, InvalidJobId, parse_job_id, result_name
 from service.auth import caller
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
-from service.jobs import describe
+from service.job_view import describe
 from service.metrics import exposition
 from service.openapi import animate_form, binary_response
 from service.ranges import parse_range
@@ -214,7 +214,9 @@ def get_models(ctx: ServiceContext = Context, owner: str | None = Caller) -> Mod
             if model["name"] in found:
                 found[model["name"]].workers += 1
             else:
-                found[model["name"]] = ModelInfo(**model, device=worker.get("device", "cpu"), workers=1)
+                found[model["name"]] = ModelInfo.model_validate(
+                    {**model, "device": worker.get("device", "cpu"), "workers": 1}
+                )
     return ModelList(default=ctx.settings.default_model, models=sorted(found.values(), key=lambda m: m.name))
 
 

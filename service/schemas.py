@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contract.capabilities import ModelCapabilities
 from contract.job import (
     ErrorDetail,
     InputSummary,
@@ -12,7 +13,7 @@ from contract.job import (
     JobStatusName,
     JobTimings,
 )
-from contract.options import AnimationOptions, Mode
+from contract.options import AnimationOptions
 
 
 class ErrorBody(BaseModel):
@@ -83,19 +84,11 @@ class JobResource(BaseModel):
     timings: JobTimings
 
 
-class ModelInfo(BaseModel):
-    name: str = Field(examples=["starter"])
-    frame_size: tuple[int, int] = Field(
-        description="height, width the model animates at", examples=[[256, 256]]
-    )
-    num_kp: int = Field(description="keypoints the model detects", examples=[10])
-    family: Literal["fomm", "tpsmm"] = Field(
-        "fomm", description="First Order or Thin-Plate Spline Motion Model"
-    )
-    modes: list[Mode] = Field(["relative", "absolute"], description="the modes it renders, the default first")
-    background_motion: bool = Field(False, description="whether it can move the background")
+class ModelInfo(ModelCapabilities):
+    """A model some worker has loaded: its capabilities as that worker published them."""
+
     device: str = Field(examples=["cuda"])
-    workers: int = Field(description="live workers that have it loaded")
+    workers: int = Field(description="workers that have it loaded")
 
 
 class ModelList(BaseModel):

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from contract.capabilities import UnsupportedChoice, check_options
 from contract.job import (
     MODEL_NAME_PATTERN,
     DrivingSummary,
@@ -28,12 +29,12 @@ from contract.job import (
 from contract.logs import current_job_id
 from contract.metrics import record_submitted
 from contract.options import AnimationOptions, first_error
-from contract.queue import live_workers
+from contract.queue import loaded_models
 from contract.storage import DRIVING, SOURCE, new_job_id
 from service import idempotency
 from service.context import ServiceContext
 from service.errors import ApiError
-from service.jobs import describe
+from service.job_view import describe
 from service.media import SNIFF_BYTES, probe_image, probe_video, sniff_image, sniff_video
 from service.ratelimit import check_rate
 from service.schemas import JobResource
@@ -54,13 +55,11 @@ def _options(fields: dict[str, str]) -> AnimationOptions:
 
 
 def _check_model(ctx: ServiceContext, name: str, options: AnimationOptions) -> None:
-    """Refuse a model no live worker has loaded, or options it cannot render; with no worker alive
-    the job waits for one (and the worker checks the options)."""
+    """Refuse a model no live worker has loaded, or options it cannot render (as its worker says);
+    with no worker alive the job waits for one (and the worker checks the options)."""
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise ApiError(422, "invalid_field", "model: not a model name", field="model")
-    loaded = {
-        model["name"]: model for worker in live_workers(ctx.redis) for model in worker.get("models", [])
-    }
+    loaded = loaded_models(ctx.redis)
     if loaded and name not in loaded:
         raise ApiError(
             422,
@@ -68,14 +67,11 @@ def _check_model(ctx: ServiceContext, name: str, options: AnimationOptions) -> N
             f"model {name!r} is not loaded; loaded: {', '.join(sorted(loaded))}",
             field="model",
         )
-    model = loaded.get(name, {})
-    modes = model.get("modes", ["relative", "absolute"])
-    if model and options.mode not in modes:
-        message = f"mode: model {name!r} renders {', '.join(modes)}, not {options.mode}"
-        raise ApiError(422, "unsupported_mode", message, field="mode")
-    if model and options.background_motion and not model.get("background_motion", False):
-        message = f"background_motion: model {name!r} has no background motion predictor"
-        raise ApiError(422, "unsupported_option", message, field="background_motion")
+    if name in loaded:
+        try:
+            check_options(name, loaded[name], options)
+        except UnsupportedChoice as exc:
+            raise ApiError(422, exc.code, str(exc), field=exc.field) from None
 
 
 def _webhook(ctx: ServiceContext, fields: dict[str, str]) -> str | None:

@@ -21,7 +21,7 @@ def need_shared(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory) -> Path:
     """The published-layout small checkpoint re-saved in our format with its 64x64 frame size."""
-    from worker.models import load_checkpoint, save_checkpoint
+    from engine import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(need_shared(FOMM / "fomm-small.pth.tar"))
     model.frame_shape = (64, 64)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.video_io import probe_video
+from engine.media.video_io import probe_video
 
-ANIMATE = [sys.executable, "-m", "worker.cli"]
+ANIMATE = [sys.executable, "-m", "cli.main"]
 
 
 def run_animate(*args: str) -> subprocess.CompletedProcess:
@@ -143,7 +143,7 @@ def test_invalid_option_values_exit_2(small_checkpoint, short_clip, portrait, tm
 
 
 def test_pixels_round_trip_through_the_tensor_helpers():
-    from worker.pipeline import to_frames, to_tensor
+    from engine.frames import to_frames, to_tensor
 
     frames = np.random.default_rng(0).integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
     assert np.array_equal(to_frames(to_tensor(frames, "cpu")), frames)

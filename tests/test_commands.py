@@ -14,9 +14,9 @@ import pytest
 
 from contract.storage import InvalidJobId, new_job_id, parse_job_id
 from contract.storage.local import LocalStore
+from engine.media.video_io import probe_video
 from service.launcher import EmbeddedRedis, free_port
 from tests.service_stack import ROOT, clean_env
-from worker.video_io import probe_video
 
 STOP_TIMEOUT = 90
 

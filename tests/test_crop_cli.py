@@ -12,13 +12,13 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from engine.media.video_io import load_image, probe_video, read_frames
+from engine.subject.autocrop import image_crop
+from engine.subject.box import Box
+from engine.subject.face import FaceDetector
 from tests.conftest import MEDIA, ROOT, need_shared
-from worker.subject.autocrop import image_crop
-from worker.subject.box import Box
-from worker.subject.face import FaceDetector
-from worker.video_io import load_image, probe_video, read_frames
 
-ANIMATE = [sys.executable, "-m", "worker.cli"]
+ANIMATE = [sys.executable, "-m", "cli.main"]
 REFERENCE = FaceDetector("haarcascade_frontalface_alt.xml", min_neighbors=6)
 
 

@@ -15,17 +15,18 @@ import numpy as np
 import pytest
 import torch
 
+from cli.main import main
+from engine import load_checkpoint, save_checkpoint
+from engine.animator import Animator
+from engine.export import BATCH, graph_set
+from engine.export.files import MANIFEST
+from engine.layers.geometry import convex_hull_area
+from engine.media.video_io import load_image, read_frames
+from engine.pipeline import RenderOptions, VideoPipeline
 from tests.conftest import FOMM, TPSMM, need_shared
 from tests.test_cli import cut
-from worker.cli import main
-from worker.export import BATCH, graph_set
-from worker.export.files import MANIFEST
-from worker.models import load_checkpoint, save_checkpoint
-from worker.models.motion_transfer import convex_hull_area
-from worker.pipeline import Renderer, RenderOptions
-from worker.video_io import load_image, read_frames
 
-ANIMATE = [sys.executable, "-m", "worker.cli"]
+ANIMATE = [sys.executable, "-m", "cli.main"]
 TOLERANCE = 1e-4  # fp32 against fp32, as the parity tests
 MODES = {"relative_adapt": ("relative", True), "absolute": ("absolute", False)}
 
@@ -54,11 +55,11 @@ def frames() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def torch_renderer() -> Renderer:
-    return Renderer(small_model())
+def torch_renderer() -> Animator:
+    return Animator(small_model())
 
 
-def torch_reference(renderer: Renderer, frames, mode: str, adapt: bool) -> dict[str, torch.Tensor]:
+def torch_reference(renderer: Animator, frames, mode: str, adapt: bool) -> dict[str, torch.Tensor]:
     """Our torch path's keypoints, source features and animated frames (batches of 4, then 2)."""
     source, driving = frames
     state = renderer.prepare_source(source, mode=mode, adapt_scale=adapt)
@@ -96,7 +97,7 @@ def assert_close(name: str, ours, reference) -> None:
 @pytest.mark.parametrize("name", ["fomm-small", "fomm-small-zero-order", "fomm-small-single-jacobian"])
 def test_graph_modules_compute_what_the_renderer_computes(name, frames):
     """The three graphs, run as torch modules and fed as exporters see them, for every variant."""
-    renderer = Renderer(small_model(name))
+    renderer = Animator(small_model(name))
     graphs = graph_set(renderer.model)
     source, driving = frames
     for name_of_mode, (mode, adapt) in MODES.items():
@@ -198,7 +199,7 @@ def ov_cache(tmp_path_factory) -> Path:
 def ov_renderer(ov_cache):
     pytest.importorskip("openvino", reason="openvino is not installed: pip install 'animate[openvino]'")
     steps = []
-    renderer = Renderer(
+    renderer = Animator(
         small_model(), runtime="openvino", cache_dir=ov_cache, on_converted=lambda *step: steps.append(step)
     )
     assert not renderer.adapter.graphs.cache_hit
@@ -210,10 +211,10 @@ def test_openvino_files_run_in_plain_openvino_like_torch(ov_renderer, frames, tm
     """The IR as any OpenVINO program reads it; and an export with a fixed batch and bf16 hints."""
     import openvino as ov
 
-    from worker.export.files import export_graphs
+    from engine.export.files import export_graphs
 
     core = ov.Core()
-    renderer = Renderer(small_model())
+    renderer = Animator(small_model())
     source, driving = frames
     state = renderer.prepare_source(source)
     reference = renderer.animate_batch(state, driving[:2])
@@ -256,7 +257,7 @@ def test_a_second_load_reads_the_cache_without_converting(ov_renderer, ov_cache)
     files = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
     assert {"keypoints.xml", "source.bin", "frame.xml", "manifest.json"} <= set(files)
     steps = []
-    again = Renderer(
+    again = Animator(
         small_model(), runtime="openvino", cache_dir=ov_cache, on_converted=lambda *step: steps.append(step)
     )
     assert again.adapter.graphs.cache_hit and again.adapter.graphs.folder == folder and steps == []
@@ -265,7 +266,7 @@ def test_a_second_load_reads_the_cache_without_converting(ov_renderer, ov_cache)
 
 
 def test_the_cache_key_follows_the_weights(ov_cache):
-    from worker.openvino_runtime import cache_entry, model_digest
+    from engine.runtimes.openvino import cache_entry, model_digest
 
     model = small_model()
     graphs = graph_set(model)
@@ -278,7 +279,7 @@ def test_the_cache_key_follows_the_weights(ov_cache):
 def assert_bf16_policy(graphs, name: str = "frame") -> dict[str, str]:
     """Under bf16, every convolution of a graph's low-precision scopes may run in bfloat16 and no
     node that computes geometry does; returns the kept nodes' types by friendly name."""
-    from worker.export.openvino_ir import KEEP_PRECISION_KEY, keep_float32_outside
+    from engine.export.openvino_ir import KEEP_PRECISION_KEY, keep_float32_outside
 
     graph = graphs.graph_set.graphs[name]
     model = graphs.models[name].clone()
@@ -305,7 +306,7 @@ def test_the_bf16_policy_keeps_keypoints_flows_and_sampling_in_float32(ov_render
 
 
 def test_bf16_flows_stay_within_a_hundredth_of_a_pixel(ov_renderer, frames):
-    from worker.export.openvino_ir import cpu_has_bf16
+    from engine.export.openvino_ir import cpu_has_bf16
 
     if not cpu_has_bf16():
         pytest.skip("this CPU has no native bfloat16: OpenVINO runs a bf16 request in float32")
@@ -335,7 +336,9 @@ def test_cli_render_on_openvino_equals_torch(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     options = RenderOptions(crop="none", audio=False)
-    Renderer(load_checkpoint(small_checkpoint)).render(load_image(portrait), short, reference, options)
+    VideoPipeline(Animator(load_checkpoint(small_checkpoint))).render(
+        load_image(portrait), short, reference, options
+    )
     ours, reference = (np.stack(list(read_frames(path, 64, 64))).astype(float) for path in (ours, reference))
     assert ours.shape == reference.shape and len(ours) >= 10
     assert np.abs(ours - reference).mean() < 0.5  # of 255: the same frames but for an encoder rounding
@@ -362,17 +365,17 @@ def test_openvino_gives_paste_back_the_motion_torch_gives(ov_renderer, torch_ren
 
 
 def test_the_openvino_runtime_refuses_what_it_cannot_run(ov_renderer, frames, ov_cache, small_checkpoint):
-    from worker.errors import RenderError
+    from engine.errors import RenderError
 
     with pytest.raises(RenderError, match="fp32 or bf16"):
         ov_renderer.prepare_source(frames[0], precision="fp16")
     with pytest.raises(RenderError, match="CPU only"):
-        Renderer(small_model(), "cuda", runtime="openvino", cache_dir=ov_cache)
+        Animator(small_model(), "cuda", runtime="openvino", cache_dir=ov_cache)
     from worker.catalog import load_models
 
     loaded = load_models({"small": small_checkpoint}, "cpu", "openvino", ov_cache)
     assert (
-        loaded["small"].renderer.runtime == "openvino" and loaded["small"].renderer.adapter.graphs.cache_hit
+        loaded["small"].animator.runtime == "openvino" and loaded["small"].animator.adapter.graphs.cache_hit
     )
 
 
@@ -420,7 +423,7 @@ def test_bad_export_arguments_exit_2_with_one_line(small_checkpoint, tmp_path, c
 
 
 def test_exported_shapes_name_the_batch(small_checkpoint):
-    graphs = graph_set(Renderer(small_model()).model)
+    graphs = graph_set(Animator(small_model()).model)
     frame = graphs.graphs["frame"].to_dict(batch=3)
     shapes = {spec["name"]: spec["shape"] for spec in frame["inputs"]}
     assert shapes["kp_driving"] == [3, 10, 2] and shapes["kp_source"] == [1, 10, 2]
@@ -469,11 +472,11 @@ def tpsmm_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tpsmm_torch_renderer() -> Renderer:
-    return Renderer(tpsmm_model())
+def tpsmm_torch_renderer() -> Animator:
+    return Animator(tpsmm_model())
 
 
-def tpsmm_reference(renderer: Renderer, frames, mode: str, adapt: bool, background: bool) -> dict:
+def tpsmm_reference(renderer: Animator, frames, mode: str, adapt: bool, background: bool) -> dict:
     """A renderer's per-job tensors, its frames with their motion (batches of 3, then 2) and the
     still source that paste-back compares them with."""
     source, driving = frames
@@ -499,8 +502,8 @@ def well_conditioned_systems(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, 
 
 def spline_systems(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The systems TPSMM solves for the fixtures' frames in every mode, (S, 8, 8) and (S, 8, 2)."""
-    from worker.models.tpsmm import relative_kp
-    from worker.models.tpsmm.tps import fit_system
+    from engine.families.tpsmm import relative_kp
+    from engine.families.tpsmm.tps import fit_system
 
     systems = []
     for name in ("tpsmm-small", "tpsmm-small-nobg"):
@@ -530,7 +533,7 @@ def test_the_exportable_solve_computes_what_torch_linalg_solve_does(systems):
     """The splines' own systems (conditioned up to about 200) in float32 to 1e-6 of the solution's
     scale (about 1e-5 absolute), no further from the float64 solution than torch.linalg.solve's own
     float32 result is; random well-conditioned ones to 1e-5; float64 to 1e-12."""
-    from worker.models.tpsmm.tps import gauss_jordan_solve
+    from engine.families.tpsmm.tps import gauss_jordan_solve
 
     for dtype in (torch.float32, torch.float64):
         matrix, rhs = (
@@ -554,7 +557,7 @@ def test_the_exportable_solve_computes_what_torch_linalg_solve_does(systems):
 def test_tpsmm_graph_modules_compute_what_the_renderer_computes(name, tpsmm_frames, monkeypatch):
     """The graphs as torch modules, fed by the set's own feed functions, in every mode the model
     offers; the frame graph with the splines fitted as the exporters see them (Gauss-Jordan)."""
-    renderer = Renderer(tpsmm_model(name))
+    renderer = Animator(tpsmm_model(name))
     graphs = graph_set(renderer.model)
     assert list(graphs.graphs) == [
         "keypoints",
@@ -575,7 +578,7 @@ def test_tpsmm_graph_modules_compute_what_the_renderer_computes(name, tpsmm_fram
         assert_close("source_heatmap", features.heatmap, state.features.heatmap)
         kp_driving = {"fg_kp": torch.from_numpy(run("keypoints", {"frames": driving.numpy()})["fg_kp"])}
         with monkeypatch.context() as exporting:
-            exporting.setattr("worker.models.tpsmm.tps.exporting", lambda: True)
+            exporting.setattr("engine.families.tpsmm.tps.exporting", lambda: True)
             out = run("frame", graphs.frame_feed(state, kp_driving, driving, run))
         for key in MOTION:
             assert_close(f"{name} {name_of_mode} {key}", out[key], reference[key])
@@ -642,7 +645,7 @@ def test_tpsmm_onnx_export_runs_in_onnxruntime_like_torch(
 def tpsmm_ov_renderer(ov_cache, tpsmm_checkpoint):
     pytest.importorskip("openvino", reason="openvino is not installed: pip install 'animate[openvino]'")
     steps = []
-    renderer = Renderer(
+    renderer = Animator(
         load_checkpoint(tpsmm_checkpoint),
         runtime="openvino",
         cache_dir=ov_cache,
@@ -665,7 +668,7 @@ def test_openvino_runtime_runs_tpsmm_like_torch_in_every_mode(
             assert_close(f"{name} {key}", ours[key], reference[key])
     compiled = tpsmm_ov_renderer.adapter.graphs.compiled
     assert {size for (name, _, size) in compiled if name in ("frame", "background")} == {3}
-    assert tpsmm_ov_renderer.adapter.points(tpsmm_ov_renderer.keypoints(tpsmm_frames[1])).shape == (5, 15, 2)
+    assert tpsmm_ov_renderer.keypoints(tpsmm_frames[1])["fg_kp"].shape == (5, 15, 2)
 
 
 def test_the_bf16_policy_keeps_tpsmm_geometry_in_float32(tpsmm_ov_renderer):
@@ -683,7 +686,7 @@ def test_a_worker_on_openvino_serves_tpsmm_files(tpsmm_ov_renderer, tpsmm_checkp
     from worker.catalog import load_models
 
     loaded = load_models({"tpsmm": tpsmm_checkpoint}, "cpu", "openvino", ov_cache)
-    renderer = loaded["tpsmm"].renderer
+    renderer = loaded["tpsmm"].animator
     assert renderer.runtime == "openvino" and renderer.adapter.graphs.cache_hit
     assert renderer.adapter.graphs.folder == tpsmm_ov_renderer.adapter.graphs.folder
-    assert loaded["tpsmm"].describe()["modes"] == ["relative", "absolute", "avd"]
+    assert loaded["tpsmm"].describe().modes == ["relative", "absolute", "avd"]

@@ -5,12 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine import load_checkpoint
+from engine.animator import Animator
+from engine.families.fomm import normalize_kp
+from engine.frames import to_frames, to_tensor
+from engine.layers.blocks import ResBlock2d, SameBlock2d
+from engine.layers.fused import ConvReLU, PreActResidual, UpsampleConvReLU
 from tests.conftest import FOMM, TPSMM, need_shared
-from worker.fused import ConvReLU, PreActResidual, UpsampleConvReLU
-from worker.live_engine import LiveEngine
-from worker.models import load_checkpoint, normalize_kp
-from worker.models.blocks import ResBlock2d, SameBlock2d
-from worker.pipeline import Renderer, to_frames, to_tensor
+from worker.live_batcher import LiveBatcher
 
 FIXTURES = ["fomm-small", "fomm-small-zero-order", "fomm-small-single-jacobian"]
 TOLERANCE = 1e-4
@@ -27,7 +29,7 @@ def _golden(name: str, folder=FOMM):
 def test_fused_model_equals_the_unfused_one_and_the_golden_outputs(name):
     golden, source, driving = _golden(name)
     plain = load_checkpoint(FOMM / f"{name}.pth.tar")
-    renderer = Renderer(load_checkpoint(FOMM / f"{name}.pth.tar"))
+    renderer = Animator(load_checkpoint(FOMM / f"{name}.pth.tar"))
     kinds = {type(m) for m in renderer.model.modules()}
     assert {ConvReLU, UpsampleConvReLU, PreActResidual} <= kinds
     assert not kinds & {SameBlock2d, ResBlock2d}, "every block was replaced"
@@ -63,7 +65,7 @@ def test_bf16_flows_stay_within_a_hundredth_of_a_pixel_of_fp32():
     """Keypoints, the dense motion network (flows) and grid sampling stay fp32 in bf16 mode; with
     the dense motion's hourglass in bf16 this model's flows moved by up to 0.5 px."""
     _, source, driving = _golden("fomm-small")
-    renderer = Renderer(load_checkpoint(FOMM / "fomm-small.pth.tar"))
+    renderer = Animator(load_checkpoint(FOMM / "fomm-small.pth.tar"))
     _, _, h, w = source.shape
     n = driving.shape[0]
     flows = {}
@@ -85,7 +87,7 @@ def small_model(request):
     """A small model of each family with its reference source and driving frames."""
     folder, name = request.param
     _, source, driving = _golden(name, folder)
-    return Renderer(load_checkpoint(need_shared(folder / f"{name}.pth.tar"))), source, driving
+    return Animator(load_checkpoint(need_shared(folder / f"{name}.pth.tar"))), source, driving
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -102,7 +104,7 @@ def test_live_engine_batches_sessions_as_they_would_render_alone(small_model, pr
         alone.append(to_frames(renderer.animate_batch(state, to_tensor(frame[None], "cpu")))[0])
     states = [renderer.prepare_source(src, precision=precision) for src in sources]
     together = to_frames(renderer.animate_sessions(states, to_tensor(frames, "cpu")))
-    engine = LiveEngine()
+    engine = LiveBatcher()
     try:
         states = [renderer.prepare_source(src, precision=precision) for src in sources]
         via_engine = [

@@ -139,7 +139,7 @@ def test_api_stage_runs_without_torch(api_venv, redis_server, tmp_path):
 def test_worker_stage_runs_without_the_http_layer(
     worker_venv, redis_server, small_checkpoint, tmp_path, module
 ):
-    loaded = _modules_loaded(worker_venv, f"{module}, worker.jobs, worker.cli", tmp_path)
+    loaded = _modules_loaded(worker_venv, f"{module}, worker.jobs, cli.main", tmp_path)
     assert "torch" in loaded and not loaded & HTTP_PACKAGES, loaded & HTTP_PACKAGES
     assert _run(worker_venv, "-m", module, "--help", env=clean_env(), cwd=tmp_path).returncode == 0
 

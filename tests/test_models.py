@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.models import CheckpointError, build_model, load_checkpoint, normalize_kp
-from worker.models.blocks import AntiAliasDownsample, coordinate_grid, inverse_2x2, warp
-from worker.models.keypoint_detector import expected_coordinates
-from worker.models.motion_transfer import convex_hull_area
-from worker.pipeline import best_start_frame
+from engine import CheckpointError, load_checkpoint
+from engine.families.fomm import build_model, normalize_kp
+from engine.families.fomm.keypoint_detector import expected_coordinates
+from engine.layers.blocks import AntiAliasDownsample, coordinate_grid, inverse_2x2, warp
+from engine.layers.geometry import convex_hull_area, normalized_arrangement
+from engine.pipeline import best_start_frame
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "fomm" / "official-manifests.json"
 
@@ -94,7 +95,7 @@ def test_best_start_frame_finds_the_frame_arranged_like_the_source():
     angle = torch.tensor(0.3)
     rotation = torch.tensor([[angle.cos(), -angle.sin()], [angle.sin(), angle.cos()]])
     frames[4] = 0.5 * source @ rotation.T + 0.1  # same arrangement, moved, scaled and turned
-    assert best_start_frame(source.numpy(), frames.numpy()) == 4
+    assert best_start_frame(normalized_arrangement(source[None]), normalized_arrangement(frames)) == 4
 
 
 def _gaussian_buffer(state: dict, key: str, scale: float) -> None:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.errors import RenderError
+from engine.media.output import FORMATS, RenderOutput, frame_step, loop_length, output_size
+from engine.media.video_io import probe_video
 from tests.conftest import MEDIA, need_shared
-from worker.errors import RenderError
-from worker.output import FORMATS, RenderOutput, frame_step, loop_length, output_size
-from worker.video_io import probe_video
 
 WIDTH, HEIGHT, FRAMES = 96, 80, 12
 
@@ -135,7 +135,7 @@ def test_mail_formats_are_capped_in_size_and_rate():
 
 
 def test_cli_formats_are_the_engines():
-    from worker.cli import OUTPUT_FORMATS
+    from cli.main import OUTPUT_FORMATS
 
     assert tuple(OUTPUT_FORMATS) == tuple(FORMATS)
 
@@ -186,14 +186,15 @@ def test_render_command_writes_a_looping_webm_and_its_poster(
 def test_render_skips_frames_for_mail_formats_and_takes_audio_only_when_present(
     small_checkpoint, portrait, short_clip, tmp_path
 ):
-    from worker.models import load_checkpoint
-    from worker.pipeline import Renderer, RenderOptions
-    from worker.video_io import load_image
+    from engine import load_checkpoint
+    from engine.animator import Animator
+    from engine.media.video_io import load_image
+    from engine.pipeline import RenderOptions, VideoPipeline
 
-    renderer = Renderer(load_checkpoint(small_checkpoint))
+    renderer = Animator(load_checkpoint(small_checkpoint))
     image = load_image(portrait)
     driving = probe_video(short_clip / "d3.mp4")
-    gif = renderer.render(
+    gif = VideoPipeline(renderer).render(
         image, short_clip / "d3.mp4", tmp_path / "out.gif", RenderOptions(crop="none", format="gif")
     )
     assert (gif.frames, gif.fps) == (-(-driving.frames // 2), driving.fps / 2), (
@@ -206,7 +207,7 @@ def test_render_skips_frames_for_mail_formats_and_takes_audio_only_when_present(
         (tmp_path / "out.gif").stat().st_size,
     )
     for clip, sound in (("d3", True), ("d0", False)):
-        webm = renderer.render(image, short_clip / f"{clip}.mp4", tmp_path / f"{clip}.webm",
+        webm = VideoPipeline(renderer).render(image, short_clip / f"{clip}.mp4", tmp_path / f"{clip}.webm",
                                RenderOptions(crop="none", format="webm"))  # fmt: skip
         assert webm.audio is sound and probe_video(tmp_path / f"{clip}.webm").has_audio is sound, clip
 
@@ -256,7 +257,7 @@ def test_clients_choose_formats_loops_and_posters_through_the_contract():
     from contract.job import JobResult, ProgressReport
     from contract.options import AnimationOptions, OutputFormatName
     from contract.storage import POSTER, result_name
-    from worker.pipeline import RenderOptions
+    from engine.pipeline import RenderOptions
 
     assert get_args(OutputFormatName) == tuple(FORMATS), "the contract names exactly the engine's formats"
     options = AnimationOptions(format="webp", loop="true", poster="1", poster_frame="4")  # as a form sends

@@ -151,7 +151,7 @@ def test_precision_defaults_follow_the_device_and_can_be_chosen():
     from pydantic import ValidationError
 
     from contract.settings import Settings
-    from worker.hardware import default_precision, native_bf16
+    from engine.hardware import default_precision, native_bf16
 
     assert Settings().precision is None  # unset: the worker resolves it for its device
     assert Settings(worker_device="cpu", precision="bf16").precision == "bf16"

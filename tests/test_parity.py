@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine import load_checkpoint
+from engine.families.fomm import normalize_kp
 from tests.conftest import FOMM, need_shared
-from worker.models import load_checkpoint, normalize_kp
 
 FIXTURES = ["fomm-small", "fomm-small-zero-order", "fomm-small-single-jacobian"]
 MODES = {

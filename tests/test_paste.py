@@ -5,17 +5,17 @@ import cv2
 import numpy as np
 import pytest
 
+from engine.subject.box import Box
+from engine.subject.cutout import cut_out
+from engine.subject.paste import ModelFrame, Paster
 from tests.conftest import MEDIA, need_shared
-from worker.subject.box import Box
-from worker.subject.cutout import cut_out
-from worker.subject.paste import ModelFrame, Paster
 
 MODEL = 64  # the model's side in these tests
 
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    from worker.video_io import load_image
+    from engine.media.video_io import load_image
 
     return load_image(need_shared(MEDIA / "images" / "s0.jpg"))  # 600x704
 

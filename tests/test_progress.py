@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from worker.progress import MIN_SECONDS, Progress, ProgressBar, ProgressModel, StageCosts
+from engine.progress import MIN_SECONDS, Progress, ProgressBar, ProgressModel, StageCosts
 
 
 class Clock:

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from engine import load_checkpoint
+from engine.animator import Animator
+from engine.families.fomm import normalize_kp
+from engine.frames import to_tensor
+from engine.layers.inference import fold_batch_norm
+from engine.media.video_io import load_image, read_frames, resize_image
 from tests.conftest import FOMM, need_shared
-from worker.models import load_checkpoint, normalize_kp
-from worker.optimize import fold_batch_norm
-from worker.pipeline import Renderer, to_tensor
-from worker.video_io import load_image, read_frames, resize_image
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_folding_batch_norm_keeps_the_function(checkpoint):
 def test_fp32_batches_equal_the_plain_loop(checkpoint, real_frames):
     source, driving = real_frames
     expected = plain_loop(load_checkpoint(checkpoint), source, driving)
-    renderer = Renderer(load_checkpoint(checkpoint))
+    renderer = Animator(load_checkpoint(checkpoint))
     state = renderer.prepare_source(source, precision="fp32")
     got = torch.cat([renderer.animate_batch(state, driving[:3]), renderer.animate_batch(state, driving[3:])])
     assert float((got - expected).abs().max()) < 1e-4
@@ -66,7 +68,7 @@ def test_fp32_batches_equal_the_plain_loop(checkpoint, real_frames):
 
 def test_bf16_stays_above_35_db_against_fp32(checkpoint, real_frames):
     source, driving = real_frames
-    renderer = Renderer(load_checkpoint(checkpoint))
+    renderer = Animator(load_checkpoint(checkpoint))
     fp32 = renderer.animate_batch(renderer.prepare_source(source, precision="fp32"), driving)
     bf16 = renderer.animate_batch(renderer.prepare_source(source, precision="bf16"), driving)
     assert bf16.dtype in (torch.float32, torch.bfloat16)
@@ -75,11 +77,12 @@ def test_bf16_stays_above_35_db_against_fp32(checkpoint, real_frames):
 
 MEASURE_PEAK = """
 import resource, sys
-from worker.models import load_checkpoint
-from worker.pipeline import Renderer, RenderOptions
-from worker.video_io import load_image
-renderer = Renderer(load_checkpoint(sys.argv[1]))
-renderer.render(load_image(sys.argv[2]), sys.argv[3], sys.argv[4], RenderOptions(batch_size=8))
+from engine import load_checkpoint
+from engine.animator import Animator
+from engine.pipeline import RenderOptions, VideoPipeline
+from engine.media.video_io import load_image
+renderer = Animator(load_checkpoint(sys.argv[1]))
+VideoPipeline(renderer).render(load_image(sys.argv[2]), sys.argv[3], sys.argv[4], RenderOptions(batch_size=8))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -110,17 +113,19 @@ def test_peak_memory_does_not_grow_with_the_video_length(small_checkpoint, portr
 def test_progress_runs_through_the_stages_once_and_never_backwards(
     small_checkpoint, portrait, clip, tmp_path
 ):
+    from engine.media.video_io import probe_video
+    from engine.pipeline import RenderOptions, VideoPipeline
+    from engine.progress import Progress
     from tests.service_stack import cut_clip
-    from worker.pipeline import RenderOptions
-    from worker.progress import Progress
-    from worker.video_io import probe_video
 
     driving = cut_clip(clip, tmp_path / "d3-1s.mp4", "-t", "1")
     frames = probe_video(driving).frames
     calls: list[Progress] = []
-    renderer = Renderer(load_checkpoint(small_checkpoint))
+    renderer = Animator(load_checkpoint(small_checkpoint))
     options = RenderOptions(crop="auto", batch_size=8, format="gif", loop=True)
-    result = renderer.render(load_image(portrait), driving, tmp_path / "out.gif", options, calls.append)
+    result = VideoPipeline(renderer).render(
+        load_image(portrait), driving, tmp_path / "out.gif", options, calls.append
+    )
     stages = [p.stage for p in calls]
     order = [stage for i, stage in enumerate(stages) if i == 0 or stages[i - 1] != stage]
     assert order == ["analysing", "rendering", "encoding"], "each stage once, in order"
@@ -139,23 +144,23 @@ def test_progress_runs_through_the_stages_once_and_never_backwards(
 def test_best_start_detects_each_driving_frame_once_and_renders_as_its_explicit_start(
     small_checkpoint, portrait, clip, tmp_path
 ):
+    from engine.media.video_io import probe_video
+    from engine.pipeline import RenderOptions, VideoPipeline
     from tests.service_stack import cut_clip
-    from worker.pipeline import RenderOptions
-    from worker.video_io import probe_video
 
     driving = cut_clip(clip, tmp_path / "d3-1s.mp4", "-t", "1")
     frames = probe_video(driving).frames
-    renderer = Renderer(load_checkpoint(small_checkpoint))
+    renderer = Animator(load_checkpoint(small_checkpoint))
     detected: list[int] = []
     renderer.model.kp_detector.register_forward_hook(lambda _m, args, _out: detected.append(len(args[0])))
     source = load_image(portrait)
-    best = renderer.render(
+    best = VideoPipeline(renderer).render(
         source, driving, tmp_path / "best.mp4", RenderOptions(driving_start="best", batch_size=8, audio=False)
     )
     assert sum(detected) == frames + 1  # the source, and every driving frame once
     assert 0 < best.driving_start < frames
     explicit = RenderOptions(driving_start=best.driving_start, batch_size=8, audio=False)
-    renderer.render(source, driving, tmp_path / "explicit.mp4", explicit)
+    VideoPipeline(renderer).render(source, driving, tmp_path / "explicit.mp4", explicit)
     size = (best.height, best.width)
     rendered = [list(read_frames(tmp_path / name, *size)) for name in ("best.mp4", "explicit.mp4")]
     assert len(rendered[0]) == len(rendered[1]) == frames

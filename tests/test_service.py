@@ -16,9 +16,9 @@ import pytest
 
 from contract.queue import JobQueue, connect
 from contract.storage.local import LocalStore
+from engine.media.video_io import probe_video
 from service.cleanup import sweep
 from tests.service_stack import ROOT, ServiceStack, clean_env, cut_clip
-from worker.video_io import probe_video
 
 pytestmark = pytest.mark.slow
 UPLOAD_LIMIT_MB = 2
@@ -302,10 +302,22 @@ def test_redis_outage_answers_503_then_recovers(stack, portrait, short_clip):
     assert stack.wait_finished(after["id"])["status"] == "succeeded"
 
 
+PUBLISHED_BEFORE_CAPABILITIES = (
+    "name",
+    "frame_size",
+    "num_kp",
+    "family",
+    "modes",
+    "background_motion",
+    "device",
+    "workers",
+)
+
+
 def test_models_health_and_docs(stack):
     models = stack.http.get("/models").json()
     assert models["default"] == "small"
-    assert models["models"] == [
+    assert [{key: model[key] for key in PUBLISHED_BEFORE_CAPABILITIES} for model in models["models"]] == [
         {
             "name": "small",
             "frame_size": [64, 64],
@@ -317,6 +329,12 @@ def test_models_health_and_docs(stack):
             "workers": 1,
         }
     ]
+    capabilities = models["models"][0]
+    assert capabilities["options"] == ["adapt_scale"] and capabilities["runtime"] == "torch"
+    assert capabilities["title"] == "First Order Motion Model" and capabilities["precision"] in (
+        "fp32",
+        "bf16",
+    )
     assert stack.http.get("/healthz").json() == {"status": "ok"}
     ready = stack.http.get("/readyz").json()
     assert ready["status"] == "ready" and ready["workers"] == 1
@@ -352,7 +370,7 @@ def test_expired_jobs_are_swept(stack, portrait, short_clip):
 
 
 def test_animate_submit_command(stack, portrait, short_clip, tmp_path):
-    animate = [sys.executable, "-m", "worker.cli", "submit", "--server", stack.url]
+    animate = [sys.executable, "-m", "cli.main", "submit", "--server", stack.url]
     out = tmp_path / "cli.mp4"
     inputs = ["--source", str(portrait), "--driving", str(short_clip), "--crop", "none", "--no-audio"]
     done = subprocess.run([*animate, *inputs, "--out", str(out)], capture_output=True, text=True, cwd=ROOT)

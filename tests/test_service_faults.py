@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.media.video_io import probe_video
 from tests.hostile_media import gradient, image_bytes, make_clip
 from tests.service_stack import ROOT, ServiceStack, cut_clip
-from worker.video_io import probe_video
 
 pytestmark = pytest.mark.slow
 FULL_FRAME = {"crop": "none"}

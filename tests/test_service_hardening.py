@@ -23,12 +23,12 @@ import httpx
 import pytest
 
 from contract.queue import QUEUE_NAME
+from engine.media.video_io import probe_video as worker_probe
 from service.auth import hash_key
 from service.launcher import free_port, stop_process
 from service.probe import ProbeFailed, Prober
 from tests.hostile_media import gradient, image_bytes, make_clip, png_coded_mkv
 from tests.service_stack import ROOT, ServiceStack, clean_env
-from worker.video_io import probe_video as worker_probe
 
 pytestmark = pytest.mark.slow
 KEY = secrets.token_urlsafe(32)

@@ -15,6 +15,9 @@ import pytest
 from PIL import Image
 
 from contract.settings import Settings
+from engine.errors import InvalidImage, InvalidVideo, StorageError
+from engine.media.video_io import Mp4Writer, load_image, read_frames
+from engine.media.video_io import probe_video as worker_probe
 from service.errors import ApiError
 from service.media import probe_video
 from tests.hostile_media import (
@@ -26,9 +29,6 @@ from tests.hostile_media import (
     png_claiming,
 )
 from tests.service_stack import ServiceStack
-from worker.errors import InvalidImage, InvalidVideo, StorageError
-from worker.video_io import Mp4Writer, load_image, read_frames
-from worker.video_io import probe_video as worker_probe
 
 pytestmark = pytest.mark.slow
 MAX_PIXELS = 1_000_000

@@ -257,7 +257,7 @@ def test_logs_are_json_lines_with_job_ids_and_no_secrets(stack, media, receiver)
 
 
 def test_animate_submit_sends_the_key(stack, media, tmp_path):
-    command = [sys.executable, "-m", "worker.cli", "submit", "--server", stack.url, "--crop", "none"]
+    command = [sys.executable, "-m", "cli.main", "submit", "--server", stack.url, "--crop", "none"]
     command += ["--source", str(media / "source.png"), "--driving", str(media / "clip.mp4")]
     env = clean_env(ANIMATE_API_KEY=KEYS["bob"])
     done = subprocess.run(

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from engine.media.video_io import load_image, probe_video, read_frames
+from engine.pipeline import RenderOptions
+from engine.subject.autocrop import analysis_size, follow_subject, image_crop, video_crop
+from engine.subject.box import Box, fit_square, parse_box
+from engine.subject.cutout import cut_out
+from engine.subject.face import FaceDetector
+from engine.subject.features import FeatureTracker
+from engine.subject.head import HeadTracker
+from engine.subject.skin import BlobTracker, SkinSegmenter, pick_head_and_hands, region_box
+from engine.subject.smoothing import steady_camera
 from tests.conftest import MEDIA, need_shared
-from worker.pipeline import RenderOptions
-from worker.subject.autocrop import analysis_size, follow_subject, image_crop, video_crop
-from worker.subject.box import Box, fit_square, parse_box
-from worker.subject.cutout import cut_out
-from worker.subject.face import FaceDetector
-from worker.subject.features import FeatureTracker
-from worker.subject.head import HeadTracker
-from worker.subject.skin import BlobTracker, SkinSegmenter, pick_head_and_hands, region_box
-from worker.subject.smoothing import steady_camera
-from worker.video_io import load_image, probe_video, read_frames
 
 FRAMES = 60  # two seconds of each clip
 FILL_RANGE = (0.42, 0.72)  # the published crops' range, with a little room

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
+from engine import CheckpointError, load_checkpoint, save_checkpoint
+from engine.families.tpsmm import relative_kp
+from engine.layers.blocks import AntiAliasDownsample
 from tests.conftest import ROOT, TPSMM, need_shared
-from worker.models import CheckpointError, load_checkpoint, save_checkpoint
-from worker.models.blocks import AntiAliasDownsample
-from worker.models.tpsmm import relative_kp
 
 MANIFESTS = TPSMM / "tpsmm-official-manifests.json"
 PUBLISHED = ["vox-256", "taichi-256", "ted-384", "mgif-256"]
@@ -160,7 +160,7 @@ def test_saving_keeps_the_published_layout_and_our_frame_size(tmp_path):
 
 MEASURE_LOAD = """
 import sys
-from worker.models import load_checkpoint
+from engine import load_checkpoint
 def status(field):  # this process's memory in bytes: peak (VmHWM) or current (VmRSS) resident size
     line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
     return int(line.split()[1]) * 1024
@@ -213,7 +213,7 @@ def test_the_small_fixture_renders_non_square_frames_with_every_map_at_its_size(
 def test_inspect_shows_family_tps_count_modes_and_background_predictor(tmp_path):
     path = need_shared(TPSMM / "tpsmm-small.pth.tar")
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "inspect", str(path)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "cli.main", "inspect", str(path)], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine import load_checkpoint
+from engine.families.tpsmm import relative_kp
 from tests.conftest import TPSMM, need_shared
-from worker.models import load_checkpoint
-from worker.models.tpsmm import relative_kp
 
 FIXTURES = ["tpsmm-small", "tpsmm-small-nobg"]
 PRECISIONS = {"float64": ("-f64", torch.float64, 1e-9), "float32": ("", torch.float32, 1e-4)}
@@ -81,9 +81,9 @@ def test_inferred_architecture_and_modes_match_the_published_config(name):
 @pytest.mark.parametrize("name", FIXTURES)
 def test_every_golden_output_matches(name, precision, solve, monkeypatch):
     """With the splines fitted by torch.linalg.solve (eager) and by the Gauss-Jordan solve the
-    exporters trace (worker/models/tpsmm/tps.py), which must be as exact."""
+    exporters trace (engine/families/tpsmm/tps.py), which must be as exact."""
     if solve == "gauss_jordan":
-        monkeypatch.setattr("worker.models.tpsmm.tps.exporting", lambda: True)
+        monkeypatch.setattr("engine.families.tpsmm.tps.exporting", lambda: True)
     suffix, dtype, tolerance = PRECISIONS[precision]
     golden = np.load(need_shared(TPSMM / f"{name}{suffix}.npz"))
     model = load_checkpoint(TPSMM / f"{name}.pth.tar").to(dtype)
@@ -114,13 +114,13 @@ def test_the_renderer_fast_path_equals_the_published_loop(name, shape):
     """Source keypoints, encoder features and the rest that depends on the source computed once,
     batch norm folded, channels-last, frames in batches of 3 and 2: the published loop's frames to
     1e-4 in float32, on the fixture's square frames and on non-square ones."""
-    from worker.pipeline import Renderer
+    from engine.animator import Animator
 
     source, driving = _inputs(name, torch.float32)
     source = torch.nn.functional.interpolate(source, size=shape, mode="bilinear", align_corners=True)
     driving = torch.nn.functional.interpolate(driving, size=shape, mode="bilinear", align_corners=True)
     reference = load_checkpoint(TPSMM / f"{name}.pth.tar")
-    renderer = Renderer(load_checkpoint(TPSMM / f"{name}.pth.tar"))
+    renderer = Animator(load_checkpoint(TPSMM / f"{name}.pth.tar"))
     encoded = []
     renderer.model.inpainting_network.first.register_forward_hook(lambda *_: encoded.append(1))
     golden = np.load(TPSMM / f"{name}.npz")

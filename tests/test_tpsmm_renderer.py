@@ -9,11 +9,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from engine import load_checkpoint, save_checkpoint
+from engine.animator import Animator
+from engine.errors import RenderError
+from engine.frames import to_frames, to_tensor
+from engine.media.video_io import load_image, probe_video, read_frames, resize_image
+from engine.pipeline import RenderOptions, VideoPipeline
 from tests.conftest import MEDIA, ROOT, TPSMM, need_shared
-from worker.errors import RenderError
-from worker.models import load_checkpoint, save_checkpoint
-from worker.pipeline import Renderer, RenderOptions, to_frames, to_tensor
-from worker.video_io import load_image, probe_video, read_frames, resize_image
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +45,21 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("mode, background_motion", [("relative", False), ("avd", False), ("absolute", True)])
 def test_bf16_stays_above_35_db_against_fp32(tpsmm_64, real_frames, mode, background_motion):
     source, driving = real_frames
-    renderer = Renderer(load_checkpoint(tpsmm_64["tpsmm-small"]))
+    renderer = Animator(load_checkpoint(tpsmm_64["tpsmm-small"]))
     frames = {}
     for precision in ("fp32", "bf16"):
-        state = renderer.prepare_source(source, precision, mode, background_motion=background_motion)
+        state = renderer.prepare_source(source, precision, mode=mode, background_motion=background_motion)
         frames[precision] = renderer.animate_batch(state, driving)
     assert psnr(frames["bf16"], frames["fp32"]) >= 35
 
 
 def test_modes_a_model_cannot_render_are_invalid_options(tpsmm_64, small_checkpoint):
     source = torch.rand(1, 3, 64, 64)
-    without_background = Renderer(load_checkpoint(tpsmm_64["tpsmm-small-nobg"]))
+    without_background = Animator(load_checkpoint(tpsmm_64["tpsmm-small-nobg"]))
     with pytest.raises(RenderError, match="no background motion predictor") as error:
         without_background.prepare_source(source, background_motion=True)
     assert error.value.code == "invalid_option"
-    fomm = Renderer(load_checkpoint(small_checkpoint))
+    fomm = Animator(load_checkpoint(small_checkpoint))
     with pytest.raises(RenderError, match="mode 'avd' is not available with this fomm model") as error:
         fomm.prepare_source(source, mode="avd")
     assert error.value.code == "invalid_option"
@@ -69,15 +71,15 @@ def test_best_start_frame_and_relative_motion_work_on_tpsmm_keypoints(tpsmm_64, 
     from tests.service_stack import cut_clip
 
     driving = cut_clip(clip, tmp_path / "d3-1s.mp4", "-t", "1")
-    renderer = Renderer(load_checkpoint(tpsmm_64["tpsmm-small"]))
+    renderer = Animator(load_checkpoint(tpsmm_64["tpsmm-small"]))
     options = RenderOptions(driving_start="best", batch_size=8, audio=False, crop="none")
-    result = renderer.render(load_image(portrait), driving, tmp_path / "best.mp4", options)
+    result = VideoPipeline(renderer).render(load_image(portrait), driving, tmp_path / "best.mp4", options)
     assert result.frames == probe_video(driving).frames
     assert 0 <= result.driving_start < result.frames
 
 
 def run_animate(*args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "worker.cli", *map(str, args)]
+    command = [sys.executable, "-m", "cli.main", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
@@ -117,7 +119,11 @@ def test_the_worker_describes_each_model_with_its_family_and_modes(tpsmm_64, sma
     from worker.catalog import load_models
 
     loaded = load_models({"tps": tpsmm_64["tpsmm-small-nobg"], "small": small_checkpoint}, "cpu")
-    assert loaded["tps"].describe() == {
+    described = loaded["tps"].describe().model_dump(mode="json")
+    assert {
+        key: described[key]
+        for key in ("name", "family", "frame_size", "num_kp", "modes", "background_motion")
+    } == {
         "name": "tps",
         "family": "tpsmm",
         "frame_size": [64, 64],
@@ -125,7 +131,7 @@ def test_the_worker_describes_each_model_with_its_family_and_modes(tpsmm_64, sma
         "modes": ["relative", "absolute", "avd"],
         "background_motion": False,
     }
-    fomm = loaded["small"].describe()
+    fomm = loaded["small"].describe().model_dump(mode="json")
     assert (fomm["family"], fomm["modes"], fomm["background_motion"]) == (
         "fomm",
         ["relative", "absolute"],
@@ -136,12 +142,12 @@ def test_the_worker_describes_each_model_with_its_family_and_modes(tpsmm_64, sma
 def test_paste_back_gets_tpsmms_motion_and_a_still_that_does_not_move(
     tpsmm_64, real_frames, portrait, tmp_path
 ):
+    from engine.media.output import FORMATS, output_size
     from tests.service_stack import cut_clip
     from tests.test_output import decode
-    from worker.output import FORMATS, output_size
 
     source, driving = real_frames
-    renderer = Renderer(load_checkpoint(tpsmm_64["tpsmm-small"]))
+    renderer = Animator(load_checkpoint(tpsmm_64["tpsmm-small"]))
     state = renderer.prepare_source(source, background_motion=True)
     still = renderer.still(state)
     h, w = still.deformation.shape[:2]
@@ -161,6 +167,8 @@ def test_paste_back_gets_tpsmms_motion_and_a_still_that_does_not_move(
     clip = cut_clip(need_shared(MEDIA / "clips" / "d3.mp4"), tmp_path / "d3.mp4", "-t", "0.3")
     photo = load_image(portrait)
     out = tmp_path / "pasted.mp4"
-    result = renderer.render(photo, clip, out, RenderOptions(crop="face", paste_back=True, audio=False))
+    result = VideoPipeline(renderer).render(
+        photo, clip, out, RenderOptions(crop="face", paste_back=True, audio=False)
+    )
     assert (result.width, result.height) == output_size(photo.shape[1], photo.shape[0], None, FORMATS["mp4"])
     assert len(decode(out, result.width, result.height)) == result.frames == probe_video(clip).frames

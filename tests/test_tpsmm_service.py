@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 
+from engine.media.video_io import probe_video
 from tests.conftest import TPSMM, need_shared
 from tests.live_stack import LiveStack, Received, driving_jpegs, receive_until
 from tests.service_stack import cut_clip
-from worker.video_io import probe_video
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory, small_checkpoint):
     """The small FOMM model ("small") and the small TPSMM model with a background predictor ("tps")."""
-    from worker.models import load_checkpoint, save_checkpoint
+    from engine import load_checkpoint, save_checkpoint
 
     folder = tmp_path_factory.mktemp("mixed-weights")
     shutil.copy(small_checkpoint, folder / "small.pth.tar")

@@ -12,17 +12,19 @@ import torch
 import yaml
 from PIL import Image
 
-from worker.models import build_model, load_checkpoint
-from worker.models.discriminator import MultiScaleDiscriminator
-from worker.models.vgg19 import Vgg19Error, Vgg19Features, load_vgg19
-from worker.train.dataset import Augmentation, DataError, FramePairs
-from worker.train.evaluate import evaluate, model_reconstructor, score_video
-from worker.train.losses import equivariance_losses
-from worker.train.trainer import Trainer, read_training_config
-from worker.train.transforms import RandomWarp
-from worker.video_io import probe_video, read_frames
+from engine import load_checkpoint
+from engine.families import family_of
+from engine.families.fomm import build_model
+from engine.media.video_io import probe_video, read_frames
+from engine.train.dataset import Augmentation, DataError, FramePairs
+from engine.train.discriminator import MultiScaleDiscriminator
+from engine.train.evaluate import evaluate, score_video
+from engine.train.losses import equivariance_losses
+from engine.train.trainer import Trainer, read_training_config
+from engine.train.transforms import RandomWarp
+from engine.train.vgg19 import Vgg19Error, Vgg19Features, load_vgg19
 
-ANIMATE = [sys.executable, "-m", "worker.cli"]
+ANIMATE = [sys.executable, "-m", "cli.main"]
 TINY_MODEL = {
     "common_params": {"num_kp": 5, "num_channels": 3, "estimate_jacobian": True},
     "kp_detector_params": {
@@ -290,7 +292,7 @@ def test_eval_cli_reports_model_and_baseline_per_video(tiny_run, data_dir):
     report = json.loads(result.stdout)
     assert [v["name"] for v in report["videos"]] == ["talk-frames", "talk"]
     model = load_checkpoint(tiny_run / "model.pth.tar")
-    direct = evaluate(model_reconstructor(model), data_dir, model.frame_shape)
+    direct = evaluate(family_of(model).reconstructor(model, "cpu"), data_dir, model.frame_shape)
     assert report["model_l1"] == pytest.approx(direct.model_l1, rel=1e-5)
     assert report["baseline_l1"] == pytest.approx(direct.baseline_l1, rel=1e-9)
     assert report["model_l1"] != report["baseline_l1"]
@@ -363,7 +365,7 @@ def test_bundled_starter_model_loads_with_its_config():
     from conftest import ROOT
 
     model = load_checkpoint(ROOT / "weights" / "starter.pth.tar")
-    config = read_training_config(ROOT / "worker" / "train" / "configs" / "starter-64.yaml")
+    config = read_training_config(ROOT / "engine" / "train" / "configs" / "starter-64.yaml")
     assert model.frame_shape == tuple(config["dataset_params"]["frame_shape"][:2]) == (64, 64)
 
     def agrees(stored: dict, given: dict) -> bool:

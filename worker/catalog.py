@@ -4,9 +4,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.export import ExportError
-from worker.models import AnimationModel, CheckpointError, TPSMModel, load_checkpoint
-from worker.pipeline import Renderer
+from torch import nn
+
+from contract.capabilities import ModelCapabilities
+from engine import CheckpointError, load_checkpoint
+from engine.animator import Animator
+from engine.errors import RenderError
+from engine.export import ExportError
+from engine.pipeline import VideoPipeline
 
 log = logging.getLogger("worker")
 
@@ -15,20 +20,16 @@ log = logging.getLogger("worker")
 class LoadedModel:
     name: str
     path: Path
-    model: AnimationModel | TPSMModel
-    renderer: Renderer
+    model: nn.Module
+    animator: Animator
+    pipeline: VideoPipeline
 
-    def describe(self) -> dict:
-        """What the worker publishes for /models: `family` ("fomm" or "tpsmm"), the motion transfer
-        `modes` it can render (the default first) and whether it predicts background motion."""
-        return {
-            "name": self.name,
-            "family": self.model.family,
-            "frame_size": list(self.model.frame_shape),
-            "num_kp": self.model.num_kp,
-            "modes": list(self.model.modes),
-            "background_motion": self.model.background_motion,
-        }
+    def describe(self, precision: str | None = None, ms_per_frame: float | None = None) -> ModelCapabilities:
+        """What the worker publishes for /models and the API's checks: the family's capabilities and
+        how this worker runs the model."""
+        return self.animator.capabilities.model_copy(
+            update={"runtime": self.animator.runtime, "precision": precision, "ms_per_frame": ms_per_frame}
+        )
 
 
 def load_models(
@@ -37,25 +38,25 @@ def load_models(
     """Load each checkpoint onto `device` for `runtime`; one that fails to load is reported and left out.
 
     With the openvino runtime a model's first load converts it into `cache_dir` (seconds to a
-    minute each); later loads read the converted files. Both families (FOMM and TPSMM) have export
-    graphs; a model of a family without them would be reported and left out too.
+    minute each); later loads read the converted files. A model whose family has no export graphs
+    is reported and left out there too.
     """
     loaded = {}
     for name, path in checkpoints.items():
         try:
             model = load_checkpoint(path, device=device)
-            renderer = Renderer(model, device, runtime=runtime, cache_dir=cache_dir)
-        except (CheckpointError, ExportError) as exc:
+            animator = Animator(model, device, runtime=runtime, cache_dir=cache_dir, name=name)
+        except (CheckpointError, ExportError, RenderError) as exc:
             log.error("skipping %s: %s", path, exc)
             continue
-        loaded[name] = LoadedModel(name, path, model, renderer)
+        loaded[name] = LoadedModel(name, path, animator.model, animator, VideoPipeline(animator))
         log.info(
             "loaded %s model %r from %s (%dx%d, %d keypoints, %s runtime)",
-            model.family,
+            animator.family.name,
             name,
             path,
-            *model.frame_shape,
-            model.num_kp,
+            *animator.capabilities.frame_size,
+            animator.capabilities.num_kp,
             runtime,
         )
     return loaded

@@ -30,12 +30,12 @@ from contract.queue import JobQueue
 from contract.redaction import without_paths
 from contract.settings import Settings
 from contract.storage import DRIVING, POSTER, SOURCE, JobStore, StorageError, result_name
+from engine.errors import InvalidVideo, RenderCanceled, RenderError
+from engine.hardware import default_precision
+from engine.media.video_io import load_image, probe_video
+from engine.pipeline import RenderOptions, RenderResult
+from engine.progress import Progress
 from worker.catalog import LoadedModel
-from worker.errors import InvalidVideo, RenderCanceled, RenderError
-from worker.hardware import default_precision
-from worker.pipeline import RenderOptions, RenderResult
-from worker.progress import Progress
-from worker.video_io import load_image, probe_video
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
 CANCEL_POLL_INTERVAL = 0.2  # seconds between reads of the cancel flag
@@ -48,7 +48,7 @@ class WorkerStopping(Exception):
 
 
 @dataclass
-class Engine:
+class WorkerContext:
     """What a worker process holds between jobs."""
 
     models: dict[str, LoadedModel]
@@ -60,20 +60,20 @@ class Engine:
     interrupted: set[str] = field(default_factory=set)  # ids of jobs to hand back to the queue
 
 
-_engine: Engine | None = None
+_context: WorkerContext | None = None
 
 
-def install(engine: Engine) -> None:
-    global _engine
-    _engine = engine
+def install(context: WorkerContext) -> None:
+    global _context
+    _context = context
 
 
 class JobReporter:
     """Progress into the job record, throttled; cancel requests and worker shutdown polled between batches."""
 
-    def __init__(self, record: JobRecord, engine: Engine):
+    def __init__(self, record: JobRecord, context: WorkerContext):
         self.record = record
-        self.engine = engine
+        self.context = context
         self.stage: str | None = None
         self.last_write = 0.0
         self.last_poll = 0.0
@@ -88,7 +88,7 @@ class JobReporter:
             log.warning("job %s: could not save its progress: %s", self.record.id, exc)
 
     def progress(self, progress: Progress) -> None:
-        """The engine's progress (worker/progress.py) into the record: every change of stage and every
+        """The engine's progress (engine/progress.py) into the record: every change of stage and every
         stage's end, otherwise at most every PROGRESS_INTERVAL."""
         now = time.monotonic()
         if progress.stage == "rendering":
@@ -100,13 +100,13 @@ class JobReporter:
         self.save(progress=ProgressReport.model_validate(progress.to_dict()))
 
     def should_cancel(self) -> bool:
-        if self.engine.stopping.is_set():
+        if self.context.stopping.is_set():
             return True
         now = time.monotonic()
         if now - self.last_poll >= CANCEL_POLL_INTERVAL:
             self.last_poll = now
             try:
-                self.canceled = self.engine.queue.cancel_requested(self.record.id)
+                self.canceled = self.context.queue.cancel_requested(self.record.id)
             except redis.exceptions.RedisError:
                 self.canceled = False
         return self.canceled
@@ -119,12 +119,12 @@ def _request(record: JobRecord) -> JobRequest:
         raise RenderError(f"the job's request is invalid: {first_error(exc)[1]}", "invalid_option") from None
 
 
-def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: Path) -> RenderResult:
-    settings = engine.settings
+def _render(record: JobRecord, context: WorkerContext, reporter: JobReporter, scratch: Path) -> RenderResult:
+    settings = context.settings
     request = _request(record)
-    if request.model not in engine.models:
+    if request.model not in context.models:
         raise RenderError(f"model {request.model!r} is not loaded by this worker", "unknown_model")
-    inputs = engine.store.fetch_inputs(record.id, scratch)
+    inputs = context.store.fetch_inputs(record.id, scratch)
     if SOURCE not in inputs or DRIVING not in inputs:
         raise RenderError("the job's input files are missing", "inputs_missing")
     options = RenderOptions(
@@ -139,15 +139,15 @@ def _render(record: JobRecord, engine: Engine, reporter: JobReporter, scratch: P
         raise InvalidVideo(f"driving lasts {info.duration:.1f} s, {info.frames} frames: over the limits")
     if info.width * info.height > settings.max_driving_pixels:
         raise InvalidVideo(f"driving is {info.width}x{info.height}: over MAX_DRIVING_PIXELS")
-    renderer = engine.models[request.model].renderer
+    pipeline = context.models[request.model].pipeline
     out = scratch / result_name(options.format)
     poster = scratch / POSTER
-    result = renderer.render(
+    result = pipeline.render(
         image, inputs[DRIVING], out, options, reporter.progress, reporter.should_cancel, info, poster
     )
     if result.poster is not None:
-        engine.store.publish(record.id, POSTER, poster)
-    engine.store.publish(record.id, result_name(result.format), out)
+        context.store.publish(record.id, POSTER, poster)
+    context.store.publish(record.id, result_name(result.format), out)
     return result
 
 
@@ -169,12 +169,12 @@ def _failure(exc: BaseException) -> ErrorDetail:
 
 def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
     """Render job `job_id` and publish its result to the store. Returns the result summary."""
-    if _engine is None:
+    if _context is None:
         raise RuntimeError("no models are loaded in this process: run workers with `python -m worker.run`")
-    engine = _engine
+    context = _context
     job = get_current_job()
     record = JobRecord(job)
-    reporter = JobReporter(record, engine)
+    reporter = JobReporter(record, context)
     began = time.monotonic()
     queue_wait = (datetime.now(UTC) - job.enqueued_at).total_seconds() if job.enqueued_at else None
     reporter.save(
@@ -182,21 +182,21 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
         outcome=None,
         timings=JobTimings(queue_wait=round(queue_wait, 4) if queue_wait else None),
     )
-    scratch = engine.scratch / job_id
+    scratch = context.scratch / job_id
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        rendered = _render(record, engine, reporter, scratch)
+        rendered = _render(record, context, reporter, scratch)
     except BaseException as exc:
-        if isinstance(exc, RenderCanceled) and engine.stopping.is_set():
-            engine.interrupted.add(job_id)
+        if isinstance(exc, RenderCanceled) and context.stopping.is_set():
+            context.interrupted.add(job_id)
             reporter.save(progress=None, timings=None)
             raise WorkerStopping(f"job {job_id} interrupted by a worker shutdown") from exc
         error = _failure(exc)
         if error.code == "internal_error":
             log.exception("job %s failed", job_id, extra={"job_id": job_id})
         status = "canceled" if error.code == "canceled" else "failed"
-        job_ended(engine.queue.redis, record, status, error, time.monotonic() - began, reporter.frames_done)
+        job_ended(context.queue.redis, record, status, error, time.monotonic() - began, reporter.frames_done)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -220,5 +220,5 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
         timings=done,
     )
     seconds = time.monotonic() - began
-    job_ended(engine.queue.redis, record, "succeeded", None, seconds, frames, timings)
+    job_ended(context.queue.redis, record, "succeeded", None, seconds, frames, timings)
     return rendered.model_dump()

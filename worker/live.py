@@ -4,7 +4,7 @@ Why a process of its own rather than a thread in the RQ worker (`make serve` sta
 - Latency. A queued render keeps the RQ worker busy for minutes with decode and encode threads, big
   batches and torch's intra-op pool sized for throughput. A live frame must be back within tens of
   milliseconds; sharing the interpreter (GIL) and the thread pool with a render would put every live
-  frame behind a batch. Here one inference thread (worker/live_engine.py) renders every session's
+  frame behind a batch. Here one inference thread (worker/live_batcher.py) renders every session's
   newest frame, batched, with all of torch's threads: one session gets every core, several share
   them turn by turn, and the OS shares the cores between this process and a render.
 - Admission. At start-up the worker times a frame of each model (in the PRECISION it renders, bf16
@@ -37,10 +37,10 @@ from contract import live_channel as channel
 from contract.queue import connect, host_is_present
 from contract.settings import Settings
 from contract.storage import InvalidJobId, parse_job_id
+from engine.hardware import default_precision
 from worker import process
 from worker.catalog import LoadedModel
-from worker.hardware import default_precision
-from worker.live_engine import LiveEngine, seconds_per_frame
+from worker.live_batcher import LiveBatcher, seconds_per_frame
 from worker.live_session import LiveSession
 
 STOP_TIMEOUT = 10.0
@@ -63,7 +63,7 @@ class LiveServer:
         self.session_limit = settings.live_sessions
         # what presence advertises: the sessions of the cheapest model that fit at the target rate
         self.capacity = min(settings.live_sessions, int(1 / (self.target_fps * cheapest)))
-        self.engine = LiveEngine()
+        self.batcher = LiveBatcher()
         self.stopping = threading.Event()
         self.sessions: dict[str, LiveSession] = {}
         self.lock = threading.Lock()
@@ -80,7 +80,7 @@ class LiveServer:
         for count in counts:
             torch.set_num_threads(count)
             timings[count] = {
-                name: seconds_per_frame(m.renderer, self.precision) for name, m in self.models.items()
+                name: seconds_per_frame(m.animator, self.precision) for name, m in self.models.items()
             }
         best = min(counts, key=lambda count: sum(timings[count].values()))
         torch.set_num_threads(best)
@@ -98,7 +98,7 @@ class LiveServer:
         with self.lock:
             open_sessions = len(self.sessions)
         models = [
-            {**m.describe(), "ms_per_frame": round(self.frame_seconds[m.name] * 1000, 1)}
+            m.describe(self.precision, round(self.frame_seconds[m.name] * 1000, 1)).model_dump(mode="json")
             for m in self.models.values()
         ]
         return {
@@ -152,7 +152,7 @@ class LiveServer:
                     self.stopping,
                     self.ended,
                     self.idle_seconds,
-                    self.engine,
+                    self.batcher,
                     self.precision,
                 )
                 self.sessions[session] = thread
@@ -168,7 +168,7 @@ class LiveServer:
         """Why a session of `model` cannot be admitted now (an error payload), or None; under the lock.
 
         A session is admitted while the open sessions' frames and its own fit in one frame interval
-        at the target rate: the engine renders them turn by turn.
+        at the target rate: the batcher renders them turn by turn.
         """
         if len(self.sessions) >= self.session_limit:
             message = f"live worker {self.name} has all its {self.session_limit} sessions in use"
@@ -229,7 +229,7 @@ class LiveServer:
             threads = list(self.sessions.values())
         for thread in threads:
             thread.join(STOP_TIMEOUT)
-        self.engine.stop()
+        self.batcher.stop()
         try:
             channel.withdraw_live_worker(self.client, self.name)
             self.client.delete(self.open_key)

@@ -1,7 +1,7 @@
 """One live session on a live worker: driving JPEGs in, animated JPEGs out, one frame at a time.
 
 The session is a thread that pops its Redis lists (control before frames, see contract/live_channel.py),
-decodes a frame and hands it to the worker's inference engine (worker/live_engine.py), which renders
+decodes a frame and hands it to the worker's live batcher (worker/live_batcher.py), which renders
 it with the other sessions' frames. While a frame renders, newer ones wait in Redis (the API keeps at
 most FRAME_QUEUE); when the session takes frames again it renders only the newest and drops the older
 ones as stale, so an answer is never more than about two renders behind the camera. Each answer is a
@@ -23,11 +23,11 @@ import redis
 import torch
 
 from contract import live_channel as channel
+from engine.pipeline import to_tensor
+from engine.subject.autocrop import image_crop
+from engine.subject.cutout import cut_out
 from worker.catalog import LoadedModel
-from worker.live_engine import LiveEngine
-from worker.pipeline import to_tensor
-from worker.subject.autocrop import image_crop
-from worker.subject.cutout import cut_out
+from worker.live_batcher import LiveBatcher
 
 POLL_SECONDS = 1.0  # longest wait on the lists, so leases are refreshed and checked every second
 JPEG_QUALITY = 90
@@ -88,14 +88,14 @@ class LiveSession(threading.Thread):
         stopping: threading.Event,
         on_end: Callable[["LiveSession"], None],
         idle_seconds: float,
-        engine: LiveEngine,
+        batcher: LiveBatcher,
         precision: str,
     ):
         super().__init__(name=f"live-{session[:8]}", daemon=True)
         self.session = session
         self.keys = channel.SessionKeys(session)
         self.loaded = loaded
-        self.renderer = loaded.renderer
+        self.animator = loaded.animator
         self.client = client
         self.stopping = stopping
         self.on_end = on_end
@@ -103,7 +103,7 @@ class LiveSession(threading.Thread):
         self.last_input = time.monotonic()
         self.state = None
         self.reset_at: int | None = None
-        self.engine = engine
+        self.batcher = batcher
         self.precision = precision
         self.frames_done = 0
         self.frames_dropped = 0
@@ -208,8 +208,8 @@ class LiveSession(threading.Thread):
         height, width = self.loaded.model.frame_shape
         image = decode_image(data)
         _, box = image_crop(image)
-        source = to_tensor(cut_out(image, box, width, height)[None], self.renderer.device)
-        self.state = self.renderer.prepare_source(source, precision=self.precision)
+        source = to_tensor(cut_out(image, box, width, height)[None], self.animator.device)
+        self.state = self.animator.prepare_source(source, precision=self.precision)
         ready = {"model": self.loaded.name, "width": width, "height": height}
         self.send(channel.READY, payload=json.dumps(ready).encode())
 
@@ -219,8 +219,8 @@ class LiveSession(threading.Thread):
         if self.reset_at is not None and index >= self.reset_at:
             self.state.kp_initial = None  # the next frame rendered becomes the anchor
             self.reset_at = None
-        animated = self.engine.render(
-            self.renderer, self.state, frame, lambda: self.keep_leases(time.monotonic())
+        animated = self.batcher.render(
+            self.animator, self.state, frame, lambda: self.keep_leases(time.monotonic())
         )
         self.send(channel.ANIMATED, index, encode_answer(animated, index))
         self.frames_done += 1

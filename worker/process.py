@@ -21,8 +21,8 @@ import redis
 from contract.logs import configure_logging
 from contract.queue import PRESENCE_INTERVAL, PRESENCE_TTL
 from contract.settings import Settings
+from engine.export.openvino_ir import OpenVinoMissing
 from worker.catalog import LoadedModel, load_models
-from worker.export.openvino_ir import OpenVinoMissing
 
 log = logging.getLogger("worker")
 

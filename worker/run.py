@@ -36,6 +36,7 @@ from contract.maintenance import LostJobHandler
 from contract.queue import QUEUE_NAME, WORKER_PREFIX, JobQueue, connect, host_is_present
 from contract.settings import Settings
 from contract.storage import open_store
+from engine.hardware import default_precision
 from worker import jobs, process
 
 log = logging.getLogger("worker")
@@ -69,16 +70,16 @@ class ModelWorker(SimpleWorker):
 
     max_connection_wait_time = 5.0  # back in service within seconds of Redis returning
 
-    def __init__(self, *args, engine: jobs.Engine, heartbeat_interval: int, **kwargs):
+    def __init__(self, *args, context: jobs.WorkerContext, heartbeat_interval: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.engine = engine
+        self.context = context
         self.heartbeat_interval = heartbeat_interval
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return 3 * self.heartbeat_interval
 
     def request_stop(self, signum, frame):
-        self.engine.stopping.set()
+        self.context.stopping.set()
         super().request_stop(signum, frame)
 
     def handle_job_failure(self, job: Job, queue: Queue, *args, **kwargs):
@@ -99,8 +100,8 @@ class ModelWorker(SimpleWorker):
             heartbeat.stop()
             current_job_id.reset(token)
         self.set_state(WorkerStatus.IDLE)
-        if job.id in self.engine.interrupted:
-            self.engine.interrupted.discard(job.id)
+        if job.id in self.context.interrupted:
+            self.context.interrupted.discard(job.id)
             queue.failed_job_registry.requeue(job.id, at_front=True)
             self.log.info("job %s interrupted by shutdown: back in the queue", job.id)
 
@@ -121,20 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     client = connect(settings.queue_url)
     queue = JobQueue(client, settings.job_timeout, settings.result_ttl)
     scratch = process.scratch_folder(settings, name)
-    engine = jobs.Engine(models, settings, queue, open_store(settings), scratch)
+    context = jobs.WorkerContext(models, settings, queue, open_store(settings), scratch)
     lost_jobs = LostJobHandler(client)
-    jobs.install(engine)
+    jobs.install(context)
 
     def stop_between_jobs(signum, frame) -> None:  # RQ installs its own handlers while work() runs
-        engine.stopping.set()
+        context.stopping.set()
 
-    info = {"name": name, "device": settings.worker_device, "models": [m.describe() for m in models.values()]}
+    precision = settings.precision or default_precision(settings.worker_device)
+    described = [m.describe(precision).model_dump(mode="json") for m in models.values()]
+    info = {"name": name, "device": settings.worker_device, "models": described}
     presence = process.Presence(client, WORKER_PREFIX + name, lambda: info)
     try:
         for incarnation in itertools.count():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, stop_between_jobs)
-            if not process.wait_for_redis(client, engine.stopping):
+            if not process.wait_for_redis(client, context.stopping):
                 break
             presence.publish()
             if not presence.is_alive():
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 name=f"{name}.{incarnation}",  # RQ refuses a name whose previous owner did not sign off
                 connection=client,
                 serializer=JSONSerializer,
-                engine=engine,
+                context=context,
                 worker_ttl=60,
                 heartbeat_interval=settings.heartbeat_interval,
                 maintenance_interval=settings.maintenance_interval,
@@ -154,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                 worker.work(logging_level=settings.log_level.upper())
             except redis.exceptions.RedisError as exc:
                 log.warning("lost Redis: %s", exc)
-            if worker._stop_requested or engine.stopping.is_set():
+            if worker._stop_requested or context.stopping.is_set():
                 break
-            engine.stopping.wait(1)  # RQ gave up on an error it logged; start over once Redis answers
+            context.stopping.wait(1)  # RQ gave up on an error it logged; start over once Redis answers
     finally:
         presence.stop()
     log.info("worker %s stopped", name)

@@ -1,0 +1,31 @@
+"""FOMM's precision policy: which of its networks may run in bfloat16 or float16."""
+
+import copy
+
+import torch
+from torch import nn
+
+from engine.families.fomm.generator import Generator
+from engine.layers.inference import LowPrecision
+
+
+def low_precision_generator(generator: Generator, dtype: torch.dtype) -> Generator:
+    """A copy of `generator` whose encoder and decoder stacks run in `dtype`.
+
+    Each stack is cast in once and out once: the encoder (first block and down blocks, the source
+    only) and the decoder (bottleneck, up blocks and final convolution) become one LowPrecision
+    each, in the places of `first` and `bottleneck`, and the generator's loops over the parts they
+    absorbed find them empty. The dense motion network, which makes the flows, is shared with
+    `generator` and stays float32 like keypoints and grid sampling: in bf16 its flows moved by up
+    to 0.5 px on the small reference model (docs/BENCHMARKS.md).
+    """
+    motion = generator.dense_motion_network
+    lowered = copy.deepcopy(generator, memo={id(motion): motion})
+    lowered.first = LowPrecision(nn.Sequential(lowered.first, *lowered.down_blocks), dtype)
+    lowered.down_blocks = nn.ModuleList()
+    lowered.bottleneck = LowPrecision(
+        nn.Sequential(lowered.bottleneck, *lowered.up_blocks, lowered.final), dtype
+    )
+    lowered.up_blocks = nn.ModuleList()
+    lowered.final = nn.Identity()
+    return lowered

@@ -1,0 +1,1 @@
+"""Layers and inference rewrites shared by the model families."""

@@ -1,0 +1,148 @@
+"""How a render frames its inputs: the `crop` and `paste_back` render options.
+
+crop:
+- "auto" (the default): crop the source image around its subject and follow the subject through
+  the driving video, one square per frame. Faces are framed like the published face crops; a
+  full-body shot (the source's face under 12% of its height) gets a square around the whole person,
+  and the driving video is framed the same way as the source. Inputs that are already cropped like
+  that (a squarish frame the face fills by about half) are used whole, exactly as with "none"; a
+  frame with no face found is used as its centre square.
+- "face" / "body": the same with the framing forced.
+- "none": both inputs are resized whole to the model's square, as they come.
+- "x,y,w,h": the source image is cut at that box (integer source pixels, inside the image); the
+  driving video is cropped as with "auto".
+
+paste_back (default off): the rendered square is composited back into the full source image, so
+the video has the source's size (trimmed to even sides for H.264) and background: the photo's own
+pixels wherever the animation leaves them unchanged, its detail moved along where the animation
+moves them, and no border (engine/subject/paste.py). Off by default because the video is then as
+large as the photo. It needs a crop, and `size` does not apply to it.
+"""
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import RenderCanceled, RenderError
+from engine.media.video_io import VideoInfo, read_frames, resize_image
+from engine.subject.autocrop import KINDS, CropPlan, Kind, image_crop, video_crop
+from engine.subject.box import Box, parse_box
+from engine.subject.cutout import cut_out
+from engine.subject.paste import ModelFrame, Paster
+
+CROPS = ("auto", "none", *KINDS[1:])
+DEFAULT_CROP = "auto"
+
+
+def parse_crop(value: str) -> str | Box:
+    """The crop option parsed: one of CROPS, or a Box; ValueError with a message for the user."""
+    if not isinstance(value, str):
+        raise ValueError(f"crop must be one of {', '.join(CROPS)} or x,y,w,h, not {value!r}")
+    if value in CROPS:
+        return value
+    if "," in value:
+        return parse_box(value)
+    raise ValueError(f"crop must be one of {', '.join(CROPS)} or x,y,w,h, not {value!r}")
+
+
+class Framing:
+    """The model-sized inputs of one render and, with paste-back, its full-size output frames."""
+
+    def __init__(
+        self,
+        source: np.ndarray,
+        source_box: Box | None,
+        driving_path: Path,
+        info: VideoInfo,
+        driving_plan: CropPlan | None,
+        paste_back: bool,
+    ):
+        self.source = source  # (H, W, 3) uint8, trimmed to even sides when pasting back
+        self.source_box = source_box  # None: the whole source, resized as it is
+        self.driving_path = driving_path
+        self.info = info
+        self.driving_plan = driving_plan  # None or whole_frame: the whole frames, resized
+        self.pastes = paste_back
+        self.paster: Paster | None = None  # made by prepare_paste
+
+    def prepare_paste(self, still: ModelFrame) -> None:
+        """Readies paste-back with the model's rendering of the source with no motion."""
+        height, width = self.source.shape[:2]
+        self.paster = Paster(self.source, self.source_box or Box(0, 0, width, height), still)
+
+    def source_input(self, height: int, width: int) -> np.ndarray:
+        """The source as the model takes it, (height, width, 3) uint8."""
+        if self.source_box is None:
+            return resize_image(self.source, height, width)
+        return cut_out(self.source, self.source_box, width, height)
+
+    def driving_frames(self, height: int, width: int, step: int = 1) -> Iterator[np.ndarray]:
+        """Every `step`-th driving frame as the model takes it, (height, width, 3) uint8 each."""
+        plan = self.driving_plan
+        if plan is None or plan.whole_frame:
+            yield from itertools.islice(read_frames(self.driving_path, height, width), 0, None, step)
+            return
+        frames = read_frames(self.driving_path, self.info.height, self.info.width)
+        for index, frame in enumerate(frames):
+            if index % step == 0:
+                yield cut_out(frame, plan.box(index), width, height)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the output frames for a model rendering width x height."""
+        if not self.pastes:
+            return width, height
+        return self.source.shape[1], self.source.shape[0]
+
+    def finish(self, rendered: np.ndarray | list[ModelFrame]) -> np.ndarray:
+        """Rendered frames ((N, h, w, 3) uint8; with paste-back, ModelFrames) -> the frames to encode."""
+        if not self.pastes:
+            return rendered
+        if self.paster is None:
+            raise RuntimeError("paste-back needs prepare_paste(still) before the first frame")
+        return np.stack([self.paster(frame) for frame in rendered])
+
+
+def plan_framing(
+    source: np.ndarray,
+    driving_path: str | Path,
+    info: VideoInfo,
+    crop: str = DEFAULT_CROP,
+    paste_back: bool = False,
+    should_cancel: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Framing:
+    """Finds the crops for a render; runs one analysis pass over the driving video unless "none".
+
+    on_progress(frames analysed, frames expected) follows that pass. RenderError (invalid_option)
+    for a crop box outside the source, RenderCanceled when should_cancel() says so.
+    """
+    spec = parse_crop(crop)
+    driving_path = Path(driving_path)
+    height, width = source.shape[:2]
+    if isinstance(spec, Box) and (spec.x < 0 or spec.y < 0 or spec.right > width or spec.bottom > height):
+        message = f"crop box {crop} is not inside the {width}x{height} source image"
+        raise RenderError(message, "invalid_option")
+    if paste_back:
+        height, width = height - height % 2, width - width % 2
+        source = source[:height, :width]
+    if spec == "none":
+        return Framing(source, None, driving_path, info, None, paste_back)
+    if isinstance(spec, Box):
+        source_box: Box | None = spec
+        kind: Kind = "auto"
+    else:
+        found, source_box = image_crop(source, spec)
+        kind = found if found != "none" else spec  # the source's framing decides the video's
+        if source_box.rounded() == (0, 0, width, height):
+            source_box = None
+
+    def every(index: int) -> None:
+        if on_progress is not None:
+            on_progress(index + 1, max(info.frames, index + 1))
+        if should_cancel is not None and index % 16 == 0 and should_cancel():
+            raise RenderCanceled("the job was canceled")
+
+    plan = video_crop(driving_path, info, kind, every)
+    return Framing(source, source_box, driving_path, info, plan, paste_back)
