@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = Field(
         False, description="allow webhooks to private, loopback and link-local addresses (closed networks)"
     )
+    webhook_timeout_seconds: float = Field(
+        10, gt=0, description="longest one webhook delivery may take, from connecting to the answer's head"
+    )
+    webhook_concurrency: int = Field(
+        4, ge=1, description="webhook deliveries one tenant may have in flight at once (per API process)"
+    )
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
     log_format: Literal["json", "text"] = "json"
 

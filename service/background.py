@@ -15,7 +15,7 @@ from contract.job import TERMINAL
 from contract.maintenance import LostJobHandler, recover_lost_jobs
 from service.context import ServiceContext
 from service.jobs import describe
-from service.webhooks import Dispatcher
+from service.webhooks import Dispatcher, Webhook
 
 log = logging.getLogger("service")
 
@@ -30,27 +30,21 @@ async def _find_lost_jobs(ctx: ServiceContext) -> None:
         await asyncio.sleep(ctx.settings.maintenance_interval)
 
 
-def _webhook_view(ctx: ServiceContext, job_id: str) -> tuple[bytes, str, bool] | None:
+def _webhook_view(ctx: ServiceContext, job_id: str) -> Webhook | None:
     """What a webhook delivers for `job_id`: the job resource, its URL, whether the job has ended."""
     record = ctx.queue.fetch(job_id)
     if record is None or not record.webhook_url:
         return None
     resource = describe(record)
-    return resource.model_dump_json().encode(), record.webhook_url, resource.status in TERMINAL
+    body = resource.model_dump_json().encode()
+    return Webhook(body, record.webhook_url, resource.status in TERMINAL, record.owner or "")
 
 
 def start(ctx: ServiceContext) -> list[asyncio.Task]:
     tasks = [asyncio.create_task(_find_lost_jobs(ctx))]
     settings = ctx.settings
     if settings.webhook_key is not None:
-        dispatcher = Dispatcher(
-            ctx.redis,
-            lambda job_id: _webhook_view(ctx, job_id),
-            settings.webhook_key,
-            settings.webhook_retries,
-            settings.webhook_backoff,
-            settings.webhook_allow_private,
-        )
+        dispatcher = Dispatcher(ctx.redis, lambda job_id: _webhook_view(ctx, job_id), settings)
         tasks.append(asyncio.create_task(dispatcher.run()))
     return tasks
 
