@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     )
     job_timeout: int = Field(1800, ge=1, description="seconds one render may take before RQ stops it")
     job_retries: int = Field(2, ge=0, description="times a job whose worker died is queued again")
+    store_retry_seconds: float = Field(
+        30, ge=1, description="a worker retries a store it cannot reach this long, then hands the job back"
+    )
+    store_outage_seconds: float = Field(
+        1800,
+        gt=0,
+        description="a job waits this long for a store it cannot reach, then fails (storage_unavailable)",
+    )
     heartbeat_interval: int = Field(
         10, ge=1, description="seconds between a busy worker's heartbeats; 3 missed: the job is lost"
     )

@@ -189,3 +189,53 @@ def test_the_expiry_sweep_outlives_store_and_redis_outages(api, s3, media):
     text = log.read_text()
     assert status in (0, -signal.SIGTERM), text[-3000:]  # uvicorn ends by the signal it stopped for
     assert "Application shutdown complete" in text and "Traceback" not in text, text[-3000:]
+
+
+def _worker_said(api: ServiceStack, job_id: str, message: str) -> bool:
+    lines = (api.folder / "worker.log").read_text().splitlines()
+    return any(job_id in line and message in line for line in lines)
+
+
+def _status(api: ServiceStack, job_id: str) -> str:
+    return api.http.get(f"/jobs/{job_id}").json()["status"]
+
+
+def _result_downloads(api: ServiceStack, job_id: str) -> bool:
+    answer = api.http.get(f"/jobs/{job_id}/result", follow_redirects=True)
+    return answer.status_code == 200 and answer.content[4:8] == b"ftyp"
+
+
+def test_a_job_whose_inputs_cannot_be_fetched_waits_for_the_store(api, s3, media):
+    job_id = _queued(api, media)
+    with store_down(s3):
+        api.start_worker()  # it takes the job while the store is away
+        handed_back = lambda: _worker_said(api, job_id, "goes back to the queue")  # noqa: E731
+        _wait(lambda: handed_back() or _status(api, job_id) == "failed", 60, "the job handed back")
+        assert _status(api, job_id) in ("queued", "started")
+    done = api.wait_finished(job_id, timeout=120)
+    assert done["status"] == "succeeded", done
+    assert _result_downloads(api, job_id)
+
+
+def test_a_result_that_cannot_be_published_waits_for_the_store(api, s3, media):
+    job_id = _queued(api, media, "long.mp4")
+    api.wait_for(job_id, lambda job: job["progress"]["frames_done"] > 0, timeout=120)
+    with store_down(s3):  # the render goes on; its result cannot be published
+        said = lambda: _worker_said(api, job_id, "failed publishing the result")  # noqa: E731
+        _wait(lambda: said() or _status(api, job_id) == "failed", 120, "the publish failing")
+        assert _status(api, job_id) in ("queued", "started")
+        time.sleep(OUTAGE)
+    done = api.wait_finished(job_id, timeout=180)
+    assert done["status"] == "succeeded" and done["progress"]["frames_done"] == 300, done
+    assert _result_downloads(api, job_id)
+
+
+def test_a_job_that_cannot_reach_the_store_by_its_deadline_fails_clearly(api, s3, media):
+    job_id = _queued(api, media, "long.mp4")
+    api.wait_for(job_id, lambda job: job["progress"]["frames_done"] > 0, timeout=120)
+    with store_down(s3):
+        done = api.wait_finished(job_id, timeout=STORE_DEADLINE + 60)
+        assert done["status"] == "failed" and done["error"]["code"] == "storage_unavailable", done
+        waited = done["finished_at"]
+    assert waited is not None
+    assert sorted(key.rsplit("/", 1)[1] for key in _objects(s3, job_id)) == ["driving.mp4", "source.png"]
