@@ -292,9 +292,10 @@ class Dispatcher:
         for task, _ in tasks:
             task.cancel()
         await asyncio.gather(*(task for task, _ in tasks), return_exceptions=True)
-        for _, (_, job_id) in tasks:
+        if tasks:
+            due_now = {job_id: time.time() for _, (_, job_id) in tasks}
             with contextlib.suppress(redis.exceptions.RedisError):
-                schedule(self.redis, job_id)
+                await run_in_threadpool(self.redis.zadd, DUE_KEY, due_now)
 
     async def _attempt(self, http: httpx.AsyncClient, job_id: str, webhook: Webhook) -> None:
         try:

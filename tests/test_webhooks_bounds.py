@@ -311,6 +311,22 @@ def test_slow_receivers_hold_only_their_own_tenants_deliveries(api, media):
             receiver.close()
 
 
+def test_a_delivery_in_flight_when_the_api_stops_is_made_by_the_next_one(api, media):
+    silent = Receiver("silent")
+    try:
+        job_id = _queued(api, media, "bob", silent.url)
+        _cancel(api, "bob", job_id)
+        first = silent.for_job(job_id, timeout=10)
+        api.api.terminate()  # within the delivery's deadline: it is cut short, not failed
+        api.api.wait(30)
+        _wait(lambda: first.closed is not None, 5, "the delivery cut short")
+        assert first.closed - first.opened < DEADLINE, first
+        api.start_api()
+        _wait(lambda: len([c for c in silent.connections if c.job_id == job_id]) == 2, 30, "delivered again")
+    finally:
+        silent.close()
+
+
 def _most_at_once(connections: list[Connection]) -> int:
     """The most connections that were open at one time."""
     events = sorted([(c.opened, 1) for c in connections] + [(c.closed, -1) for c in connections])
