@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     )
     job_timeout: int = Field(1800, ge=1, description="seconds one render may take before RQ stops it")
     job_retries: int = Field(2, ge=0, description="times a job whose worker died is queued again")
+    store_retry_seconds: float = Field(
+        30, ge=1, description="a worker retries a store it cannot reach this long, then hands the job back"
+    )
+    store_outage_seconds: float = Field(
+        1800,
+        gt=0,
+        description="a job waits this long for a store it cannot reach, then fails (storage_unavailable)",
+    )
     heartbeat_interval: int = Field(
         10, ge=1, description="seconds between a busy worker's heartbeats; 3 missed: the job is lost"
     )
@@ -118,6 +126,12 @@ class Settings(BaseSettings):
     webhook_backoff: float = Field(1.0, gt=0, description="seconds before the first retry, doubled each time")
     webhook_allow_private: bool = Field(
         False, description="allow webhooks to private, loopback and link-local addresses (closed networks)"
+    )
+    webhook_timeout_seconds: float = Field(
+        10, gt=0, description="longest one webhook delivery may take, from connecting to the answer's head"
+    )
+    webhook_concurrency: int = Field(
+        4, ge=1, description="webhook deliveries one tenant may have in flight at once (per API process)"
     )
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
     log_format: Literal["json", "text"] = "json"

@@ -6,10 +6,10 @@ through the Redis queue, and the models they loaded are read from what they publ
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
-import redis
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -41,12 +41,8 @@ fault). Where the service has API keys, send yours as `Authorization: Bearer KEY
 
 
 async def _sweep_forever(ctx: ServiceContext) -> None:
-    while True:
-        try:
-            await run_in_threadpool(sweep, ctx.store, ctx.queue, ctx.settings.result_ttl)
-        except redis.exceptions.RedisError as exc:
-            log.warning("expired-job sweep skipped: %s", exc)
-        await asyncio.sleep(ctx.settings.cleanup_interval)
+    sweep_once = functools.partial(sweep, ctx.store, ctx.queue, ctx.settings.result_ttl)
+    await background.keep_going("expired-job sweep", ctx.settings.cleanup_interval, sweep_once)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

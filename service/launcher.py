@@ -8,9 +8,11 @@ row (at most MAX_BACKOFF); a child that ran STABLE_SECONDS starts from 1 s again
 restart is said on stderr; the others go on serving meanwhile. Every child runs in its own session,
 so a Ctrl-C at the terminal reaches only this process, which then stops them in order: the API (no
 new jobs), the worker (its current job goes back to the queue), the live worker, then Redis (which
-syncs its file).
+syncs its file). Should this process die without doing so (`kill -9`, the OOM killer), the kernel
+sends every child SIGTERM (Linux's parent-death signal), so none of them runs on unsupervised.
 """
 
+import ctypes
 import os
 import shutil
 import signal
@@ -28,6 +30,8 @@ import redis
 from contract.settings import Settings
 
 STOP_TIMEOUT = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 STABLE_SECONDS = 60.0
@@ -62,6 +66,28 @@ def find_redis_server() -> str:
     )
 
 
+def _dies_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send the child SIGTERM once this process dies, however it
+    dies; None where there is no prctl (the child then outlives a killed launcher)."""
+    if _LIBC is None:
+        return None
+    parent = os.getpid()
+
+    def bind() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return bind
+
+
+def spawn(command: list[str], **kwargs) -> subprocess.Popen:
+    """A supervised child: in its own session (a Ctrl-C at the terminal reaches only this process),
+    and stopped by SIGTERM when this process dies. Called from the main thread only: the kernel
+    sends the signal when the thread that started the child ends."""
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=_dies_with_parent(), **kwargs)
+
+
 def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int:
     """SIGTERM, then SIGKILL if it has not exited after `timeout` seconds; returns its exit status."""
     if process.poll() is None:
@@ -87,9 +113,10 @@ def wait_until(check, timeout: float, what: str, process: subprocess.Popen | Non
 class EmbeddedRedis:
     """A private redis-server with append-only persistence in `folder`."""
 
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, supervised: bool = False):
         self.folder = Path(folder)
         self.port = port or free_port()
+        self.supervised = supervised  # stopped with this process, however it dies (`make serve`)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -107,7 +134,10 @@ class EmbeddedRedis:
         command = [find_redis_server(), "--bind", "127.0.0.1", "--port", str(self.port)]
         command += ["--dir", str(self.folder.resolve()), "--appendonly", "yes", "--appendfsync", "everysec"]
         command += ["--save", "", "--daemonize", "no", "--logfile", "redis.log"]
-        self.process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
+        if self.supervised:
+            self.process = spawn(command, stdout=subprocess.DEVNULL)
+        else:
+            self.process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
         wait_until(self.answers, 20, f"redis-server on port {self.port}", self.process)
 
     def stop(self) -> None:
@@ -119,15 +149,15 @@ class EmbeddedRedis:
 def start_api(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "service", "--no-access-log"]
     env = {**env, "HOST": settings.host, "PORT": str(settings.port)}
-    return subprocess.Popen(command, env=env, start_new_session=True)
+    return spawn(command, env=env)
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "worker.run"], env=env, start_new_session=True)
+    return spawn([sys.executable, "-m", "worker.run"], env=env)
 
 
 def start_live_worker(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "worker.live"], env=env, start_new_session=True)
+    return spawn([sys.executable, "-m", "worker.live"], env=env)
 
 
 @dataclass
@@ -186,7 +216,9 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
         raise LaunchError(
             f"no checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}: the worker has no model"
         )
-    private = EmbeddedRedis(settings.data_dir / "redis") if settings.redis_url is None else None
+    private = None
+    if settings.redis_url is None:
+        private = EmbeddedRedis(settings.data_dir / "redis", supervised=True)
     children: list[Supervised] = []
     try:
         if private is not None:

@@ -193,8 +193,9 @@ def _download_type(request: Request, media_type: str) -> str:
 def delete_job(job_id: str, ctx: ServiceContext = Context, owner: str | None = Caller):
     record = _job(ctx, job_id, owner)
     if record.status() in TERMINAL:
-        ctx.queue.forget(record)
+        # The files first: a store outage answers 503 and leaves the job listed, to be deleted again.
         ctx.store.remove(record.id)
+        ctx.queue.forget(record)
         return Response(status_code=204)
     if ctx.queue.request_cancel(record):
         job_ended(ctx.redis, record, "canceled", ErrorDetail(code="canceled", message="the job was canceled"))

@@ -8,6 +8,7 @@ owner, who alone sees it afterwards, and the owner's submissions are rate limite
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from contract.logs import current_job_id
 from contract.metrics import record_submitted
 from contract.options import AnimationOptions, first_error
 from contract.queue import loaded_models
-from contract.storage import DRIVING, SOURCE, new_job_id
+from contract.storage import DRIVING, SOURCE, StorageError, new_job_id
 from service import idempotency
 from service.context import ServiceContext
 from service.errors import ApiError
@@ -44,6 +45,7 @@ from service.webhooks import check_url
 OPTION_FIELDS = set(AnimationOptions.model_fields)
 WEBHOOK_FIELD = "webhook_url"
 TEXT_FIELDS = OPTION_FIELDS | {"model", WEBHOOK_FIELD}
+log = logging.getLogger("service.submission")
 
 
 def _options(fields: dict[str, str]) -> AnimationOptions:
@@ -114,7 +116,8 @@ def _check_and_queue(ctx: ServiceContext, job_id: str, form: ReceivedForm, owner
     record = ctx.queue.enqueue(
         job_id, JobRequest(model=model, options=options), queued_meta(inputs, owner, webhook)
     )
-    record_submitted(ctx.redis)
+    with contextlib.suppress(redis.exceptions.RedisError):  # queued: accepted, whatever the metrics do
+        record_submitted(ctx.redis)
     return describe(record)
 
 
@@ -167,14 +170,23 @@ async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tu
                 idempotency.claim, ctx.redis, owner, key, form.digest, job_id, settings.result_ttl
             )
             if earlier is not None:
-                ctx.store.remove(job_id)
+                await _discard(ctx, job_id)
                 return await run_in_threadpool(_replay, ctx, earlier, owner), True
             claimed = True
         async with _check_slot(ctx):
             return await run_in_threadpool(_check_and_queue, ctx, job_id, form, owner), False
     except BaseException:
-        ctx.store.remove(job_id)
-        if claimed:
+        if claimed:  # first: nothing that fails below may keep a retry from being judged afresh
             with contextlib.suppress(redis.exceptions.RedisError):
                 await run_in_threadpool(idempotency.release, ctx.redis, owner, key, job_id)
+        await _discard(ctx, job_id)
         raise
+
+
+async def _discard(ctx: ServiceContext, job_id: str) -> None:
+    """Remove the files of a request that was not accepted. The answer stays the request's own (a 400
+    is not turned into a 503): what a store outage keeps there, the sweep removes as an orphan."""
+    try:
+        await run_in_threadpool(ctx.store.remove, job_id)
+    except StorageError as exc:
+        log.warning("the files of a refused request stay for the sweep: %s", exc, extra={"job_id": job_id})

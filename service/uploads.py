@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from service.errors import ApiError
 
 MAX_FIELD_BYTES = 1024
+MAX_PART_HEAD_BYTES = 16 * 1024  # a part's headers together, as for the request's own head
 
 
 @dataclass
@@ -49,6 +50,7 @@ class _FormWriter:
         self.form = ReceivedForm()
         self.header_name = b""
         self.header_value = b""
+        self.head_bytes = 0
         self.disposition = b""
         self.name = ""
         self.file: BinaryIO | None = None
@@ -58,6 +60,7 @@ class _FormWriter:
         self.finished = False
 
     def on_part_begin(self) -> None:
+        self.head_bytes = 0
         self.disposition = b""
         self.name = ""
         self.text = bytearray()
@@ -65,10 +68,18 @@ class _FormWriter:
         self.hash = hashlib.sha256()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_head(end - start)
         self.header_name += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_head(end - start)
         self.header_value += data[start:end]
+
+    def _count_head(self, size: int) -> None:
+        self.head_bytes += size
+        if self.head_bytes > MAX_PART_HEAD_BYTES:
+            limit = MAX_PART_HEAD_BYTES // 1024
+            raise ApiError(400, "bad_request", f"a multipart part's headers exceed {limit} KB")
 
     def on_header_end(self) -> None:
         if self.header_name.lower() == b"content-disposition":

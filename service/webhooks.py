@@ -7,23 +7,33 @@ taken as its UTF-8 bytes). A receiver checks the signature and that the timestam
 
 Whoever ends a job (the worker, the API on a cancel, the lost-job pass) schedules the delivery in a
 Redis sorted set (job id by due time); the API processes deliver, each claiming an entry by removing
-it, so any number of them share the work and a restart loses nothing. A failed attempt (no answer,
-or not 2xx; redirects are not followed) is retried WEBHOOK_RETRIES times, 1, 2, 4... seconds times
-WEBHOOK_BACKOFF apart.
+it, so any number of them share the work; one that stops puts its deliveries in flight back. A failed
+attempt (no answer, or not 2xx; redirects are not followed) is retried WEBHOOK_RETRIES times, 1, 2,
+4... seconds times WEBHOOK_BACKOFF apart.
+
+A receiver is as hostile as any client. Each delivery is a task of its own with one deadline for all
+of it, WEBHOOK_TIMEOUT_SECONDS from resolving the host to the answer's head (a receiver dribbling a
+byte at a time gains nothing), and the answer's body is never read: the connection is dropped once
+the status is known, so a huge answer costs the API nothing. A tenant (the job's owner) has at most
+WEBHOOK_CONCURRENCY deliveries in flight in one API process, and the process MAX_IN_FLIGHT in all: a
+tenant whose receivers are slow or silent delays only its own webhooks.
 
 A URL is taken in one canonical form: an internationalised host name is encoded with IDNA (UTS 46
 mapping, as browsers do) and then checked like any other, and spaces or control characters refuse
 the URL; what is stored and delivered is that form. A delivery that fails in a way nothing here
 foresaw is logged and counted as a failed attempt: one bad webhook never stops the others.
 
-No SSRF: only http and https, and every address the host resolves to must be public (not private,
-loopback, link-local, multicast or reserved) unless WEBHOOK_ALLOW_PRIVATE. The check is made when the
-job is submitted and again at each attempt, and the connection goes to the address that was checked
-(the Host header and TLS name stay the URL's), so DNS that changes its answer cannot redirect it.
+No SSRF: only http and https, and every address the host resolves to must be public unless
+WEBHOOK_ALLOW_PRIVATE: not private, loopback, link-local, site-local, multicast, reserved or another
+special-purpose range, and an IPv6 form that carries an IPv4 address (mapped, compatible, NAT64,
+6to4) is judged as that IPv4 address. The check is made when the job is submitted and again at each
+attempt, and the connection goes to the address that was checked (the Host header and TLS name stay
+the URL's), so DNS that changes its answer cannot redirect it.
 """
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -31,6 +41,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -41,13 +52,16 @@ from starlette.concurrency import run_in_threadpool
 
 from contract.outcomes import WEBHOOKS_DUE_KEY as DUE_KEY
 from contract.outcomes import schedule_webhook as schedule
+from contract.settings import Settings
 from service.errors import ApiError
 
 ATTEMPTS_KEY = "animate:webhooks:attempts"
 MAX_URL_LENGTH = 2048
-DELIVERY_TIMEOUT = 10.0
 NOT_FINISHED_DELAY = 1.0  # the job's final state is being written: look again shortly
+TENANT_BUSY_DELAY = 1.0  # the tenant has WEBHOOK_CONCURRENCY deliveries in flight: look again after this
 POLL_INTERVAL = 0.5
+MAX_IN_FLIGHT = 64  # deliveries one API process has in flight, every tenant together
+CLAIM_BATCH = 20
 log = logging.getLogger("service.webhooks")
 
 
@@ -66,11 +80,65 @@ def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def _public(address: str) -> bool:
+# Where a webhook must never go, beyond what `is_global` says (which differs between Python versions):
+# IPv4's special-purpose ranges (RFC 6890 and later; all of 192.0.0.0/24, the 6to4 relay anycast)
+# and, within IPv6's global unicast, the IETF protocol assignments (Teredo, benchmarking, ORCHID)
+# and documentation.
+SPECIAL_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "2001::/23",
+        "2001:db8::/32",
+        "3fff::/20",
+    )
+)
+GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")  # every other IPv6 block is reserved or local
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: the IPv4 in the last 32 bits
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # local use (RFC 8215): never public
+SIXTOFOUR = ipaddress.ip_network("2002::/16")
+TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT's IPv4-translated form
+COMPATIBLE = ipaddress.ip_network("::/96")  # the deprecated ::a.b.c.d form
+
+
+def _carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, translated, compatible, NAT64, 6to4)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in SIXTOFOUR:
+        return ip.sixtofour
+    if any(ip in network for network in (TRANSLATED, COMPATIBLE, NAT64)):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def is_public_address(address: str) -> bool:
+    """Whether `address` reaches a public host: an IPv6 form that carries an IPv4 address is judged
+    as that IPv4 address, since a NAT64 or 6to4 gateway on the way would deliver it there."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in NAT64_LOCAL:
+            return False
+        carried = _carried_ipv4(ip)
+        if carried is None and ip not in GLOBAL_UNICAST:
+            return False
+        ip = carried or ip
+    special = any(ip in network for network in SPECIAL_NETWORKS if network.version == ip.version)
+    return ip.is_global and not ip.is_multicast and not special
 
 
 def _ascii_host(host: str) -> str:
@@ -121,8 +189,8 @@ def resolve(host: str, port: int, allow_private: bool) -> list[str]:
     addresses = list(dict.fromkeys(entry[4][0] for entry in found))
     if not allow_private:
         for address in addresses:
-            if not _public(address):
-                raise WebhookRefused(f"{host} resolves to a private, loopback or link-local address")
+            if not is_public_address(address):
+                raise WebhookRefused(f"{host} resolves to an address that is not public ({address})")
     return addresses
 
 
@@ -147,79 +215,144 @@ def pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict]:
     return urlunsplit(parts._replace(netloc=netloc)), headers, extensions
 
 
-class Dispatcher:
-    """Delivers due webhooks; run by each API process (`run()` until canceled)."""
+@dataclass(frozen=True)
+class Webhook:
+    """What a due delivery carries: the job resource, its URL, whether the job has ended, its tenant."""
 
-    def __init__(
-        self,
-        client: Redis,
-        describe_job: Callable[[str], tuple[bytes, str, bool] | None],
-        secret: str,
-        retries: int,
-        backoff: float,
-        allow_private: bool,
-    ):
+    body: bytes
+    url: str
+    finished: bool
+    tenant: str  # the job's owner; "" where API keys are off
+
+
+class Dispatcher:
+    """Delivers due webhooks, each in a task of its own under a deadline; run by each API process
+    (`run()` until canceled). At most `tenant_bound` deliveries of one tenant are in flight at once:
+    a tenant whose receivers are slow waits for its own, and the others go on."""
+
+    def __init__(self, client: Redis, describe_job: Callable[[str], Webhook | None], settings: Settings):
         self.redis = client
-        self.describe_job = describe_job  # job id -> (resource JSON, webhook URL, finished) or None
-        self.key = secret_key(secret)
-        self.retries = retries
-        self.backoff = backoff
-        self.allow_private = allow_private
+        self.describe_job = describe_job
+        self.key = secret_key(settings.webhook_key or "")
+        self.retries = settings.webhook_retries
+        self.backoff = settings.webhook_backoff
+        self.allow_private = settings.webhook_allow_private
+        self.deadline = settings.webhook_timeout_seconds
+        self.tenant_bound = settings.webhook_concurrency
+        self.in_flight: dict[asyncio.Task, tuple[str, str]] = {}  # task -> (tenant, job id)
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT, follow_redirects=False) as http:
-            while True:
-                try:
-                    for job_id in await run_in_threadpool(self._claim_due):
-                        await self._attempt(http, job_id)
-                except redis.exceptions.RedisError as exc:
-                    log.warning("webhook deliveries paused: %s", exc)
-                except Exception:
-                    log.exception("webhook dispatcher error; going on")
-                await asyncio.sleep(POLL_INTERVAL)
+        # No connection is kept: an answer's body is never read, so its connection cannot be reused.
+        limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=self.deadline, follow_redirects=False, limits=limits) as http:
+            try:
+                while True:
+                    try:
+                        await self._dispatch_due(http)
+                    except redis.exceptions.RedisError as exc:
+                        log.warning("webhook deliveries paused: %s", exc)
+                    except Exception:
+                        log.exception("webhook dispatcher error; going on")
+                    await asyncio.sleep(POLL_INTERVAL)
+            finally:
+                await self._hand_back()
 
-    def _claim_due(self) -> list[str]:
-        due = self.redis.zrangebyscore(DUE_KEY, 0, time.time(), start=0, num=20)
+    async def _dispatch_due(self, http: httpx.AsyncClient) -> None:
+        free = MAX_IN_FLIGHT - len(self.in_flight)
+        if free <= 0:
+            return
+        for job_id in await run_in_threadpool(self._claim_due, min(free, CLAIM_BATCH)):
+            try:
+                await self._start(http, job_id)
+            except Exception:  # claimed but not started: due again shortly, not lost
+                log.exception("webhook could not be started", extra={"job_id": job_id})
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    await run_in_threadpool(schedule, self.redis, job_id, NOT_FINISHED_DELAY)
+
+    def _claim_due(self, count: int) -> list[str]:
+        due = self.redis.zrangebyscore(DUE_KEY, 0, time.time(), start=0, num=count)
         return [job_id.decode() for job_id in due if self.redis.zrem(DUE_KEY, job_id)]
 
-    async def _attempt(self, http: httpx.AsyncClient, job_id: str) -> None:
-        found = await run_in_threadpool(self.describe_job, job_id)
-        if found is None:
+    async def _start(self, http: httpx.AsyncClient, job_id: str) -> None:
+        webhook = await run_in_threadpool(self.describe_job, job_id)
+        if webhook is None:
             return
-        body, url, finished = found
-        if not finished:
-            await run_in_threadpool(schedule, self.redis, job_id, NOT_FINISHED_DELAY)
+        busy = sum(tenant == webhook.tenant for tenant, _ in self.in_flight.values()) >= self.tenant_bound
+        if not webhook.finished or busy:
+            delay = TENANT_BUSY_DELAY if webhook.finished else NOT_FINISHED_DELAY
+            await run_in_threadpool(schedule, self.redis, job_id, delay)
             return
-        attempt = int(await run_in_threadpool(self.redis.hincrby, ATTEMPTS_KEY, job_id, 1))
-        extra = {"job_id": job_id, "attempt": attempt}
+        task = asyncio.create_task(self._attempt(http, job_id, webhook))
+        self.in_flight[task] = (webhook.tenant, job_id)
+        task.add_done_callback(self.in_flight.pop)
+
+    async def _hand_back(self) -> None:
+        """On shutdown: the deliveries in flight are stopped and due again at once, for any API process."""
+        tasks = list(self.in_flight.items())
+        for task, _ in tasks:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in tasks), return_exceptions=True)
+        if tasks:
+            due_now = {job_id: time.time() for _, (_, job_id) in tasks}
+            with contextlib.suppress(redis.exceptions.RedisError):
+                await run_in_threadpool(self.redis.zadd, DUE_KEY, due_now)
+
+    async def _attempt(self, http: httpx.AsyncClient, job_id: str, webhook: Webhook) -> None:
         try:
-            url = canonical_url(url)
-            _, host, port = parse_url(url)
-            addresses = await run_in_threadpool(resolve, host, port, self.allow_private)
-            target, headers, extensions = pinned_request(url, addresses[0])
-            message_id = f"msg_{job_id}"
-            timestamp = int(time.time())
-            headers |= {
-                "content-type": "application/json",
-                "webhook-id": message_id,
-                "webhook-timestamp": str(timestamp),
-                "webhook-signature": sign(self.key, message_id, timestamp, body),
-            }
-            response = await http.post(target, content=body, headers=headers, extensions=extensions)
-            if 200 <= response.status_code < 300:
-                log.info("webhook delivered", extra=extra)
+            attempt = int(await run_in_threadpool(self.redis.hincrby, ATTEMPTS_KEY, job_id, 1))
+            reason = await self._deliver(http, job_id, webhook, {"job_id": job_id, "attempt": attempt})
+            if reason is None:
                 await run_in_threadpool(self.redis.hdel, ATTEMPTS_KEY, job_id)
-                return
-            reason = f"answered {response.status_code}"
+            else:
+                await self._retry_later(job_id, attempt, reason)
+        except redis.exceptions.RedisError as exc:
+            log.warning("webhook attempt not recorded: %s", exc, extra={"job_id": job_id})
+            with contextlib.suppress(redis.exceptions.RedisError):
+                await run_in_threadpool(schedule, self.redis, job_id, NOT_FINISHED_DELAY)
+
+    async def _deliver(
+        self, http: httpx.AsyncClient, job_id: str, webhook: Webhook, extra: dict
+    ) -> str | None:
+        """One attempt, within the deadline; None when it is over (delivered, or refused for good),
+        else why it failed."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                status = await self._post(http, job_id, webhook)
         except WebhookRefused as exc:
             log.warning("webhook refused: %s", exc, extra=extra)
-            await run_in_threadpool(self.redis.hdel, ATTEMPTS_KEY, job_id)
-            return
+            return None
+        except TimeoutError:
+            return f"no answer within {self.deadline:g} s"
         except httpx.HTTPError as exc:
-            reason = type(exc).__name__
+            return type(exc).__name__
         except Exception as exc:  # unforeseen: this attempt failed, the dispatcher goes on
             log.exception("webhook attempt failed unexpectedly", extra=extra)
-            reason = type(exc).__name__
+            return type(exc).__name__
+        if 200 <= status < 300:
+            log.info("webhook delivered", extra=extra)
+            return None
+        return f"answered {status}"
+
+    async def _post(self, http: httpx.AsyncClient, job_id: str, webhook: Webhook) -> int:
+        """POST the signed resource to the checked address; the answer's status, its body unread."""
+        url = canonical_url(webhook.url)
+        _, host, port = parse_url(url)
+        addresses = await run_in_threadpool(resolve, host, port, self.allow_private)
+        target, headers, extensions = pinned_request(url, addresses[0])
+        message_id = f"msg_{job_id}"
+        timestamp = int(time.time())
+        headers |= {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(self.key, message_id, timestamp, webhook.body),
+        }
+        request = http.stream("POST", target, content=webhook.body, headers=headers, extensions=extensions)
+        async with request as response:
+            return response.status_code  # closed unread: the connection is dropped, not drained
+
+    async def _retry_later(self, job_id: str, attempt: int, reason: str) -> None:
+        extra = {"job_id": job_id, "attempt": attempt}
         if attempt > self.retries:
             log.warning("webhook given up after %d attempts: %s", attempt, reason, extra=extra)
             await run_in_threadpool(self.redis.hdel, ATTEMPTS_KEY, job_id)

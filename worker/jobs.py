@@ -8,19 +8,21 @@ every end goes through `contract.outcomes.job_ended`, which records it, counts i
 job's webhook.
 """
 
+import contextlib
 import errno
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from pydantic import ValidationError
-from rq import get_current_job
+from rq import Retry, get_current_job
 from rq.timeouts import JobTimeoutException
 
 from contract.job import ErrorDetail, JobRecord, JobRequest, JobResult, JobTimings, ProgressReport
@@ -40,11 +42,21 @@ from worker.catalog import LoadedModel
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
 CANCEL_POLL_INTERVAL = 0.2  # seconds between reads of the cancel flag
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+FIRST_STORE_RETRY = 0.5  # seconds before a failed fetch or publish is tried again; doubled each time
+MAX_STORE_RETRY = 8.0
+STORE_WAIT_PREFIX = "animate:store-wait:"  # job id -> when it first failed to reach the store
+MAX_HAND_BACKS = 1_000_000  # RQ's count of a job's returns to the queue: STORE_OUTAGE_SECONDS ends them
+T = TypeVar("T")
 log = logging.getLogger("worker")
 
 
 class WorkerStopping(Exception):
     """The worker was asked to stop mid-render; the job goes back to the queue, not to failed."""
+
+
+class StoreUnreachable(Exception):
+    """The store failed every try for STORE_RETRY_SECONDS: the job goes back to the queue, not to
+    failed, until it has waited STORE_OUTAGE_SECONDS."""
 
 
 @dataclass
@@ -124,7 +136,10 @@ def _render(record: JobRecord, context: WorkerContext, reporter: JobReporter, sc
     request = _request(record)
     if request.model not in context.models:
         raise RenderError(f"model {request.model!r} is not loaded by this worker", "unknown_model")
-    inputs = context.store.fetch_inputs(record.id, scratch)
+    inputs = _with_store(
+        reporter, "fetching the inputs", lambda: context.store.fetch_inputs(record.id, scratch)
+    )
+    _store_reached(context, record.id)
     if SOURCE not in inputs or DRIVING not in inputs:
         raise RenderError("the job's input files are missing", "inputs_missing")
     options = RenderOptions(
@@ -146,9 +161,62 @@ def _render(record: JobRecord, context: WorkerContext, reporter: JobReporter, sc
         image, inputs[DRIVING], out, options, reporter.progress, reporter.should_cancel, info, poster
     )
     if result.poster is not None:
-        context.store.publish(record.id, POSTER, poster)
-    context.store.publish(record.id, result_name(result.format), out)
+        _with_store(
+            reporter, "publishing the poster", lambda: context.store.publish(record.id, POSTER, poster)
+        )
+    name = result_name(result.format)
+    _with_store(reporter, "publishing the result", lambda: context.store.publish(record.id, name, out))
     return result
+
+
+def _with_store(reporter: JobReporter, what: str, operation: Callable[[], T]) -> T:
+    """`operation` (a fetch or a publish), tried again while the store fails, 0.5, 1, 2... s apart for
+    up to STORE_RETRY_SECONDS, then StoreUnreachable; a cancel or a shutdown ends the wait."""
+    give_up = time.monotonic() + reporter.context.settings.store_retry_seconds
+    delay = FIRST_STORE_RETRY
+    while True:
+        try:
+            return operation()
+        except StorageError as exc:
+            pause = min(delay, give_up - time.monotonic())
+            if pause <= 0:
+                raise StoreUnreachable(f"{what}: {exc}") from exc
+            job_id = reporter.record.id
+            log.warning("job %s: the store failed %s (%s); again in %.1f s", job_id, what, exc, pause)
+        _pause(reporter, pause)
+        delay = min(2 * delay, MAX_STORE_RETRY)
+
+
+def _pause(reporter: JobReporter, seconds: float) -> None:
+    """Wait `seconds`; RenderCanceled as soon as the job is canceled or the worker stops."""
+    resume = time.monotonic() + seconds
+    while time.monotonic() < resume:
+        if reporter.should_cancel():
+            raise RenderCanceled("the job was canceled")
+        time.sleep(min(CANCEL_POLL_INTERVAL, max(0.0, resume - time.monotonic())))
+
+
+def _store_reached(context: WorkerContext, job_id: str) -> None:
+    """The job reached the store: a later outage has its own STORE_OUTAGE_SECONDS."""
+    with contextlib.suppress(redis.exceptions.RedisError):
+        context.queue.redis.delete(STORE_WAIT_PREFIX + job_id)
+
+
+def _hand_back(context: WorkerContext, reporter: JobReporter) -> bool:
+    """Put the job back in the queue, for this or another worker to try the store again; False once
+    it has waited STORE_OUTAGE_SECONDS since it first failed to reach the store (it fails then)."""
+    job_id, outage = reporter.record.id, context.settings.store_outage_seconds
+    key = STORE_WAIT_PREFIX + job_id
+    try:
+        context.queue.redis.set(key, time.time(), nx=True, ex=int(outage) + 3600)
+        since = float(context.queue.redis.get(key) or time.time())
+    except redis.exceptions.RedisError:
+        since = time.time()
+    if time.time() - since >= outage:
+        return False
+    log.warning("job %s: the store is unreachable; the job goes back to the queue", job_id)
+    reporter.save(progress=None, timings=None)
+    return True
 
 
 def _failure(exc: BaseException) -> ErrorDetail:
@@ -160,6 +228,8 @@ def _failure(exc: BaseException) -> ErrorDetail:
         return ErrorDetail(code=exc.code, message=without_paths(str(exc), (SOURCE, DRIVING)))
     if isinstance(exc, JobTimeoutException):
         return ErrorDetail(code="timeout", message="the render took longer than JOB_TIMEOUT")
+    if isinstance(exc, StoreUnreachable):
+        return ErrorDetail(code="storage_unavailable", message="the job store could not be reached in time")
     if isinstance(exc, StorageError):
         return ErrorDetail(code="storage_error", message="the job's files could not be read or stored")
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
@@ -167,8 +237,9 @@ def _failure(exc: BaseException) -> ErrorDetail:
     return ErrorDetail(code="internal_error", message=f"the render failed ({type(exc).__name__})")
 
 
-def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Render job `job_id` and publish its result to the store. Returns the result summary."""
+def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any] | Retry:
+    """Render job `job_id` and publish its result to the store. Returns the result summary, or a
+    Retry that puts the job back in the queue while the store cannot be reached."""
     if _context is None:
         raise RuntimeError("no models are loaded in this process: run workers with `python -m worker.run`")
     context = _context
@@ -188,6 +259,8 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
     try:
         rendered = _render(record, context, reporter, scratch)
     except BaseException as exc:
+        if isinstance(exc, StoreUnreachable) and _hand_back(context, reporter):
+            return Retry(max=MAX_HAND_BACKS, enqueue_at_front=True)  # RQ queues it again, not failed
         if isinstance(exc, RenderCanceled) and context.stopping.is_set():
             context.interrupted.add(job_id)
             reporter.save(progress=None, timings=None)
