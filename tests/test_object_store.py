@@ -179,3 +179,26 @@ def test_store_errors_say_whether_waiting_can_help(fresh_s3, monkeypatch, tmp_pa
     with pytest.raises(StorageError) as down:
         unreachable.check()
     assert (down.value.code, down.value.transient) == ("storage_unreachable", True)
+
+
+def test_a_webm_and_its_poster_reach_the_client_as_what_they_are(fresh_s3, tmp_path, inputs):
+    """A real job through the store: the job names the poster's URL, and both downloads (redirected
+    to presigned URLs) come back typed."""
+    (fresh_s3.root / "animate").mkdir()
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "small.pth.tar").symlink_to(ROOT / "weights" / "starter.pth.tar")
+    env = {**fresh_s3.env("jobs"), "RESULT_DELIVERY": "redirect"}
+    with ServiceStack(tmp_path / "service", weights, **env) as stack:
+        job = stack.post(*inputs, format="webm", poster="true", crop="none")
+        assert job.status_code == 202, job.text
+        done = stack.wait_finished(job.json()["id"], timeout=120)
+        assert done["status"] == "succeeded", done
+        assert done["result_url"] == f"/jobs/{done['id']}/result"
+        assert done["result"]["poster"] == f"/jobs/{done['id']}/poster"
+        for url, media_type in ((done["result_url"], "video/webm"), (done["result"]["poster"], "image/jpeg")):
+            redirect = stack.http.get(url)
+            assert redirect.status_code == 307, redirect.text
+            answer = httpx.get(redirect.headers["location"])
+            assert answer.status_code == 200 and answer.headers["content-type"] == media_type, url
+            assert answer.content[:4] in (b"\x1aE\xdf\xa3", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xdb")
