@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml
 test: setup browser
 	$(BIN)/python -m pytest -q
 
-# Debian's chromium for the page tests (Playwright drives it; it never downloads a browser of its own).
+# Debian's chromium for the page tests (Playwright drives it; it never downloads a browser of its own):
+# installed once, without recommended packages, apt's output kept in a log unless it fails.
 CHROMIUM ?= /usr/bin/chromium
+APT_LOG := $(VENV)/apt-chromium.log
 browser:
-	@test -x $(CHROMIUM) || { echo "make: installing Debian's chromium with apt-get, for the web page's tests"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@test -x $(CHROMIUM) || { \
+		echo "make: installing Debian's chromium for the web page's tests (apt-get, no recommends; log: $(APT_LOG))"; \
+		mkdir -p $(VENV); \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium; } >$(APT_LOG) 2>&1 || { cat $(APT_LOG); exit 1; }; }
 
 lint: setup
 	$(BIN)/ruff check .

@@ -35,9 +35,12 @@ class LostJobHandler:
             return True
         job.meta.pop("progress", None)
         if job.retries_left:
+            # RQ takes this retry off the count after its handlers ran: say what will be left, as it does
+            left = job.retries_left - 1
             log.warning(
-                "job lost by its worker: queued again (%d retries left)",
-                job.retries_left,
+                "job lost by its worker: queued again (%d %s left)",
+                left,
+                "retry" if left == 1 else "retries",
                 extra={"job_id": job.id},
             )
         else:

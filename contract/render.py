@@ -28,4 +28,6 @@ class JobResult(BaseModel):
     mime_type: str = "video/mp4"
     bytes: int = 0
     loop: bool = False
-    poster: str | None = Field(None, description="the poster's file name, when one was made")
+    poster: str | None = Field(
+        None, description="the poster's URL, /jobs/{id}/poster, when one was made (the record: its file name)"
+    )

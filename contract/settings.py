@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="auto: path-style when AWS_ENDPOINT_URL_S3 is set, else boto3's choice"
     )
+    s3_create_bucket: bool = Field(
+        False, description="the API creates STORAGE_URL's bucket at start-up when it is missing"
+    )
     s3_multipart_mb: float = Field(
         8, ge=1, le=5120, description="files above this go up in multipart uploads"
     )

@@ -22,6 +22,7 @@ from service.context import ServiceContext
 from service.errors import install_error_handlers
 from service.live_socket import router as live_router
 from service.openapi import install_openapi
+from service.readiness import prepare_store
 from service.routes import router
 from service.web import install_web
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(ctx.prober.warm_up)
+        await run_in_threadpool(prepare_store, ctx.store, settings.s3_create_bucket)
         task = asyncio.create_task(_sweep_forever(ctx))
         duties = background.start(ctx)
         yield

@@ -11,6 +11,7 @@ from contract.settings import Settings
 from contract.storage import JobStore, open_store
 from service.auth import parse_keys
 from service.probe import Prober
+from service.readiness import StoreReadiness
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class ServiceContext:
     redis: Redis
     queue: JobQueue
     store: JobStore
+    store_check: StoreReadiness  # /readyz's check that the store can be written
     api_keys: dict[str, bytes]  # owner -> SHA-256 of the key; empty: keys are off
     prober: Prober  # reads uploaded videos in limited child processes
     upload_checks: asyncio.Semaphore  # uploads being checked (image and video probes) at once
@@ -26,11 +28,13 @@ class ServiceContext:
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServiceContext":
         redis = connect(settings.queue_url)
+        store = open_store(settings)
         return cls(
             settings=settings,
             redis=redis,
             queue=JobQueue(redis, settings.job_timeout, settings.result_ttl, settings.job_retries),
-            store=open_store(settings),
+            store=store,
+            store_check=StoreReadiness(store),
             api_keys=parse_keys(settings.api_keys),
             prober=Prober(settings.probe_timeout_seconds, settings.probe_memory_mb),
             upload_checks=asyncio.Semaphore(settings.probe_concurrency),

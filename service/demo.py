@@ -5,6 +5,8 @@ astronaut Eileen Collins (public domain), which scikit-image ships, cropped to h
 clip is generated here from the same portrait: the head gently nods, turns and leans (a slow affine
 wobble) over a soft tone. DEMO_SOURCE and DEMO_DRIVING choose other files, DEMO_MODEL another model,
 DEMO_OUT another output (default out/demo.mp4); the service reads the usual settings (WEIGHTS_DIR...).
+The example media stay beside the output (out/demo/source.png, out/demo/driving.mp4): the README's
+curl example sends them.
 """
 
 import importlib.resources
@@ -33,6 +35,12 @@ SIZE = 256
 FPS = 25
 SECONDS = 4.0
 READY_TIMEOUT = 300.0
+DEFAULT_OUT = Path("out/demo.mp4")
+
+
+def media_folder(out: Path) -> Path:
+    """Where the demo makes its media and runs its service: `demo/` beside the output."""
+    return out.parent / "demo"
 
 
 def portrait() -> Image.Image:
@@ -132,8 +140,8 @@ def main() -> int:
     model = os.environ.get("DEMO_MODEL") or (
         settings.default_model if settings.default_model in checkpoints else next(iter(checkpoints))
     )
-    out = Path(os.environ.get("DEMO_OUT", "out/demo.mp4"))
-    work = out.parent / "demo"
+    out = Path(os.environ.get("DEMO_OUT") or DEFAULT_OUT)
+    work = media_folder(out)
     work.mkdir(parents=True, exist_ok=True)
     if os.environ.get("DEMO_SOURCE") and os.environ.get("DEMO_DRIVING"):
         source, driving = Path(os.environ["DEMO_SOURCE"]), Path(os.environ["DEMO_DRIVING"])

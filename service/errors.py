@@ -132,6 +132,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageError)
     async def _store_down(request: Request, exc: StorageError) -> JSONResponse:
         log.warning("store failed while serving %s %s: %s", request.method, request.url.path, exc)
+        if not exc.transient:  # no bucket, refused credentials: retrying cannot help
+            message = f"the job store is not usable until its operator fixes it ({exc.code}); see GET /readyz"
+            return error_response(503, exc.code, message)
         return error_response(
             503, "storage_unavailable", "the job store is unavailable; retry shortly", {"Retry-After": "5"}
         )

@@ -21,6 +21,8 @@ def describe(record: JobRecord) -> JobResource:
     result = record.result if status == "succeeded" else None
     if result is not None:
         total = done = result.frames
+        if result.poster is not None:  # the record names the stored file; a client gets its URL
+            result = result.model_copy(update={"poster": f"/jobs/{record.id}/poster"})
     stage = {"queued": "queued", "started": noted.stage}.get(status)
     percent = 100.0 if result is not None else min(100.0, round(noted.overall_percent, 1))
     if status == "queued":

@@ -8,7 +8,7 @@ from contract.job import TERMINAL, ErrorDetail, JobRecord
 from contract.logs import current_job_id
 from contract.outcomes import job_ended
 from contract.queue import live_workers
-from contract.storage import POSTER, InvalidJobId, parse_job_id, result_name
+from contract.storage import POSTER, InvalidJobId, StorageError, parse_job_id, result_name
 from service.auth import caller
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
@@ -227,10 +227,17 @@ def healthz() -> Health:
 
 
 @router.get(
-    "/readyz", response_model=Readiness, responses=_errors(503), summary="Redis reachable, a worker alive"
+    "/readyz",
+    response_model=Readiness,
+    responses=_errors(503),
+    summary="Redis reachable, the job store writable, a worker alive; else 503 saying what is wrong",
 )
 def readyz(ctx: ServiceContext = Context):
     ctx.redis.ping()
+    try:
+        ctx.store_check.check()
+    except StorageError as exc:
+        return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status_code=503)
     workers = len(live_workers(ctx.redis))
     if workers == 0:
         return JSONResponse(

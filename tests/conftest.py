@@ -11,6 +11,23 @@ TPSMM = SHARED / "tpsmm"
 MEDIA = SHARED / "media"
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line at the end of the run: how many tests skipped for want of ../shared, and why."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if _needed_shared(report)]
+    if not skipped:
+        return
+    why = "is absent" if not SHARED.is_dir() else "lacks the files they need"
+    terminalreporter.write_line(
+        f"{len(skipped)} skipped because ../shared ({SHARED}) {why}: the fixtures and real media "
+        "(checkpoints, reference outputs, clips, portraits) the tests compare against; see README.md"
+    )
+
+
+def _needed_shared(report) -> bool:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return str(SHARED) in reason
+
+
 def need_shared(path: Path) -> Path:
     """Skip the calling test, saying why, when a file from ../shared is absent."""
     if not path.exists():

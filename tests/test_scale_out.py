@@ -129,7 +129,7 @@ def test_jobs_spread_over_machines_succeed_and_download(cluster, portrait, clips
         assert stack.wait_finished(job_id, timeout=240)["status"] == "succeeded"
         video = _download_presigned(stack.http, job_id, s3.endpoint)
         assert video[4:8] == b"ftyp"
-        assert f"tenant-a/jobs/{job_id}/result.mp4" in s3.objects()
+        assert f"tenant-a/{job_id}/result.mp4" in s3.objects()
 
     # No machine kept a job's files: the API's staging and the workers' scratch are empty.
     for name in ("worker-a", "worker-b"):

@@ -10,6 +10,7 @@ from playwright.sync_api import Page
 
 from service.auth import hash_key
 from tests.browser import ChromiumMissing, camera_file, chromium_page
+from tests.hostile_media import gradient
 from tests.live_stack import LiveStack
 from tests.service_stack import cut_clip
 
@@ -52,10 +53,47 @@ def _open_page(page: Page, stack: LiveStack) -> None:
     page.wait_for_function("document.querySelector('#model').value === 'small'", timeout=TIMEOUT_MS)
 
 
+def _choose_photo(page: Page, photo: Path, paste_back: bool) -> None:
+    """Choose the photo, wait for the page to judge its size, then leave paste-back as asked."""
+    page.set_input_files("#upload-source", str(photo))
+    page.wait_for_function("document.querySelector('#upload-paste-hint').textContent !== ''")
+    page.set_checked("#upload-paste-back", paste_back)
+
+
+def test_before_a_job_nothing_dead_is_shown_and_paste_back_follows_the_photo(page, stack, portrait, tmp_path):
+    _open_page(page, stack)
+    for element in ("#job", "#result", "#result-video", "#result-image", "#result-download", "#upload-error"):
+        assert not page.is_visible(element), f"{element} is shown before any job"
+    assert page.input_value("#upload-crop") == "auto" and not page.is_checked("#upload-paste-back")
+
+    checked = "document.querySelector('#upload-paste-back').checked"
+    page.set_input_files("#upload-source", str(portrait))  # 720 px: larger than the model's 64 px frame
+    page.wait_for_function(checked)
+    assert page.inner_text("#upload-paste-hint") == "the photo (720×720) is larger than the model's 64×64"
+    small = tmp_path / "small.png"
+    gradient(48, 40).save(small)
+    page.set_input_files("#upload-source", str(small))
+    page.wait_for_function(f"!{checked}")
+    assert not page.is_visible("#upload-paste-hint")
+
+    page.select_option("#upload-crop", "none")  # the whole photo is the frame: nothing to paste into
+    assert page.is_disabled("#upload-paste-back") and not page.is_checked("#upload-paste-back")
+    page.select_option("#upload-crop", "face")
+    page.set_input_files("#upload-source", str(portrait))
+    page.wait_for_function(checked)
+    page.uncheck("#upload-paste-back")  # the user's choice outlasts another photo
+    page.set_input_files("#upload-source", str(small))
+    page.set_input_files("#upload-source", str(portrait))
+    page.wait_for_function("document.querySelector('#upload-paste-hint').textContent.includes('720')")
+    assert not page.is_checked("#upload-paste-back")
+
+
 def test_upload_flow_ends_with_a_playable_video(page, stack, portrait, clip, tmp_path):
+    """With the defaults a 720 px photo gets: its subject found and pasted back into it."""
     driving = cut_clip(clip, tmp_path / "driving.mp4", "-t", "1.5", "-vf", "scale=128:128")
     _open_page(page, stack)
     page.set_input_files("#upload-source", str(portrait))
+    page.wait_for_function("document.querySelector('#upload-paste-back').checked")
     page.set_input_files("#upload-driving", str(driving))
     page.click("#upload-submit")
     page.wait_for_function(
@@ -69,7 +107,7 @@ def test_upload_flow_ends_with_a_playable_video(page, stack, portrait, clip, tmp
         "(() => { const v = document.querySelector('#result-video');"
         " return {duration: v.duration, width: v.videoWidth, height: v.videoHeight}; })()"
     )
-    assert video["width"] == 64 and video["height"] == 64
+    assert video["width"] == 720 and video["height"] == 720, "the photo's own size: pasted back"
     assert abs(video["duration"] - 1.5) < 0.2
     page.evaluate("document.querySelector('#result-video').play()")
     page.wait_for_function("document.querySelector('#result-video').currentTime > 0.3", timeout=TIMEOUT_MS)
@@ -84,7 +122,7 @@ def test_the_page_shows_every_format(page, stack, portrait, clip, tmp_path, fmt,
     """WebM plays in the video element; GIF and animated WebP (for mail and marketplaces) in an image."""
     driving = cut_clip(clip, tmp_path / "driving.mp4", "-t", "0.6", "-vf", "scale=128:128")
     _open_page(page, stack)
-    page.set_input_files("#upload-source", str(portrait))
+    _choose_photo(page, portrait, paste_back=False)
     page.set_input_files("#upload-driving", str(driving))
     page.select_option("#upload-format", fmt)
     if loop:

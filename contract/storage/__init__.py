@@ -1,6 +1,7 @@
 """Where a job's files live: a local folder (one machine) or an S3-compatible object store (many).
 
-Both stores keep the same objects per job under `jobs/<id>/`: the inputs `source.<ext>` and
+Both stores keep the same objects per job, under `DATA_DIR/jobs/<id>/` or `s3://BUCKET/PREFIX/<id>/`
+(PREFIX `jobs` unless STORAGE_URL names one), each with its content type: the inputs `source.<ext>` and
 `driving.<ext>`, and the artifacts a render publishes (`result.<format>`, and `poster.jpg` when
 asked). Processes on different machines share nothing but Redis and the store: the API receives an
 upload into its own staging folder and commits it to the store once it is checked; a worker fetches
@@ -8,6 +9,7 @@ the inputs into its own scratch folder, renders there, publishes the result and 
 
 An object appears whole or not at all: the local store renames a finished file into place, and S3
 makes a (multipart) upload visible only when it completes, so nothing half-written is ever served.
+`python -m contract.storage create-bucket` makes the bucket; `check` says whether the store works.
 """
 
 from contract.settings import Settings
@@ -19,6 +21,8 @@ from contract.storage.base import (
     JobStore,
     StorageError,
     StoredObject,
+    StoreMisconfigured,
+    content_type,
     new_job_id,
     parse_job_id,
     result_name,
@@ -32,6 +36,8 @@ __all__ = [
     "JobStore",
     "StorageError",
     "StoredObject",
+    "StoreMisconfigured",
+    "content_type",
     "new_job_id",
     "open_store",
     "parse_job_id",

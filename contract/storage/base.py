@@ -10,6 +10,24 @@ SOURCE = "source"
 DRIVING = "driving"
 POSTER = "poster.jpg"
 ROLES = (SOURCE, DRIVING)
+# Every stored file's type by its extension: inputs (source.<ext>, driving.<ext>), results and the
+# poster. A store that guesses types itself guesses some wrong (.webm as audio/webm).
+CONTENT_TYPES = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+}
+
+
+def content_type(name: str) -> str:
+    """The media type of the stored file `name`, by its extension; application/octet-stream if unknown."""
+    return CONTENT_TYPES.get(name.rpartition(".")[2].lower(), "application/octet-stream")
 
 
 def result_name(format: str = "mp4") -> str:
@@ -22,7 +40,20 @@ class InvalidJobId(ValueError):
 
 
 class StorageError(OSError):
-    """The store refused or failed an operation (full, unreachable, denied)."""
+    """The store refused or failed an operation; `code` says how. A transient one (unreachable, a
+    hiccup) may pass if retried; one that is not (no bucket, refused credentials) waits for an operator."""
+
+    def __init__(self, message: str, code: str = "storage_unavailable", transient: bool = True):
+        super().__init__(message)
+        self.code = code
+        self.transient = transient
+
+
+class StoreMisconfigured(StorageError):
+    """The store cannot work until its operator acts: its bucket is missing, or it refuses the credentials."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message, code, transient=False)
 
 
 def new_job_id() -> str:
@@ -81,6 +112,14 @@ class JobStore(ABC):
     def presigned_url(self, job_id: str, name: str, seconds: int) -> str | None:
         """A URL a client may GET the object from for `seconds`; None when the store has none."""
         return None
+
+    @abstractmethod
+    def check(self) -> None:
+        """Write and remove a small object; StorageError saying what is wrong when the store cannot."""
+
+    @abstractmethod
+    def create(self) -> bool:
+        """Create the store's bucket or folder; False when it was already there."""
 
     @abstractmethod
     def remove(self, job_id: str) -> None:

@@ -5,7 +5,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from contract.storage.base import ROLES, InvalidJobId, JobStore, StoredObject, parse_job_id
+from contract.storage.base import ROLES, InvalidJobId, JobStore, StorageError, StoredObject, parse_job_id
 
 CHUNK = 1024 * 1024
 
@@ -13,6 +13,9 @@ CHUNK = 1024 * 1024
 class LocalStore(JobStore):
     def __init__(self, data_dir: str | Path):
         self.root = Path(data_dir).resolve() / "jobs"
+
+    def __str__(self) -> str:
+        return f"the folder {self.root}"
 
     def folder(self, job_id: str) -> Path:
         return self.root / parse_job_id(job_id)
@@ -63,6 +66,21 @@ class LocalStore(JobStore):
                     return
                 left -= len(chunk)
                 yield chunk
+
+    def check(self) -> None:
+        probe = self.root / f".ready.{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            reason = f"the job folder cannot be written ({exc.strerror})"
+            raise StorageError(reason, "storage_unwritable") from None
+
+    def create(self) -> bool:
+        existed = self.root.is_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        return not existed
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)

@@ -64,11 +64,49 @@ async function loadModels() {
 
 // What the chosen model can do: its modes (the default first) and background motion.
 function showModelOptions() {
-  const model = models.find((m) => m.name === $("model").value);
+  const model = chosenModel();
   const modes = model ? model.modes : ["relative", "absolute"];
   $("upload-mode").replaceChildren(...modes.map((mode) => new Option(MODE_NAMES[mode] || mode, mode)));
   $("upload-background-label").hidden = !(model && model.background_motion);
   if ($("upload-background-label").hidden) $("upload-background").checked = false;
+  suggestPasteBack();
+}
+
+function chosenModel() {
+  return models.find((m) => m.name === $("model").value);
+}
+
+// Paste-back: on by default when the photo is larger than the model's frame (else the result is
+// that small frame), until the user sets it; never with the whole photo as the frame (nothing to
+// paste back into).
+const framing = { photo: null, pasteBackSet: false }; // the photo's [width, height]
+
+async function readPhotoSize() {
+  const file = $("upload-source").files[0];
+  framing.photo = null;
+  if (file) {
+    try {
+      const bitmap = await createImageBitmap(file);
+      framing.photo = [bitmap.width, bitmap.height];
+      bitmap.close();
+    } catch {
+      framing.photo = null; // the server says what is wrong with it on submit
+    }
+  }
+  suggestPasteBack();
+}
+
+function suggestPasteBack() {
+  const box = $("upload-paste-back");
+  const wholePhoto = $("upload-crop").value === "none";
+  box.disabled = wholePhoto;
+  const model = chosenModel();
+  const [height, width] = model ? model.frame_size : [0, 0];
+  const larger = Boolean(model && framing.photo && (framing.photo[0] > width || framing.photo[1] > height));
+  if (wholePhoto) box.checked = false;
+  else if (!framing.pasteBackSet) box.checked = larger;
+  const hint = larger ? `the photo (${framing.photo.join("×")}) is larger than the model's ${width}×${height}` : "";
+  show($("upload-paste-hint"), wholePhoto ? "" : hint);
 }
 
 // Upload tab
@@ -84,6 +122,8 @@ async function submitJob(event) {
   if ($("model").value) form.append("model", $("model").value);
   form.append("mode", $("upload-mode").value || "relative");
   if ($("upload-background").checked) form.append("background_motion", "true");
+  form.append("crop", $("upload-crop").value);
+  form.append("paste_back", String($("upload-paste-back").checked));
   form.append("format", $("upload-format").value);
   if ($("upload-loop").checked) form.append("loop", "true");
   $("upload-submit").disabled = true;
@@ -317,6 +357,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("tab-live").addEventListener("click", () => selectTab("live"));
   $("upload-form").addEventListener("submit", submitJob);
   $("model").addEventListener("change", showModelOptions);
+  $("upload-source").addEventListener("change", readPhotoSize);
+  $("upload-crop").addEventListener("change", suggestPasteBack);
+  $("upload-paste-back").addEventListener("change", () => (framing.pasteBackSet = true));
   $("live-start").addEventListener("click", startLive);
   $("live-stop").addEventListener("click", stopLive);
   $("live-reset").addEventListener("click", () => live.socket && live.socket.send(JSON.stringify({ type: "reset" })));
