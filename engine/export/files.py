@@ -80,8 +80,8 @@ def write_onnx(graph: Graph, path: Path, batch: int | None) -> None:
 
 def _onnx_export(graph: Graph, path: Path, batch: int | None) -> None:
     """Unoptimised (`optimize=False`): onnxscript's optimizer (0.7) rewrites `x + c` to `x` for any
-    scalar |c| < 1e-8, which drops the 1e-9 in the thin-plate splines' r^2 log(r^2 + 1e-9) and makes its splines
-    NaN. ONNX Runtime folds and fuses the graph when it loads it, so nothing runs slower."""
+    scalar |c| < 1e-8, which drops the 1e-9 in the thin-plate splines' r^2 log(r^2 + 1e-9) and makes
+    them NaN. ONNX Runtime folds and fuses the graph when it loads it, so nothing runs slower."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
