@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from engine.families.liveportrait.appearance_feature_extractor import AppearanceFeatureExtractor
-from engine.families.liveportrait.config import infer_config
+from engine.families.liveportrait.config import check_agreement, infer_config
 from engine.families.liveportrait.model import PUBLISHED_INPUT_SHAPE, LivePortraitModel
 from engine.families.liveportrait.motion_extractor import MotionExtractor
 from engine.families.liveportrait.spade_generator import SPADEDecoder
@@ -146,6 +146,10 @@ def load_liveportrait(
         config = root / CONFIG_FILE
     if config is not None:
         inferred = _merge(inferred, config if isinstance(config, dict) else read_config(Path(config)))
+    try:
+        check_agreement(inferred)
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"invalid LivePortrait model config: {type(exc).__name__}: {exc}") from exc
     hidden = tensor_shape(parts["spade_generator"], "G_middle_0.norm_0.mlp_shared.0.weight")[0]
     with torch.device("meta"):  # no memory and no random initialisation for weights about to be replaced
         model = build_model(inferred, spade_hidden=hidden)

@@ -128,7 +128,8 @@ def _mlp_params(state: dict, name: str) -> dict:
     }
 
 
-def _check_agreement(config: dict) -> None:
+def check_agreement(config: dict) -> None:
+    """Refuse a config whose networks do not fit together, saying where."""
     afe, motion = config["appearance_feature_extractor_params"], config["motion_extractor_params"]
     warp, spade = config["warping_module_params"], config["spade_generator_params"]
     k = motion["num_kp"]
@@ -178,5 +179,4 @@ def infer_config(parts: dict[str, dict]) -> dict:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"unexpected LivePortrait layout ({exc})") from exc
-    _check_agreement(config)
     return config
