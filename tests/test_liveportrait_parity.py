@@ -82,7 +82,7 @@ def _networks(model, inputs, dtype) -> dict:
     out |= {f"me/raw/{k}": torch.cat([r[k] for r in raw]) for k in raw[0]}
     kp_info = model.get_kp_info(frames)
     out |= {f"kp_info/{k}": v for k, v in kp_info.items()}
-    out |= {"rot": model.get_rotation_matrix(kp_info), "x": model.transform_keypoint(kp_info)}
+    out |= {"rot": model.rotation_matrix(kp_info), "x": model.transform_keypoint(kp_info)}
     kp_source, kp_driving = (
         torch.from_numpy(inputs[f"warp_rand/{k}"]).to(dtype) for k in ("kp_source", "kp_driving")
     )
@@ -215,3 +215,24 @@ def test_the_f32_tolerances_are_the_fixture_json_ones(meta):
     for value in ("2e-3 on angles", "5e-5 on keypoints", "5e-4 on features", "1 on out_u8"):
         assert value in stated
     assert "1e-9" in meta["tolerances"]["float64"]
+
+
+def test_a_driving_video_in_chunks_gets_the_keypoints_of_one_call(meta, inputs):
+    """Every mode, frames [0] and [1, 2] as two calls given the first frame's kp_info: what a
+    renderer streaming a long video does."""
+    model = load_liveportrait(need_shared(FOLDER))
+    frames = torch.cat([prepare_images(inputs["source_u8"]), prepare_images(inputs["driving_u8"])])
+    kp_info = model.get_kp_info(frames)
+    source, driving = {k: v[:1] for k, v in kp_info.items()}, {k: v[1:] for k, v in kp_info.items()}
+    ratios = _ratios(inputs)
+    for name, mode in meta["modes"].items():
+        whole = model.transfer_motion(source, driving, **_options(mode), **ratios)
+        chunks = []
+        for rows in (slice(0, 1), slice(1, 3)):
+            chunk_ratios = ratios | {k: ratios[k][rows] for k in ("driving_eye_ratios", "driving_lip_ratios")}
+            chunk = {k: v[rows] for k, v in driving.items()}
+            first = {k: v[:1] for k, v in driving.items()}
+            chunks.append(
+                model.transfer_motion(source, chunk, **_options(mode), **chunk_ratios, driving_initial=first)
+            )
+        _compare(name, torch.cat(chunks), whole.numpy(), 1e-6)

@@ -1,6 +1,7 @@
 """LivePortrait (Guo et al., 2024): the published checkpoints with our own networks, under the
 published names and call signatures, so each piece can be compared with the original."""
 
+from engine.families.liveportrait.camera import get_rotation_matrix, headpose_pred_to_degree
 from engine.families.liveportrait.checkpoint import (
     build_model,
     describe,
@@ -25,6 +26,8 @@ __all__ = [
     "describe",
     "describe_liveportrait",
     "find_root",
+    "get_rotation_matrix",
+    "headpose_pred_to_degree",
     "infer_config",
     "is_liveportrait_folder",
     "load_liveportrait",

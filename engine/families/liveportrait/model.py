@@ -102,8 +102,9 @@ class LivePortraitModel(nn.Module):
         return kp_info
 
     @staticmethod
-    def get_rotation_matrix(kp_info: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(N, 3, 3) rotation of a kp_info's pose (degrees or logits), to be used as kp @ R."""
+    def rotation_matrix(kp_info: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N, 3, 3) rotation of a kp_info's pose (degrees or logits), to be used as kp @ R: the
+        published `get_rotation_matrix(pitch, yaw, roll)` (`camera.py`) on its angles."""
         pitch, yaw, roll = (headpose_pred_to_degree(kp_info[a]) for a in ("pitch", "yaw", "roll"))
         return get_rotation_matrix(pitch, yaw, roll)
 
@@ -112,7 +113,7 @@ class LivePortraitModel(nn.Module):
         kp = kp_info["kp"]
         n = kp.shape[0]
         kp = kp.reshape(n, -1, 3)
-        transformed = kp @ self.get_rotation_matrix(kp_info) + kp_info["exp"].reshape(n, -1, 3)
+        transformed = kp @ self.rotation_matrix(kp_info) + kp_info["exp"].reshape(n, -1, 3)
         transformed = transformed * kp_info["scale"][..., None]
         return torch.cat([transformed[..., :2] + kp_info["t"][:, None, :2], transformed[..., 2:]], dim=-1)
 

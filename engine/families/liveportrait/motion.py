@@ -30,20 +30,33 @@ def calc_motion_multiplier(kp_source: torch.Tensor, kp_driving_initial: torch.Te
 
 
 def compose_driving_keypoints(
-    model, source_info: dict, driving_infos: dict, *, relative: bool = True, region: str = "all"
+    model,
+    source_info: dict,
+    driving_infos: dict,
+    *,
+    relative: bool = True,
+    region: str = "all",
+    driving_initial: dict | None = None,
 ) -> torch.Tensor:
     """x_d (T, K, 3) = s (kp_s R + exp) + t from the source's and the driving frames' kp_info
-    (`get_kp_info` outputs, 1 and T rows), before any rescaling, stitching or retargeting."""
+    (`get_kp_info` outputs, 1 and T rows), before any rescaling, stitching or retargeting.
+    Relative motion is measured from `driving_initial` (1 row), by default the first driving frame."""
     kp_s, exp_s = source_info["kp"], source_info["exp"]  # (1, K, 3)
     exp_d, scale_d, t_d = driving_infos["exp"], driving_infos["scale"], driving_infos["t"]
-    rot_s = model.get_rotation_matrix(source_info)  # (1, 3, 3)
-    rot_d = model.get_rotation_matrix(driving_infos)  # (T, 3, 3)
+    rot_s = model.rotation_matrix(source_info)  # (1, 3, 3)
+    rot_d = model.rotation_matrix(driving_infos)  # (T, 3, 3)
+    initial = driving_infos if driving_initial is None else driving_initial
+    rot_0 = rot_d[:1] if driving_initial is None else model.rotation_matrix(driving_initial)
     pose = region in ("all", "pose")
     if relative:
-        rot = (rot_d @ rot_d[:1].transpose(1, 2)) @ rot_s if pose else rot_s
-        driven_exp = exp_s + (exp_d - exp_d[:1])
-        scale = source_info["scale"] * (scale_d / scale_d[:1]) if region == "all" else source_info["scale"]
-        t = source_info["t"] + (t_d - t_d[:1]) if pose else source_info["t"]
+        rot = (rot_d @ rot_0.transpose(1, 2)) @ rot_s if pose else rot_s
+        driven_exp = exp_s + (exp_d - initial["exp"][:1])
+        scale = (
+            source_info["scale"] * (scale_d / initial["scale"][:1])
+            if region == "all"
+            else source_info["scale"]
+        )
+        t = source_info["t"] + (t_d - initial["t"][:1]) if pose else source_info["t"]
     else:
         rot, driven_exp, scale = (rot_d if pose else rot_s), exp_d, source_info["scale"]
         t = t_d if pose else source_info["t"]
@@ -116,18 +129,26 @@ def transfer_motion(
     source_lip_ratio=None,
     driving_eye_ratios=None,
     driving_lip_ratios=None,
+    driving_initial: dict | None = None,
 ) -> torch.Tensor:
     """Driving keypoints (T, K, 3) for `warp_decode(f_s, x_s, ...)`, from the source's kp_info (1
     row) and the driving frames' (T rows), with the published options: relative or absolute motion,
     animation region, driving_option, stitching, eye/lip retargeting (which, with relative motion,
     replace the driving motion by the source's retargeted keypoints), lip normalisation (relative
     motion, no retargeting) and the driving multiplier. Ratios: `regions.calc_eye_close_ratio` (1, 2)
-    and (T, 2), `regions.calc_lip_close_ratio` (1, 1) and (T, 1)."""
+    and (T, 2), `regions.calc_lip_close_ratio` (1, 1) and (T, 1). A long video goes in chunks, each
+    with the first frame's kp_info as `driving_initial` (the same keypoints as in one call)."""
     _check_options(region, driving_option)
     x_s = model.transform_keypoint(source_info)  # (1, K, 3)
-    x_d = compose_driving_keypoints(model, source_info, driving_infos, relative=relative, region=region)
+    compose = {"relative": relative, "region": region, "driving_initial": driving_initial}
+    x_d = compose_driving_keypoints(model, source_info, driving_infos, **compose)
     if relative and driving_option == "expression-friendly":
-        x_d = (x_d - x_d[:1]) * calc_motion_multiplier(x_s, x_d[:1]) + x_s
+        first = (
+            x_d[:1]
+            if driving_initial is None
+            else compose_driving_keypoints(model, source_info, driving_initial, **compose)
+        )
+        x_d = (x_d - first) * calc_motion_multiplier(x_s, first) + x_s
     ratios = {
         "source_eye_ratio": source_eye_ratio,
         "source_lip_ratio": source_lip_ratio,
