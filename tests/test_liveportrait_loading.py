@@ -191,7 +191,7 @@ def test_a_bad_models_yaml_is_refused(tmp_path):
 
 def _other_sizes(config: dict) -> dict:
     """The loader's own config with another keypoint count, other widths and depths everywhere, no
-    occlusion map, and a decoder without the pixel shuffle."""
+    3-D blocks in F, no occlusion map, and a decoder without the pixel shuffle."""
     config = copy.deepcopy(config)
     k = 10
     config["appearance_feature_extractor_params"] |= {
@@ -199,7 +199,7 @@ def _other_sizes(config: dict) -> dict:
         "max_features": 24,
         "reshape_channel": 6,
     }
-    config["appearance_feature_extractor_params"] |= {"reshape_depth": 4, "num_resblocks": 1}
+    config["appearance_feature_extractor_params"] |= {"reshape_depth": 4, "num_resblocks": 0}
     config["motion_extractor_params"] |= {"num_kp": k, "depths": [1, 2, 1], "dims": [6, 12, 20]}
     dense = {"block_expansion": 3, "max_features": 12, "num_blocks": 3, "reshape_depth": 4, "compress": 3}
     config["warping_module_params"] |= {"num_kp": k, "max_features": 24, "reshape_channel": 6}
@@ -257,7 +257,7 @@ def test_motion_options_the_model_cannot_do_are_refused():
     assert model.transfer_motion(source, driving, region="pose").shape == (2, 10, 3)
     with pytest.raises(ValueError, match="unknown animation region"):
         model.transfer_motion(source, driving, region="hair")
-    with pytest.raises(ValueError, match="driving eye ratios are needed"):
+    with pytest.raises(ValueError, match="needs the driving eye ratios"):
         model.transfer_motion(source, driving, eye_retargeting=True, source_eye_ratio=[[0.3, 0.3]])
     with pytest.raises(ValueError, match="expected 2 x 1"):
         model.transfer_motion(

@@ -23,16 +23,16 @@ def _split_width(width: int) -> tuple[int, int]:
     return (width // factor, PUBLISHED_DOWN_BLOCKS) if width % factor == 0 else (width, 0)
 
 
-def _afe_params(state: dict) -> dict:
+def _afe_params(state: dict, volume_channels: int) -> dict:
+    """`volume_channels`: the warping module's; the 3-D blocks tell them too, where there are any."""
     channels, image_channel = tensor_shape(state, "first.conv.weight")[:2]
+    if image_channel != IMAGE_CHANNELS:
+        raise CheckpointError(f"appearance_feature_extractor takes {image_channel} channels, not RGB")
     max_features = tensor_shape(state, "second.weight")[0]
     num_resblocks = count_blocks(state, r"resblocks_3d\.3dr(\d+)\.conv1\.weight")
-    if image_channel != IMAGE_CHANNELS or num_resblocks == 0:
-        raise CheckpointError(
-            f"appearance_feature_extractor: {image_channel} input channels and {num_resblocks} 3-D blocks "
-            f"(expected {IMAGE_CHANNELS} and at least 1)"
-        )
-    reshape_channel = tensor_shape(state, "resblocks_3d.3dr0.conv1.weight")[0]
+    reshape_channel = (
+        tensor_shape(state, "resblocks_3d.3dr0.conv1.weight")[0] if num_resblocks else volume_channels
+    )
     if max_features % reshape_channel:
         raise CheckpointError(
             f"appearance_feature_extractor: {max_features} channels do not fold into {reshape_channel}"
@@ -167,7 +167,9 @@ def infer_config(parts: dict[str, dict]) -> dict:
     try:
         warp = _warping_params(parts["warping_module"])
         config = {
-            "appearance_feature_extractor_params": _afe_params(parts["appearance_feature_extractor"]),
+            "appearance_feature_extractor_params": _afe_params(
+                parts["appearance_feature_extractor"], warp["reshape_channel"]
+            ),
             "motion_extractor_params": _motion_params(parts["motion_extractor"]),
             "warping_module_params": warp,
             "spade_generator_params": _spade_params(parts["spade_generator"], warp["max_features"]),

@@ -70,7 +70,7 @@ def compose_driving_keypoints(
 def _ratios(values, rows: int | None, columns: int, like: torch.Tensor, name: str) -> torch.Tensor:
     """Close ratios (rows, columns) as a tensor in the keypoints' dtype, the shape checked."""
     if values is None:
-        raise ValueError(f"{name} are needed for this option: measure them on the 203 landmarks")
+        raise ValueError(f"this option needs {name}, measured on the 203 landmarks")
     array = np.asarray(
         values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64
     )
@@ -102,6 +102,21 @@ def retargeting_inputs(x_s: torch.Tensor, frames: int, ratios: dict, eye: bool, 
         driving = _ratios(ratios["driving_lip_ratios"], frames, 1, x_s, "the driving lip ratios")
         lip_in = torch.cat([source.expand(frames, 1), driving], dim=1)
     return eye_in, lip_in
+
+
+def stitch_and_retarget(model, x_s, x_d, relative, stitching, eye_in, lip_in, lip_delta) -> torch.Tensor:
+    """The paper's Algorithm 1 as published: without retargeting, stitching and the lip
+    normalisation offsets; with it, the eye and lip offsets added to x_s (relative motion: the
+    driving motion is dropped) or to x_d (absolute), then stitching."""
+    if eye_in is None and lip_in is None:
+        x_d = model.stitching(x_s, x_d) if stitching else x_d
+        return x_d if lip_delta is None else x_d + lip_delta
+    x_d = x_s if relative else x_d
+    if eye_in is not None:
+        x_d = x_d + model.retarget_eye(x_s, eye_in)
+    if lip_in is not None:
+        x_d = x_d + model.retarget_lip(x_s, lip_in)
+    return model.stitching(x_s, x_d) if stitching else x_d
 
 
 def _check_options(region: str, driving_option: str) -> None:
@@ -155,21 +170,8 @@ def transfer_motion(
         "driving_eye_ratios": driving_eye_ratios,
         "driving_lip_ratios": driving_lip_ratios,
     }
-    if eye_retargeting or lip_retargeting:
-        eye_in, lip_in = retargeting_inputs(x_s, x_d.shape[0], ratios, eye_retargeting, lip_retargeting)
-        x_d = x_s if relative else x_d
-        if eye_in is not None:
-            x_d = x_d + model.retarget_eye(x_s, eye_in)
-        if lip_in is not None:
-            x_d = x_d + model.retarget_lip(x_s, lip_in)
-        if stitching:
-            x_d = model.stitching(x_s, x_d)
-    else:
-        lip_delta = (
-            lip_delta_before_animation(model, x_s, source_lip_ratio) if normalize_lip and relative else None
-        )
-        if stitching:
-            x_d = model.stitching(x_s, x_d)
-        if lip_delta is not None:
-            x_d = x_d + lip_delta
+    eye_in, lip_in = retargeting_inputs(x_s, x_d.shape[0], ratios, eye_retargeting, lip_retargeting)
+    normalizing = normalize_lip and relative and not (eye_retargeting or lip_retargeting)
+    lip_delta = lip_delta_before_animation(model, x_s, source_lip_ratio) if normalizing else None
+    x_d = stitch_and_retarget(model, x_s, x_d, relative, stitching, eye_in, lip_in, lip_delta)
     return x_s + (x_d - x_s) * multiplier
