@@ -111,6 +111,18 @@ def read_config(path: Path) -> dict:
     return params
 
 
+def _model_params(parts: dict[str, dict], config: dict | str | Path | None) -> dict:
+    """The config read off the tensors, overridden by `config`; its networks checked to fit together."""
+    params = infer_config(parts)
+    if config is not None:
+        params = _merge(params, config if isinstance(config, dict) else read_config(Path(config)))
+    try:
+        check_agreement(params)
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"invalid LivePortrait model config: {type(exc).__name__}: {exc}") from exc
+    return params
+
+
 def build_model(
     config: dict, spade_hidden: int = 128, input_shape=PUBLISHED_INPUT_SHAPE
 ) -> LivePortraitModel:
@@ -141,18 +153,11 @@ def load_liveportrait(
             f"{folder} is not a LivePortrait folder (no {BASE_DIR}/ in it or in liveportrait/)"
         )
     parts = read_parts(root)
-    inferred = infer_config(parts)
     if config is None and (root / CONFIG_FILE).is_file():
         config = root / CONFIG_FILE
-    if config is not None:
-        inferred = _merge(inferred, config if isinstance(config, dict) else read_config(Path(config)))
-    try:
-        check_agreement(inferred)
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"invalid LivePortrait model config: {type(exc).__name__}: {exc}") from exc
     hidden = tensor_shape(parts["spade_generator"], "G_middle_0.norm_0.mlp_shared.0.weight")[0]
     with torch.device("meta"):  # no memory and no random initialisation for weights about to be replaced
-        model = build_model(inferred, spade_hidden=hidden)
+        model = build_model(_model_params(parts, config), spade_hidden=hidden)
     with torch.no_grad():
         for part in BASE_PARTS:
             load_state(getattr(model, part), parts[part], part)
