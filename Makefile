@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint serve clean browser
+.PHONY: setup test test-fast demo bench lint serve clean browser
 
 setup: $(STAMP)
 
@@ -14,8 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[api,worker,local,dev]'
 	touch $(STAMP)
 
+# Every tier: unit, integration (ffmpeg, the CLI, OpenVINO, venv builds) and end to end (Redis, the
+# API, workers, a browser). About 15 minutes on 2 cores.
 test: setup browser
 	$(BIN)/python -m pytest -q
+
+# The unit tier alone: in-process, no Redis, no servers, no subprocess; under a minute on 2 cores.
+test-fast: setup
+	$(BIN)/python -m pytest -q tests/unit
 
 # Debian's chromium for the page tests (Playwright drives it; it never downloads a browser of its own):
 # installed once, without recommended packages, apt's output kept in a log unless it fails.

@@ -11,6 +11,17 @@ TPSMM = SHARED / "tpsmm"
 MEDIA = SHARED / "media"
 
 
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Each test carries its tier's marker (its folder's name), so `-m "not e2e"` selects by tier."""
+    for item in items:
+        tier = next((part for part in item.path.relative_to(ROOT / "tests").parts if part in TIERS), None)
+        if tier is not None:
+            item.add_marker(tier)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """One line at the end of the run: how many tests skipped for want of ../shared, and why."""
     skipped = [report for report in terminalreporter.stats.get("skipped", []) if _needed_shared(report)]

@@ -19,7 +19,7 @@ from contract.queue import live_workers
 from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until
 from tests.service_stack import clean_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HTTP_PACKAGES = {"fastapi", "starlette", "prometheus_client", "uvicorn", "multipart", "python_multipart"}
 INSTALL_TIMEOUT = 900
 

@@ -7,11 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
 
 from engine import load_checkpoint, save_checkpoint
 from engine.animator import Animator
-from engine.errors import RenderError
 from engine.frames import to_frames, to_tensor
 from engine.media.video_io import load_image, probe_video, read_frames, resize_image
 from engine.pipeline import RenderOptions, VideoPipeline
@@ -36,35 +34,6 @@ def tpsmm_64(tmp_path_factory):
         paths[name] = folder / f"{name}.pth.tar"
         save_checkpoint(paths[name], model)
     return paths
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1 / ((a.float() - b.float()) ** 2).mean()))
-
-
-@pytest.mark.parametrize("mode, background_motion", [("relative", False), ("avd", False), ("absolute", True)])
-def test_bf16_stays_above_35_db_against_fp32(tpsmm_64, real_frames, mode, background_motion):
-    source, driving = real_frames
-    renderer = Animator(load_checkpoint(tpsmm_64["tpsmm-small"]))
-    frames = {}
-    for precision in ("fp32", "bf16"):
-        state = renderer.prepare_source(source, precision, mode=mode, background_motion=background_motion)
-        frames[precision] = renderer.animate_batch(state, driving)
-    assert psnr(frames["bf16"], frames["fp32"]) >= 35
-
-
-def test_modes_a_model_cannot_render_are_invalid_options(tpsmm_64, small_checkpoint):
-    source = torch.rand(1, 3, 64, 64)
-    without_background = Animator(load_checkpoint(tpsmm_64["tpsmm-small-nobg"]))
-    with pytest.raises(RenderError, match="no background motion predictor") as error:
-        without_background.prepare_source(source, background_motion=True)
-    assert error.value.code == "invalid_option"
-    fomm = Animator(load_checkpoint(small_checkpoint))
-    with pytest.raises(RenderError, match="mode 'avd' is not available with this fomm model") as error:
-        fomm.prepare_source(source, mode="avd")
-    assert error.value.code == "invalid_option"
-    with pytest.raises(ValidationError, match="'relative', 'absolute' or 'avd'"):
-        RenderOptions(mode="standard")
 
 
 def test_best_start_frame_and_relative_motion_work_on_tpsmm_keypoints(tpsmm_64, portrait, clip, tmp_path):
@@ -143,8 +112,8 @@ def test_paste_back_gets_tpsmms_motion_and_a_still_that_does_not_move(
     tpsmm_64, real_frames, portrait, tmp_path
 ):
     from engine.media.output import FORMATS, output_size
+    from tests.integration.test_output import decode
     from tests.service_stack import cut_clip
-    from tests.test_output import decode
 
     source, driving = real_frames
     renderer = Animator(load_checkpoint(tpsmm_64["tpsmm-small"]))

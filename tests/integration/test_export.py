@@ -24,7 +24,7 @@ from engine.layers.geometry import convex_hull_area
 from engine.media.video_io import load_image, read_frames
 from engine.pipeline import RenderOptions, VideoPipeline
 from tests.conftest import FOMM, TPSMM, need_shared
-from tests.test_cli import cut
+from tests.integration.test_cli import cut
 
 ANIMATE = [sys.executable, "-m", "cli.main"]
 TOLERANCE = 1e-4  # fp32 against fp32, as the parity tests
@@ -181,7 +181,7 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(onnx_export, frames, torch_r
 
 def test_the_documented_onnxruntime_example_reproduces_torch(onnx_export, frames, torch_renderer):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the dev extra)")
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "EXPORT.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "EXPORT.md").read_text()
     example = re.search(r"```python\n(import json, numpy.*?)```", docs, re.S).group(1)
     source, driving = (t.numpy() for t in frames)
     scope = {"source": source, "driving": driving}

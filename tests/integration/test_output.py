@@ -156,7 +156,7 @@ def short_clip(tmp_path_factory) -> Path:
 def test_render_command_writes_a_looping_webm_and_its_poster(
     small_checkpoint, portrait, short_clip, tmp_path
 ):
-    from tests.test_cli import run_animate
+    from tests.integration.test_cli import run_animate
 
     out, poster = tmp_path / "out.webm", tmp_path / "cover.jpg"
     base = [
@@ -213,7 +213,7 @@ def test_render_skips_frames_for_mail_formats_and_takes_audio_only_when_present(
 
 
 def test_render_command_rejects_bad_output_options(small_checkpoint, portrait, short_clip, tmp_path):
-    from tests.test_cli import run_animate
+    from tests.integration.test_cli import run_animate
 
     base = [
         "render",

@@ -12,8 +12,9 @@ from engine.families.fomm.keypoint_detector import expected_coordinates
 from engine.layers.blocks import AntiAliasDownsample, coordinate_grid, inverse_2x2, warp
 from engine.layers.geometry import convex_hull_area, normalized_arrangement
 from engine.pipeline import best_start_frame
+from tests.conftest import FOMM
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "fomm" / "official-manifests.json"
+MANIFESTS = FOMM / "official-manifests.json"
 
 TINY = {
     "common_params": {"num_kp": 5, "num_channels": 3, "estimate_jacobian": True},

@@ -9,7 +9,7 @@ import yaml
 
 from contract.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:
