@@ -45,8 +45,7 @@ class ServiceStack:
             REDIS_URL=self.redis.url,
             DATA_DIR=str(self.data_dir),
             WEIGHTS_DIR=str(weights_dir),
-            DEFAULT_MODEL="small",
-            **settings,
+            **{"DEFAULT_MODEL": "small", **settings},
         )
         self.worker: subprocess.Popen | None = None
         self.api: subprocess.Popen | None = None

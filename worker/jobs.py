@@ -11,7 +11,6 @@ job's webhook.
 import errno
 import logging
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from worker.errors import InvalidVideo, RenderCanceled, RenderError
 from worker.hardware import default_precision
 from worker.pipeline import RenderOptions, RenderResult
 from worker.progress import Progress
+from worker.shutdown import StopRequest
 from worker.video_io import load_image, probe_video
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
@@ -44,7 +44,7 @@ log = logging.getLogger("worker")
 
 
 class WorkerStopping(Exception):
-    """The worker was asked to stop mid-render; the job goes back to the queue, not to failed."""
+    """The worker's stop grace ran out mid-render; the job goes back to the queue, not to failed."""
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Engine:
     queue: JobQueue
     store: JobStore
     scratch: Path  # this process's own folder for inputs and renders
-    stopping: threading.Event = field(default_factory=threading.Event)
+    stop: StopRequest  # SIGTERM's grace (worker/shutdown.py)
     interrupted: set[str] = field(default_factory=set)  # ids of jobs to hand back to the queue
 
 
@@ -69,7 +69,7 @@ def install(engine: Engine) -> None:
 
 
 class JobReporter:
-    """Progress into the job record, throttled; cancel requests and worker shutdown polled between batches."""
+    """Progress into the job record, throttled; cancel requests and the stop grace polled between batches."""
 
     def __init__(self, record: JobRecord, engine: Engine):
         self.record = record
@@ -100,7 +100,7 @@ class JobReporter:
         self.save(progress=ProgressReport.model_validate(progress.to_dict()))
 
     def should_cancel(self) -> bool:
-        if self.engine.stopping.is_set():
+        if self.engine.stop.must_hand_back():
             return True
         now = time.monotonic()
         if now - self.last_poll >= CANCEL_POLL_INTERVAL:
@@ -188,7 +188,7 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any]:
     try:
         rendered = _render(record, engine, reporter, scratch)
     except BaseException as exc:
-        if isinstance(exc, RenderCanceled) and engine.stopping.is_set():
+        if isinstance(exc, RenderCanceled) and engine.stop.must_hand_back():
             engine.interrupted.add(job_id)
             reporter.save(progress=None, timings=None)
             raise WorkerStopping(f"job {job_id} interrupted by a worker shutdown") from exc
