@@ -89,10 +89,12 @@ class ServiceStack:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self) -> None:
+    def start_worker(self, **settings: str) -> None:
+        """A worker with the stack's settings, and `settings` over them."""
         log = (self.folder / "worker.log").open("ab")
         command = [sys.executable, "-m", "worker.run"]
-        self.worker = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        env = {**self.env, **settings}
+        self.worker = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         pid = self.worker.pid
         wait_until(lambda: self._worker_published(pid), START_TIMEOUT, "the worker", self.worker)
 
