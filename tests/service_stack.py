@@ -4,19 +4,22 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import imageio_ffmpeg
 import redis
+from rq import Queue
 
-from contract.queue import live_workers
+from contract.queue import QUEUE_NAME, live_workers
 from contract.settings import Settings
 from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 START_TIMEOUT = 120.0
+SETTLE_TIMEOUT = 15.0  # how long a stack may take to finish what a test left running
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -45,11 +48,11 @@ class ServiceStack:
             REDIS_URL=self.redis.url,
             DATA_DIR=str(self.data_dir),
             WEIGHTS_DIR=str(weights_dir),
-            DEFAULT_MODEL="small",
-            **settings,
+            **{"DEFAULT_MODEL": "small", **settings},
         )
         self.worker: subprocess.Popen | None = None
         self.api: subprocess.Popen | None = None
+        self.api_env: dict[str, str] = {}
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
     def redis_client(self) -> redis.Redis:
@@ -76,6 +79,7 @@ class ServiceStack:
         command = [sys.executable, "-m", "service"]
         log = (self.folder / "api.log").open("ab")
         env = {**self.env, "PORT": str(self.port)}
+        self.api_env = dict(self.env)
         self.api = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._answers, START_TIMEOUT, "the API", self.api)
 
@@ -85,10 +89,12 @@ class ServiceStack:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self) -> None:
+    def start_worker(self, **settings: str) -> None:
+        """A worker with the stack's settings, and `settings` over them."""
         log = (self.folder / "worker.log").open("ab")
         command = [sys.executable, "-m", "worker.run"]
-        self.worker = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        env = {**self.env, **settings}
+        self.worker = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         pid = self.worker.pid
         wait_until(lambda: self._worker_published(pid), START_TIMEOUT, "the worker", self.worker)
 
@@ -102,6 +108,24 @@ class ServiceStack:
         status = stop_process(self.worker)
         self.worker = None
         return status
+
+    def unsettled(self) -> str | None:
+        """Why this stack is not as `start()` left it, or None: Redis, the API (with the stack's own
+        settings) and one published worker running, no job waiting or running."""
+        if self.redis.process is None or self.redis.process.poll() is not None:
+            return "Redis is not running"
+        if self.api is None or self.api.poll() is not None or self.api_env != self.env:
+            return "the API is not running with the stack's settings"
+        worker = self.worker
+        if worker is None or worker.poll() is not None or not self._worker_published(worker.pid):
+            return "no worker is running"
+        queue = Queue(QUEUE_NAME, connection=self.redis_client())
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while queue.count or queue.started_job_registry.count:
+            if time.monotonic() > deadline:
+                return f"{queue.count} jobs waiting and {queue.started_job_registry.count} running"
+            time.sleep(0.2)
+        return None
 
     def close(self) -> None:
         self.http.close()
@@ -128,3 +152,28 @@ class ServiceStack:
         return self.wait_for(
             job_id, lambda job: job["status"] in ("succeeded", "failed", "canceled"), timeout
         )
+
+
+class ReusedStack:
+    """One ServiceStack from test to test while it stays as `start()` left it, else a new one: each
+    test starts from a known state, and what one test left behind (a worker that did not stop, a job
+    still running, a changed setting) cannot fail the tests after it."""
+
+    def __init__(self, make: Callable[[], ServiceStack]):
+        self.make = make
+        self.current: ServiceStack | None = None
+
+    def ready(self) -> ServiceStack:
+        if self.current is not None:
+            reason = self.current.unsettled()
+            if reason is None:
+                return self.current
+            print(f"service stack replaced: {reason}", file=sys.stderr)
+            self.current.close()
+            self.current = None
+        self.current = self.make().__enter__()
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()

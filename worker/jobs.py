@@ -12,7 +12,6 @@ import contextlib
 import errno
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from engine.media.video_io import load_image, probe_video
 from engine.pipeline import RenderOptions, RenderResult
 from engine.progress import Progress
 from worker.catalog import LoadedModel
+from worker.shutdown import StopRequest
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes: a few per second at most
 CANCEL_POLL_INTERVAL = 0.2  # seconds between reads of the cancel flag
@@ -51,7 +51,7 @@ log = logging.getLogger("worker")
 
 
 class WorkerStopping(Exception):
-    """The worker was asked to stop mid-render; the job goes back to the queue, not to failed."""
+    """The worker's stop grace ran out mid-render; the job goes back to the queue, not to failed."""
 
 
 class StoreUnreachable(Exception):
@@ -68,7 +68,7 @@ class WorkerContext:
     queue: JobQueue
     store: JobStore
     scratch: Path  # this process's own folder for inputs and renders
-    stopping: threading.Event = field(default_factory=threading.Event)
+    stop: StopRequest  # SIGTERM's grace (worker/shutdown.py)
     interrupted: set[str] = field(default_factory=set)  # ids of jobs to hand back to the queue
 
 
@@ -81,7 +81,7 @@ def install(context: WorkerContext) -> None:
 
 
 class JobReporter:
-    """Progress into the job record, throttled; cancel requests and worker shutdown polled between batches."""
+    """Progress into the job record, throttled; cancel requests and the stop grace polled between batches."""
 
     def __init__(self, record: JobRecord, context: WorkerContext):
         self.record = record
@@ -112,7 +112,7 @@ class JobReporter:
         self.save(progress=ProgressReport.model_validate(progress.to_dict()))
 
     def should_cancel(self) -> bool:
-        if self.context.stopping.is_set():
+        if self.context.stop.must_hand_back():
             return True
         now = time.monotonic()
         if now - self.last_poll >= CANCEL_POLL_INTERVAL:
@@ -261,7 +261,7 @@ def render_job(job_id: str, request: dict[str, Any]) -> dict[str, Any] | Retry:
     except BaseException as exc:
         if isinstance(exc, StoreUnreachable) and _hand_back(context, reporter):
             return Retry(max=MAX_HAND_BACKS, enqueue_at_front=True)  # RQ queues it again, not failed
-        if isinstance(exc, RenderCanceled) and context.stopping.is_set():
+        if isinstance(exc, RenderCanceled) and context.stop.must_hand_back():
             context.interrupted.add(job_id)
             reporter.save(progress=None, timings=None)
             raise WorkerStopping(f"job {job_id} interrupted by a worker shutdown") from exc

@@ -12,8 +12,9 @@ within about a minute (contract/maintenance.py, whose handler this worker's main
 and it cannot kill a running job, so cancellation is our own Redis flag, read between frame batches.
 A job's retries are only for a worker that died: an error the render raised fails the job at once.
 
-SIGINT or SIGTERM stops the worker within a frame batch: the job it was rendering goes back to the
-front of the queue for the next worker instead of failing.
+SIGINT or SIGTERM stops the worker within WORKER_STOP_GRACE (worker/shutdown.py): no new job, the
+current one finished if it can be in time, else handed back to the front of the queue for the next
+worker, neither failed nor counted as a retry.
 """
 
 import argparse
@@ -38,6 +39,7 @@ from contract.settings import Settings
 from contract.storage import open_store
 from engine.hardware import default_precision
 from worker import jobs, process
+from worker.shutdown import StopRequest
 
 log = logging.getLogger("worker")
 
@@ -65,8 +67,8 @@ class JobHeartbeat(threading.Thread):
 
 
 class ModelWorker(SimpleWorker):
-    """A SimpleWorker that keeps its job's heartbeat alive, interrupts its render on shutdown and
-    hands that job back to the queue."""
+    """A SimpleWorker that keeps its job's heartbeat alive and, asked to stop, lets its job finish
+    within the stop grace or hands it back to the queue."""
 
     max_connection_wait_time = 5.0  # back in service within seconds of Redis returning
 
@@ -79,15 +81,53 @@ class ModelWorker(SimpleWorker):
         return 3 * self.heartbeat_interval
 
     def request_stop(self, signum, frame):
-        self.context.stopping.set()
-        super().request_stop(signum, frame)
+        self.context.stop.request()
+        super().request_stop(signum, frame)  # no new job; a second signal comes to request_force_stop
+
+    def _install_signal_handlers(self):
+        super()._install_signal_handlers()
+        if self.context.stop.requested.is_set():  # a signal came before RQ's handlers: take no job
+            self._stop_requested = True
+
+    def request_force_stop(self, signum, frame):
+        """A second signal: the job handed back at its next frame batch (RQ's cold exit would fail it)."""
+        self.context.stop.request()
+
+    def unsubscribe(self):
+        """RQ's, with the listener told to stop before it can read the UNSUBSCRIBE reply. In RQ's order
+        (unsubscribe, then stop) the listener often reads the reply first, then waits up to a minute for
+        a new subscription while `stop()` joins it: the worker then outlived its grace."""
+        if self.pubsub_thread:
+            self.pubsub_thread.stop(timeout=0)  # its flag cleared; the reply ends its loop
+            self.pubsub.unsubscribe()
+            self.pubsub_thread.join(timeout=1)
+            self.pubsub.close()
+
+    def handle_exception(self, job: Job, *exc_info):
+        if job.id not in self.context.interrupted:  # a hand-back is no error: nothing to log or handle
+            super().handle_exception(job, *exc_info)
 
     def handle_job_failure(self, job: Job, queue: Queue, *args, **kwargs):
+        if job.id in self.context.interrupted:
+            self.hand_back(job, queue, kwargs.get("execution"))
+            return
         retries, job.retries_left = job.retries_left, 0  # raised by the render: final, not retried
         try:
             super().handle_job_failure(job, queue, *args, **kwargs)
         finally:
             job.retries_left = retries
+
+    def hand_back(self, job: Job, queue: Queue, execution: Execution | None) -> None:
+        """The interrupted job back at the front of the queue as it was queued: no failure recorded,
+        its retries kept."""
+        self.context.interrupted.discard(job.id)
+        job.started_at = job.ended_at = None
+        with self.connection.pipeline() as pipeline:  # one transaction: never both running and queued
+            pipeline.multi()  # RQ 3 enqueues on a pipeline that already holds commands only inside MULTI
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            queue._enqueue_job(job, pipeline=pipeline, at_front=True)  # as RQ's own retry queues a job
+            pipeline.execute()
+        self.log.info("job %s handed back to the queue: the worker is stopping", job.id)
 
     def execute_job(self, job: Job, queue: Queue):
         execution = self.prepare_execution(job)
@@ -100,10 +140,6 @@ class ModelWorker(SimpleWorker):
             heartbeat.stop()
             current_job_id.reset(token)
         self.set_state(WorkerStatus.IDLE)
-        if job.id in self.context.interrupted:
-            self.context.interrupted.discard(job.id)
-            queue.failed_job_registry.requeue(job.id, at_front=True)
-            self.log.info("job %s interrupted by shutdown: back in the queue", job.id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     client = connect(settings.queue_url)
     queue = JobQueue(client, settings.job_timeout, settings.result_ttl)
     scratch = process.scratch_folder(settings, name)
-    context = jobs.WorkerContext(models, settings, queue, open_store(settings), scratch)
+    stop = StopRequest(settings.worker_stop_grace)
+    context = jobs.WorkerContext(models, settings, queue, open_store(settings), scratch, stop)
     lost_jobs = LostJobHandler(client)
     jobs.install(context)
 
     def stop_between_jobs(signum, frame) -> None:  # RQ installs its own handlers while work() runs
-        context.stopping.set()
+        context.stop.request()
 
     precision = settings.precision or default_precision(settings.worker_device)
     described = [m.describe(precision).model_dump(mode="json") for m in models.values()]
@@ -137,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         for incarnation in itertools.count():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, stop_between_jobs)
-            if not process.wait_for_redis(client, context.stopping):
+            if not process.wait_for_redis(client, context.stop.requested):
                 break
             presence.publish()
             if not presence.is_alive():
@@ -157,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                 worker.work(logging_level=settings.log_level.upper())
             except redis.exceptions.RedisError as exc:
                 log.warning("lost Redis: %s", exc)
-            if worker._stop_requested or context.stopping.is_set():
+            if worker._stop_requested or context.stop.requested.is_set():
                 break
-            context.stopping.wait(1)  # RQ gave up on an error it logged; start over once Redis answers
+            context.stop.requested.wait(1)  # RQ gave up on an error it logged; start over once Redis answers
     finally:
         presence.stop()
     log.info("worker %s stopped", name)

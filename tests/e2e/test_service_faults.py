@@ -2,7 +2,9 @@
 the result, a video that breaks mid-stream, Redis restarted under queued jobs, a full queue.
 
 Heartbeats and maintenance passes are set to a second here (a minute in production), so a lost
-job is found within seconds.
+job is found within seconds. Each test gets the stack as started (Redis, the API, one worker, no job
+waiting or running): the one before it is reused when it is in that state, else replaced, so a
+test that fails midway cannot fail the ones after it.
 """
 
 import resource
@@ -15,7 +17,7 @@ import pytest
 
 from engine.media.video_io import probe_video
 from tests.hostile_media import gradient, image_bytes, make_clip
-from tests.service_stack import ROOT, ServiceStack, cut_clip
+from tests.service_stack import ROOT, ReusedStack, ServiceStack, cut_clip
 
 pytestmark = pytest.mark.slow
 FULL_FRAME = {"crop": "none"}
@@ -23,17 +25,27 @@ RESULT_LIMIT_BYTES = 2048  # what the "full disk" lets a worker write: less than
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, small_checkpoint):
-    with ServiceStack(
-        tmp_path_factory.mktemp("faults"),
-        small_checkpoint.parent,
-        BATCH_SIZE="2",
-        HEARTBEAT_INTERVAL="1",
-        MAINTENANCE_INTERVAL="1",
-        JOB_RETRIES="1",
-        MAX_QUEUED="2",
-    ) as service:
-        yield service
+def stacks(tmp_path_factory, small_checkpoint):
+    def make() -> ServiceStack:
+        return ServiceStack(
+            tmp_path_factory.mktemp("faults"),
+            small_checkpoint.parent,
+            BATCH_SIZE="2",
+            HEARTBEAT_INTERVAL="1",
+            MAINTENANCE_INTERVAL="1",
+            JOB_RETRIES="1",
+            MAX_QUEUED="2",
+        )
+
+    reused = ReusedStack(make)
+    yield reused
+    reused.close()
+
+
+@pytest.fixture
+def stack(stacks) -> ServiceStack:
+    """The service as started: Redis, the API, one worker, no job waiting or running."""
+    return stacks.ready()
 
 
 @pytest.fixture(scope="module")
