@@ -62,6 +62,7 @@ class FamilyCase:
     published_loop: Callable  # (model, source (1,3,H,W), driving (T,3,H,W)) -> (T,3,H',W'), relative mode
     option_sets: list[dict] = field(default_factory=lambda: [{}])  # motion options its checks cover
     tolerance: float = 1e-4  # fp32 fast path against the published loop
+    keypoint_network: str = "kp_detector"  # the network that reads the motion off a frame
 
     def __str__(self) -> str:
         return self.name
