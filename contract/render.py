@@ -11,6 +11,9 @@ from contract.options import OutputFormatName
 
 ProgressStage = Literal["analysing", "rendering", "encoding"]
 PROGRESS_STAGES: tuple[str, ...] = get_args(ProgressStage)
+# What a client sees: the job's stage, queued before the worker's stages. One flat enumeration (not a
+# union of two), which client generators turn into one enum type.
+JobStage = Literal[("queued", *PROGRESS_STAGES)]
 
 
 class JobResult(BaseModel):
