@@ -90,6 +90,13 @@ def test_submit_poll_download(stack, portrait, short_clip, tmp_path):
         done["timings"][k] is not None for k in ("queue_wait", "decode", "inference", "encode", "render")
     )
     assert done["timings"]["precision"] == default_precision("cpu")  # the worker's default, this CPU's
+    assert done["result"]["framing"] == {
+        "source": "whole",
+        "driving": "whole",
+        "subject_found": None,
+        "reason": "crop none: the whole photo; the whole driving frames",
+        "warning": None,
+    }
     assert done["started_at"] and done["finished_at"] and done["finished_at"] >= done["started_at"]
 
     response = stack.http.get(done["result_url"])
