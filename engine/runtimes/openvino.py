@@ -152,11 +152,14 @@ class OpenVinoAdapter:
         self._warned_bf16 = False
 
     def _precision(self, precision: str) -> str:
+        """The precision the graphs run in: bf16 only where the CPU has it (OpenVINO would emulate it)."""
         if precision not in OPENVINO_PRECISIONS:
             raise RenderError("the openvino runtime runs fp32 or bf16", "invalid_option")
-        if precision == "bf16" and not self.native_bf16 and not self._warned_bf16:
-            log.warning("this CPU has no native bfloat16: OpenVINO runs bf16 requests in float32")
-            self._warned_bf16 = True
+        if precision == "bf16" and not self.native_bf16:
+            if not self._warned_bf16:
+                log.warning("this CPU has no native bfloat16: OpenVINO runs bf16 requests in float32")
+                self._warned_bf16 = True
+            return "fp32"
         return precision
 
     def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import pytest
 
 from contract.queue import JobQueue, connect
 from contract.storage.local import LocalStore
+from engine.hardware import default_precision
 from engine.media.video_io import probe_video
 from service.cleanup import sweep
 from tests.service_stack import ROOT, ReusedStack, ServiceStack, clean_env, cut_clip
@@ -99,7 +100,14 @@ def test_submit_poll_download(stack, portrait, short_clip, tmp_path):
     assert all(
         done["timings"][k] is not None for k in ("queue_wait", "decode", "inference", "encode", "render")
     )
-    assert done["timings"]["precision"] == "fp32"
+    assert done["timings"]["precision"] == default_precision("cpu")  # the worker's default, this CPU's
+    assert done["result"]["framing"] == {
+        "source": "whole",
+        "driving": "whole",
+        "subject_found": None,
+        "reason": "crop none: the whole photo; the whole driving frames",
+        "warning": None,
+    }
     assert done["started_at"] and done["finished_at"] and done["finished_at"] >= done["started_at"]
 
     response = stack.http.get(done["result_url"])
