@@ -9,7 +9,8 @@ from contract.queue import JobQueue, connect
 from contract.settings import Settings
 from contract.storage import JobStore, open_store
 from service.auth import parse_keys
-from service.probe import CheckSlots, Prober
+from service.check_slots import CheckSlots
+from service.probe import Prober
 from service.readiness import StoreReadiness
 
 

@@ -6,9 +6,10 @@ takes the session, checks the source image like an upload (in a limited child, i
 check slots uploads use, killed as soon as the session ends) and every driving frame's type and
 decoding cost (its JPEG markers walked: size and scans, nothing decoded, contract/images.py), and
 keeps at most FRAME_QUEUE frames waiting: older ones are dropped and counted. A session's frames
-are read at most INTAKE_FACTOR times as fast as the rate it was admitted at (LIVE_TARGET_FPS, which
-the worker holds it to): a client sending faster waits on its own socket instead of costing the API
-and Redis work for frames that would be dropped. A message may be up to
+go to the worker at most INTAKE_FACTOR times as fast as the rate it was admitted at (LIVE_TARGET_FPS,
+which the worker holds it to): every message is read as it comes, and a frame that comes sooner
+waits for its turn, replaced by any newer one, so a client sending faster costs neither Redis nor
+the worker more, and the newest frame is always the one rendered. A message may be up to
 MAX_MESSAGE_BYTES (uvicorn's limit, set by service/__main__.py), twice the largest source, so a
 source over the limit is read and refused with its documented close, not cut off by the protocol.
 A stats message goes to the client every second. Whichever side closes, everything of the session
@@ -49,7 +50,7 @@ MAX_SOURCE_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_BYTES = 2 * MAX_SOURCE_BYTES  # what uvicorn reads of one message before cutting it off
 MAX_TEXT_CHARS = 1024
 STATS_INTERVAL = 1.0
-INTAKE_FACTOR = 2  # frames read per admitted frame, at most: the newest is fresh when the worker takes it
+INTAKE_FACTOR = 2  # frames sent on per admitted frame, at most: the newest is fresh when the worker takes it
 # WebSocket close codes (RFC 6455) by the error codes that end a session
 CLOSE_CODES = {
     "frame_too_large": 1009,
@@ -232,7 +233,7 @@ class Relay:
         self.keys = keys
         self.ctx = ctx
         self.owner = owner
-        self.frame_gap = 1 / (INTAKE_FACTOR * ctx.settings.live_target_fps)  # seconds between frames read
+        self.frame_gap = 1 / (INTAKE_FACTOR * ctx.settings.live_target_fps)  # seconds between frames sent
         self.stats = LiveStats()
         self.send_lock = asyncio.Lock()
         self.push_frame = client.register_script(channel.PUSH_FRAME)
@@ -260,26 +261,42 @@ class Relay:
         source = message["bytes"]
         await check_source(source, self.ctx, self.owner)
         await self.control(channel.SOURCE, 0, source)
-        index, next_read = 0, 0.0
+        await self.relay_frames()
+
+    async def relay_frames(self) -> None:
+        """Every message is read as it comes (the connection's pings and pongs with it), but frames go
+        to the worker at most every `frame_gap`: a frame that arrives sooner waits, replaced by any
+        newer one (those count as dropped), so the newest is always the one sent."""
+        index, pending, next_push = 0, None, 0.0
         while True:
-            await asyncio.sleep(max(0.0, next_read - time.monotonic()))
-            next_read = time.monotonic() + self.frame_gap
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            wait = None if pending is None else max(0.0, next_push - time.monotonic())
+            try:
+                message = await asyncio.wait_for(self.websocket.receive(), wait)
+            except TimeoutError:
+                message = None
+            if message is not None and message["type"] == "websocket.disconnect":
                 return
-            if message.get("bytes") is not None:
-                check_frame(message["bytes"])
-                item = channel.pack(channel.FRAME, index, message["bytes"])
-                # a frame trimmed from the queue counts as dropped when a newer one is answered
+            if message is not None and message.get("bytes") is not None:
                 self.stats.frame_in(index)
-                await self.push_frame(
-                    keys=[self.keys.frames], args=[item, channel.FRAME_QUEUE, channel.KEY_TTL]
-                )
-                index += 1
-            elif self.is_reset(message.get("text") or ""):
-                await self.control(channel.RESET, index)
-            else:
-                await self.send_error("invalid_message", 'text messages must be {"type": "reset"}')
+                pending, index = (index, message["bytes"]), index + 1
+            elif message is not None:
+                await self.text(message.get("text") or "", index)
+            if pending is not None and time.monotonic() >= next_push:
+                await self.push(*pending)
+                pending, next_push = None, time.monotonic() + self.frame_gap
+
+    async def push(self, index: int, frame: bytes) -> None:
+        """Check a driving frame and queue it for the worker (at most FRAME_QUEUE wait: the oldest go)."""
+        check_frame(frame)
+        item = channel.pack(channel.FRAME, index, frame)
+        # a frame trimmed from the queue counts as dropped when a newer one is answered
+        await self.push_frame(keys=[self.keys.frames], args=[item, channel.FRAME_QUEUE, channel.KEY_TTL])
+
+    async def text(self, text: str, index: int) -> None:
+        if self.is_reset(text):
+            await self.control(channel.RESET, index)
+        else:
+            await self.send_error("invalid_message", 'text messages must be {"type": "reset"}')
 
     @staticmethod
     def is_reset(text: str) -> bool:

@@ -21,7 +21,8 @@ from tests.hostile_media import gradient, image_bytes, make_clip, scan_bomb
 from tests.live_stack import LiveStack, Received, driving_jpegs, receive, receive_until
 
 pytestmark = pytest.mark.slow
-TARGET_FPS = 2  # a 256 px frame of the small networks takes ~40 ms here: two sessions use a fifth of it
+TARGET_FPS = 1  # a 256 px frame of the small networks takes ~40 ms in fp32: two sessions use 8 % of a second
+FLOOD_FPS = 100  # frames a second each flooding session sends: faster than any frame renders here
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,7 @@ def stack(tmp_path_factory, weights):
         LIVE_SESSIONS="2",
         LIVE_TARGET_FPS=str(TARGET_FPS),
         LIVE_IDLE_SECONDS="10",
+        PRECISION="fp32",
         BATCH_SIZE="4",
     ) as service:
         yield service
@@ -132,7 +134,8 @@ def test_a_source_over_the_limit_gets_its_documented_close(idle):
 
 
 class Flood:
-    """A live session sending frames as fast as the connection takes them, and reading its answers."""
+    """A live session sending FLOOD_FPS frames a second, far faster than it is answered, and reading
+    its answers. (Faster still would only measure the test's own CPU, which shares this machine.)"""
 
     def __init__(self, ws: ClientConnection, source: bytes, frames: list[bytes]):
         self.ws = ws
@@ -146,7 +149,7 @@ class Flood:
 
     def send(self) -> None:
         index = 0
-        while not self.stop.is_set():
+        while not self.stop.wait(1 / FLOOD_FPS):
             try:
                 self.ws.send(self.frames[index % len(self.frames)])
             except ConnectionClosed:
@@ -182,25 +185,36 @@ def _batch_seconds(stack: LiveStack, source: Path, clip: Path) -> float:
     return done["timings"]["render"]
 
 
+def _flooded_batch(stack: LiveStack, source: Path, clip: Path, portrait: Path, frames: list[bytes]):
+    """A batch job's render time while two sessions flood, their answers a second and the live
+    worker's CPU seconds a second meanwhile."""
+    with stack.connect("wide") as first, stack.connect("wide") as second:
+        floods = [Flood(ws, portrait.read_bytes(), frames) for ws in (first, second)]
+        try:
+            time.sleep(2)
+            live_cpu, started = _cpu_seconds(stack.live.pid), time.monotonic()
+            seconds = _batch_seconds(stack, source, clip)
+            live_share = (_cpu_seconds(stack.live.pid) - live_cpu) / (time.monotonic() - started)
+        finally:
+            rates = [flood.close() for flood in floods]
+    return seconds, rates, live_share
+
+
 def test_flooding_sessions_are_held_to_their_rate_and_leave_batch_jobs_their_pace(
     idle, portrait, frames, tmp_path
 ):
     """Two sessions sending as fast as they could slowed another tenant's batch job tenfold (2.5 s to
     24 s): the live worker rendered every frame it could. Held to their admitted rate, the sessions
-    use what admission counted on (2 x TARGET_FPS frames a second) and no more."""
+    use what admission counted on (2 x TARGET_FPS frames a second) and no more, however fast they
+    send. Other work shares this machine: each time is the better of two, the slowdown bound loose."""
     source = tmp_path / "source.png"
     source.write_bytes(image_bytes(gradient(64, 64), "PNG"))
     clip = make_clip(tmp_path / "clip.mp4", 6.0, 64, 30)
-    alone = min(_batch_seconds(idle, source, clip) for _ in range(2))
-    with idle.connect("wide") as first, idle.connect("wide") as second:
-        floods = [Flood(ws, portrait.read_bytes(), frames) for ws in (first, second)]
-        try:
-            time.sleep(2)
-            live_cpu, started = _cpu_seconds(idle.live.pid), time.monotonic()
-            flooded = _batch_seconds(idle, source, clip)
-            live_share = (_cpu_seconds(idle.live.pid) - live_cpu) / (time.monotonic() - started)
-        finally:
-            rates = [flood.close() for flood in floods]
-    assert all(rate <= 1.25 * TARGET_FPS + 0.5 for rate in rates), f"answers a second: {rates}"
-    assert live_share < 0.6, f"the live worker used {live_share:.2f} of a core while flooded"
-    assert flooded < 3 * alone + 1, f"the batch job took {flooded:.1f} s against {alone:.1f} s alone"
+    alone, flooded = [], []
+    for _ in range(2):
+        alone.append(_batch_seconds(idle, source, clip))
+        seconds, rates, live_share = _flooded_batch(idle, source, clip, portrait, frames)
+        flooded.append(seconds)
+        assert all(rate <= 1.25 * TARGET_FPS + 0.5 for rate in rates), f"answers a second: {rates}"
+        assert live_share < 0.4, f"the live worker used {live_share:.2f} of a core while flooded"
+    assert min(flooded) < 5 * min(alone) + 1, f"the batch job took {flooded} s against {alone} s alone"

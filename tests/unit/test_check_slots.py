@@ -1,12 +1,12 @@
-"""The check slots (service/probe.py) are shared between tenants: one tenant's queue of uploads never
+"""The check slots (service/check_slots.py) are shared between tenants: one tenant's queue of uploads never
 stands in front of another tenant's upload, and a wait that times out answers 503 server_busy."""
 
 import asyncio
 
 import pytest
 
+from service.check_slots import CheckSlots
 from service.errors import ApiError
-from service.probe import CheckSlots
 
 
 async def _hold(slots: CheckSlots, owner: str, order: list[str], release: asyncio.Event) -> None:
