@@ -171,6 +171,12 @@ def read_container(
     return ContainerFacts(width=width, height=height, rotation=rotation, audio=audio, **timing)
 
 
+def _span(packet: av.Packet, default_seconds: Fraction) -> tuple[Fraction, Fraction]:
+    """When a packet starts and ends, in seconds; `default_seconds` long when it gives no duration."""
+    begins = packet.pts * packet.time_base
+    return begins, begins + (packet.duration * packet.time_base if packet.duration else default_seconds)
+
+
 def _read_packets(
     container: av.container.InputContainer,
     video: av.video.stream.VideoStream,
@@ -188,11 +194,7 @@ def _read_packets(
             if packet.size == 0 or packet.pts is None or packet.time_base is None:
                 continue
             is_video = packet.stream.index == video.index
-            begins = packet.pts * packet.time_base
-            if packet.duration:
-                finishes = begins + packet.duration * packet.time_base
-            else:
-                finishes = begins + (frame_seconds if is_video else 0)
+            begins, finishes = _span(packet, frame_seconds if is_video else Fraction(0))
             ends = max(ends, float(finishes) - start)
             if not is_video:
                 continue

@@ -186,14 +186,15 @@ def probe_video(path: str | Path, max_pixels: int = MAX_VIDEO_PIXELS) -> VideoIn
     return VideoInfo(width, height, fps, facts.seconds, facts.frames, facts.audio)
 
 
-def _timing_options(info: VideoInfo | None) -> tuple[list[str], list[str]]:
-    """(input options, filters) that decode `info`'s frames at its timing, each frame at most as
-    large as the first; none for a file of our own (every decoded frame once)."""
+def _decoding_bounds(info: VideoInfo | None) -> tuple[list[str], list[str], list[str]]:
+    """(input options, filters, output options) that decode `info`'s frames at its timing, at most
+    `info.frames` of them, each at most as large as the first; none for a file of our own (every
+    decoded frame once)."""
     if info is None:
-        return [], []
+        return [], [], []
     rate = Fraction(info.fps).limit_denominator(1_000_000)
     largest = (info.width + ALIGN_SLACK) * (info.height + ALIGN_SLACK)  # FFmpeg pads the width it checks
-    return ["-max_pixels", str(largest)], [f"fps={rate}"]
+    return ["-max_pixels", str(largest)], [f"fps={rate}"], ["-frames:v", str(info.frames)]
 
 
 def read_frames(
@@ -206,8 +207,7 @@ def read_frames(
     `-xerror` makes ffmpeg stop at the first corrupt packet and the exit status is checked, so a
     video that breaks halfway fails instead of silently yielding a shorter clip.
     """
-    bounds, timing = _timing_options(info)
-    most = ["-frames:v", str(info.frames)] if info is not None else []
+    bounds, timing, most = _decoding_bounds(info)
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", *bounds, *safe_input(path),
         "-i", str(path), "-xerror", "-an", "-vf", ",".join([*timing, f"scale={width}:{height}:flags=area"]),
