@@ -1,6 +1,8 @@
 """The `animate` command: render locally, inspect and export a checkpoint, train and evaluate models.
 
-Errors about inputs print one line on stderr and exit with status 2; no output file is left behind.
+Errors about inputs print one line on stderr and exit with status 2; no output file is left behind,
+and no input is ever written over: an output that is an input (by name, symbolic or hard link) is
+refused, and so is an export into a symbolic link.
 """
 
 import argparse
@@ -150,6 +152,24 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are one file, through symbolic and hard links alike."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (or cannot be read): not the same existing file
+        return False
+
+
+def _overwritten_input(inputs: dict[str, str | None], outputs: dict[str, Path]) -> str | None:
+    """Which output names an input, said as a refusal; None when none does."""
+    inputs = {flag: given for flag, given in inputs.items() if given}
+    for out_flag, out in outputs.items():
+        for in_flag, given in inputs.items():
+            if _same_file(out, Path(given)):
+                return f"{out_flag} {out} is the {in_flag} file: it would be written over"
+    return None
+
+
 def _output_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the output arguments, checked before anything heavy is loaded."""
     out = Path(args.out)
@@ -159,6 +179,10 @@ def _output_problem(args: argparse.Namespace) -> str | None:
         return f"poster folder does not exist: {Path(args.poster).parent}"
     if args.poster and Path(args.poster).resolve() == out.resolve():
         return "--poster and --out name the same file"
+    inputs = {"--source": args.source, "--driving": args.driving, "--checkpoint": args.checkpoint}
+    outputs = {"--out": out, **({"--poster": Path(args.poster)} if args.poster else {})}
+    if (overwritten := _overwritten_input({**inputs, "--config": args.config}, outputs)) is not None:
+        return overwritten
     if args.poster_frame < 0:
         return "--poster-frame must be a frame index >= 0"
     extension = out.suffix.lower().lstrip(".")
@@ -288,6 +312,9 @@ def _crop(args: argparse.Namespace) -> int:
     for path in (out, Path(args.boxes)) if args.boxes else (out,):
         if not path.parent.is_dir():
             return _fail(f"output folder does not exist: {path.parent}")
+    outputs = {"--out": out, **({"--boxes": Path(args.boxes)} if args.boxes else {})}
+    if (overwritten := _overwritten_input({"--in": args.input}, outputs)) is not None:
+        return _fail(overwritten)
     if not (16 <= args.size <= 2048 and args.size % 2 == 0):
         return _fail("--size must be an even number of pixels from 16 to 2048")
     bar = ProgressBar()
@@ -309,6 +336,8 @@ def _export(args: argparse.Namespace) -> int:
     from engine.families import family_of
     from engine.progress import ProgressBar
 
+    if args.out.is_symlink():
+        return _fail(f"--out {args.out} is a symbolic link: an export is written into a folder of its own")
     bar = ProgressBar(unit="graphs")
     try:
         check_request(args.format, args.batch, args.precision, args.out)

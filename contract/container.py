@@ -1,34 +1,64 @@
-"""What a video file's container says about it, read from FFmpeg's structured fields, never from text.
+"""What a video file says about itself, read from FFmpeg's structured fields and the stream's own
+headers, never from text.
 
 ffmpeg's human-readable description mixes the file's own tags into its lines, so a title can
 forge a "Duration:" or a "Video: ... 64x64" line; here every number comes from the demuxer's own
-fields through PyAV (FFmpeg's libraries). Nothing is decoded: decoders are off while the streams
-are opened (a PNG-coded 16000x16000 frame would cost 780 MB to describe otherwise), and the video
-packets are counted and timed by reading them, so a header that understates the length or leaves
-it out (a live recording) is caught. The file is opened as the demuxer given (its sniffed
+fields through PyAV (FFmpeg's libraries). The file is opened as the demuxer given (its sniffed
 container), from a local file only: a playlist or concat script named .mp4 is never parsed as one.
 
-The API and the workers both read their limits from this.
+- Length and rate come from the packets' timestamps: every video packet is read (none decoded), so
+  a header that understates the length or leaves it out (a live recording) is caught, and a
+  variable frame rate (a phone's clip, or a crafted one) is measured as it is: `fps` is the
+  packets' count over their span, which is the rate a decoder resampling by timestamps produces
+  exactly `frames` at (engine/media/video_io.py renders at it, so audio stays in sync).
+- Frame size comes from the codec: the container and its sample entry may claim 64x64 while the
+  stream's own parameter sets say 8192x8192, so with `max_pixels` the first frame is decoded, by a
+  decoder told to refuse frames over `decoder_pixels(max_pixels)` before allocating them (FFmpeg's
+  max_pixels), single-threaded. A claim already over the limit is refused without decoding.
+
+The API (in a limited child, service/probe.py) and the workers both read their limits from this.
 """
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 
-OPEN_OPTIONS = {"protocol_whitelist": "file", "codec_whitelist": "none"}  # no decoder may open
+OPEN_OPTIONS = {"protocol_whitelist": "file", "codec_whitelist": "none"}  # no decoder opens by itself
+FIRST_FRAME_PACKETS = 300  # video packets fed to the decoder, at most, to find the first frame
+# FFmpeg's own words when a decoder refuses a frame over max_pixels (libavutil/imgutils.c): its
+# numbers are the decoded stream's, printed by FFmpeg, never text from the file
+TOO_LARGE_LOG = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
 
 
 class UnreadableVideo(ValueError):
     """The file is not a video this demuxer can read."""
 
 
+class FrameTooLarge(ValueError):
+    """The video's frames are over the pixel limit; width and height are 0 where FFmpeg did not say."""
+
+    def __init__(self, width: int, height: int, max_pixels: int):
+        size = f"{width}x{height}" if width and height else f"over {max_pixels} pixels"
+        super().__init__(f"its frames are {size}")
+        self.width, self.height, self.max_pixels = width, height, max_pixels
+
+
+def decoder_pixels(max_pixels: int) -> int:
+    """The bound given to a decoder for frames of at most `max_pixels`: FFmpeg checks the frame's
+    width padded to its buffer alignment, so a frame just within the limit needs room."""
+    return 2 * max_pixels + (1 << 20)
+
+
 @dataclass(frozen=True)
 class ContainerFacts:
-    width: int  # as stored; a rotation tag may show it turned
+    width: int  # the first decoded frame's, when decoded; else the container's claim
     height: int
-    fps: float  # the video stream's average frame rate, else its base rate
+    rotation: int  # degrees the first frame is shown turned (its display matrix); 0 when not decoded
+    fps: float  # packets over their span (timestamps); the header's rate where that is unmeasurable
     declared_seconds: float  # the header's duration; 0 when it has none
     packets: int  # video packets read (each a frame in the containers accepted here)
     packets_seconds: float  # from the first video packet's start to the last one's end
@@ -43,6 +73,9 @@ class ContainerFacts:
 
     @property
     def frames(self) -> int:
+        """The frames a decoder resampling at `fps` produces: the packets when all were read."""
+        if self.complete and self.packets > 0:
+            return self.packets
         return max(self.packets, round(self.seconds * self.fps))
 
     @property
@@ -61,11 +94,57 @@ def _rate(stream: av.video.stream.VideoStream) -> Fraction | None:
     return None
 
 
-def read_container(path: Path, demuxer: str, max_packets: int) -> ContainerFacts:
+class _FirstFrame:
+    """Feeds video packets to a bounded decoder until the first frame comes out."""
+
+    def __init__(self, stream: av.video.stream.VideoStream, max_pixels: int | None):
+        self.max_pixels = max_pixels
+        self.context = stream.codec_context if max_pixels is not None else None
+        if self.context is not None:
+            self.context.options = {"max_pixels": str(decoder_pixels(max_pixels))}
+            self.context.thread_count = 1
+        self.frame: av.VideoFrame | None = None
+        self.fed = 0
+
+    @property
+    def wanted(self) -> bool:
+        return self.context is not None and self.frame is None and self.fed < FIRST_FRAME_PACKETS
+
+    def feed(self, packet: av.Packet) -> None:
+        """Decode `packet`; FrameTooLarge when the decoder refuses a frame over its bound."""
+        self.fed += 1
+        previous = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture(True) as logs:
+                try:
+                    frames = self.context.decode(packet)
+                except av.error.MemoryError:
+                    raise MemoryError("out of memory decoding the first frame") from None
+                except av.error.FFmpegError:
+                    frames = []
+        finally:
+            av.logging.set_level(previous)
+        for _level, _name, message in logs:
+            if found := TOO_LARGE_LOG.search(message):
+                raise FrameTooLarge(int(found[1]), int(found[2]), self.max_pixels)
+        if frames:
+            self.frame = frames[0]
+
+    def check(self) -> None:
+        """UnreadableVideo when a decoder was asked for and no frame came out of it."""
+        if self.context is not None and self.frame is None:
+            raise UnreadableVideo(f"no frame could be decoded from the first {self.fed} video packets")
+
+
+def read_container(
+    path: Path, demuxer: str, max_packets: int, max_pixels: int | None = None
+) -> ContainerFacts:
     """The facts of `path` opened as `demuxer`; reading stops after `max_packets` video packets.
 
-    UnreadableVideo when it cannot be opened as that container or has no video stream; MemoryError
-    when FFmpeg runs out of memory (a limited probe process).
+    With `max_pixels`, the frame size is the decoded first frame's, and FrameTooLarge when it (or
+    the container's claim) is over. UnreadableVideo when the file cannot be opened as that
+    container or has no video stream; MemoryError when FFmpeg runs out of memory (a limited probe).
     """
     try:
         container = av.open(str(path), format=demuxer, options=OPEN_OPTIONS)
@@ -77,44 +156,68 @@ def read_container(path: Path, demuxer: str, max_packets: int) -> ContainerFacts
         if not container.streams.video:
             raise UnreadableVideo("no video stream")
         video = container.streams.video[0]
-        rate = _rate(video)
-        start = container.start_time / av.time_base if container.start_time is not None else 0.0
-        declared = container.duration / av.time_base if container.duration and container.duration > 0 else 0.0
-        frame_seconds = float(1 / rate) if rate is not None else 0.0  # for packets that give no duration
-        packets, first, last, ends, complete = 0, None, None, 0.0, True
-        try:
-            for packet in container.demux():
-                if packet.size == 0 or packet.pts is None or packet.time_base is None:
-                    continue
-                is_video = packet.stream.index == video.index
-                begins = float(packet.pts * packet.time_base)
-                if packet.duration:
-                    finishes = begins + float(packet.duration * packet.time_base)
-                else:
-                    finishes = begins + (frame_seconds if is_video else 0.0)
-                ends = max(ends, finishes - start)
-                if not is_video:
-                    continue
-                packets += 1
-                first = begins if first is None else min(first, begins)
-                last = finishes if last is None else max(last, finishes)
-                if packets >= max_packets:
-                    complete = False
-                    break
-        except av.error.MemoryError:
-            raise MemoryError(f"out of memory reading {path.name}") from None
-        except av.error.FFmpegError:
-            complete = False
         width, height = video.codec_context.width, video.codec_context.height
+        if max_pixels is not None and width * height > max_pixels:
+            raise FrameTooLarge(width, height, max_pixels)
+        first = _FirstFrame(video, max_pixels)
+        timing = _read_packets(container, video, max_packets, first)
+        first.check()
+        if first.frame is not None:
+            width, height = first.frame.width, first.frame.height
+            if width * height > max_pixels:
+                raise FrameTooLarge(width, height, max_pixels)
+        rotation = round(first.frame.rotation) % 360 if first.frame is not None else 0
         audio = bool(container.streams.audio)
-    return ContainerFacts(
-        width=width,
-        height=height,
-        fps=float(rate) if rate is not None else 0.0,
-        declared_seconds=declared,
-        packets=packets,
-        packets_seconds=(last - first) if first is not None and last is not None else 0.0,
-        ends_seconds=ends,
-        audio=audio,
-        complete=complete,
-    )
+    return ContainerFacts(width=width, height=height, rotation=rotation, audio=audio, **timing)
+
+
+def _span(packet: av.Packet, default_seconds: Fraction) -> tuple[Fraction, Fraction]:
+    """When a packet starts and ends, in seconds; `default_seconds` long when it gives no duration."""
+    begins = packet.pts * packet.time_base
+    return begins, begins + (packet.duration * packet.time_base if packet.duration else default_seconds)
+
+
+def _read_packets(
+    container: av.container.InputContainer,
+    video: av.video.stream.VideoStream,
+    max_packets: int,
+    first: _FirstFrame,
+) -> dict:
+    """Every packet's timing (video packets counted, the first ones decoded while `first` wants)."""
+    rate = _rate(video)
+    start = container.start_time / av.time_base if container.start_time is not None else 0.0
+    declared = container.duration / av.time_base if container.duration and container.duration > 0 else 0.0
+    frame_seconds = 1 / rate if rate is not None else Fraction(0)  # for packets that give no duration
+    packets, first_pts, last_end, ends, complete = 0, None, None, 0.0, True
+    try:
+        for packet in container.demux():
+            if packet.size == 0 or packet.pts is None or packet.time_base is None:
+                continue
+            is_video = packet.stream.index == video.index
+            begins, finishes = _span(packet, frame_seconds if is_video else Fraction(0))
+            ends = max(ends, float(finishes) - start)
+            if not is_video:
+                continue
+            if first.wanted:
+                first.feed(packet)
+            packets += 1
+            first_pts = begins if first_pts is None else min(first_pts, begins)
+            last_end = finishes if last_end is None else max(last_end, finishes)
+            if packets >= max_packets:
+                complete = False
+                break
+    except av.error.MemoryError:
+        raise MemoryError(f"out of memory reading {container.name}") from None
+    except av.error.FFmpegError:
+        complete = False
+    span = (last_end - first_pts) if packets else Fraction(0)
+    measured = Fraction(packets) / span if complete and packets > 1 and span > 0 else None
+    fps = measured if measured is not None else rate
+    return {
+        "fps": float(fps) if fps is not None else 0.0,
+        "declared_seconds": declared,
+        "packets": packets,
+        "packets_seconds": float(span),
+        "ends_seconds": ends,
+        "complete": complete,
+    }

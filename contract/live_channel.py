@@ -36,6 +36,10 @@ OPEN_PREFIX = PREFIX + "open:"
 SESSION_PREFIX = PREFIX + "session:"
 
 FRAME_QUEUE = 2  # driving frames waiting per session, at most: "a frame or two"
+# A driving frame's decoding cost, judged by the API and again by the worker before it decodes:
+MAX_FRAME_BYTES = 2 * 1024 * 1024
+MAX_FRAME_PIXELS = 4096 * 4096
+FRAME_SCAN_ALLOWANCE = 2  # pixels x scans per pixel allowed (contract/images.py); camera JPEGs have 1
 LEASE_TTL = 5  # seconds a side's lease lives without a refresh (refreshed every second)
 KEY_TTL = 60  # seconds any session list lives without a write: the last resort of cleanup
 ADMISSION_TIMEOUT = 5.0  # seconds the API waits for a worker to answer a session request

@@ -1,12 +1,17 @@
 """Loading a model: the checkpoint (a file, or a folder of files) is recognised by one family, which
 loads it.
 
-A checkpoint is untrusted input: files are read with `weights_only=True` (no code runs), memory-
-mapped where their format allows (so optimizer states and other unused parts are never read), and
-every part a family uses is checked key by key and shape by shape before any weight is copied.
+A checkpoint is untrusted input: files are read with `weights_only=True` (no code runs; torch's own
+warnings about the pickle are kept off stderr), memory-mapped where their format allows (so
+optimizer states and other unused parts are never read), every tensor's layout checked against its
+storage (a stride-0 tensor may claim billions of parameters it does not hold), and every part a
+family uses is checked key by key and shape by shape before any weight is copied.
 """
 
 import copy
+import pickle
+import re
+import warnings
 import zipfile
 from functools import cached_property
 from pathlib import Path
@@ -15,20 +20,40 @@ import torch
 import yaml
 from torch import nn
 
-from engine.state_dict import CheckpointError
+from engine.state_dict import CheckpointError, check_tensors
 
 DEFAULT_FRAME_SHAPE = (256, 256)
 
 
+TORCH_BOILERPLATE = ("Weights only load failed", "Check the documentation", "Please file an issue")
+
+
+def _refusal_reason(exc: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler found, without torch's advice to load the file unsafely."""
+    paragraphs = [part.strip() for part in re.split(r"\n\s*\n", str(exc)) if part.strip()]
+    found = [part for part in paragraphs if not part.startswith(TORCH_BOILERPLATE)]
+    return " ".join(found[0].split()) if found else type(exc).__name__
+
+
 def read_torch_file(path: Path) -> object:
-    """torch.load with no code run and zip files memory-mapped; CheckpointError for anything unreadable."""
+    """torch.load with no code run and zip files memory-mapped, every tensor a plain array
+    (state_dict.check_tensors); CheckpointError for anything unreadable or refused."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on the pickle are not the user's business
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        reason = _refusal_reason(exc)
+        raise CheckpointError(
+            f"{path.name} is not a readable torch checkpoint of tensors and plain data ({reason})"
+        ) from exc
     except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
         raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({exc})") from exc
     except Exception as exc:  # the unpickler raises many types for hostile or foreign files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({reason})") from exc
+    check_tensors(data, path.name)
+    return data
 
 
 class Checkpoint:

@@ -16,6 +16,42 @@ class CheckpointError(ValueError):
     """The file is not a usable animation checkpoint; the message says why."""
 
 
+def plain_array(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is what a saved weight is: its elements distinct, one after another in its
+    storage (a permutation of the dims allowed) and inside it. A pickled tensor states its own
+    size, strides and offset: stride 0 makes one stored float claim two billion parameters."""
+    if tensor.numel() == 0:
+        return True
+    expected = 1
+    for stride, size in sorted(
+        (st, sz) for sz, st in zip(tensor.shape, tensor.stride(), strict=True) if sz != 1
+    ):
+        if stride != expected:
+            return False
+        expected *= size
+    stored = tensor.untyped_storage().nbytes() // tensor.element_size()
+    return tensor.storage_offset() + tensor.numel() <= stored
+
+
+def check_tensors(data: object, name: str) -> None:
+    """CheckpointError naming the first tensor in `data` (nested dicts, lists and tuples) that is not
+    a plain array (plain_array); only the tensors' layouts are read, never their values."""
+    pending: list[tuple[str, object]] = [("", data)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, torch.Tensor):
+            if not plain_array(value):
+                shape = "x".join(map(str, value.shape))
+                raise CheckpointError(
+                    f"{name}: tensor {where or '(top level)'} claims {shape} values it does not store "
+                    f"(strides {tuple(value.stride())}, {value.untyped_storage().nbytes()} bytes stored)"
+                )
+        elif isinstance(value, dict):
+            pending += [(f"{where}.{key}" if where else str(key), item) for key, item in value.items()]
+        elif isinstance(value, (list, tuple)):
+            pending += [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+
+
 def count_blocks(state: dict, pattern: str) -> int:
     """How many blocks a numbered key pattern (one group, the index) matches; they must be 0..n-1."""
     regex = re.compile(pattern)

@@ -8,6 +8,8 @@ exhausting it (HOST, PORT and the rest from the environment, as every process he
 - Keep-alive connections idle for KEEP_ALIVE_SECONDS are closed; a request head is at most
   MAX_HEAD_BYTES and must arrive within REQUEST_HEAD_SECONDS (service/http_protocol.py); bodies
   have their deadlines (service/body_guard.py).
+- A WebSocket message may be up to twice the largest live source (service/live_socket.py), so the
+  API reads an oversized source and refuses it with its documented close rather than cutting it off.
 - On SIGTERM, requests in progress get SHUTDOWN_TIMEOUT_SECONDS to finish, then are cancelled
   (a cancelled upload removes its files), so a stalled client cannot keep the API from stopping.
 """
@@ -20,6 +22,7 @@ import uvicorn
 
 from contract.settings import Settings
 from service.http_protocol import HeadDeadlineProtocol
+from service.live_socket import MAX_MESSAGE_BYTES
 
 MAX_OPEN_FILES = 65536
 FILES_PER_CONNECTION = 3
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        ws_max_size=MAX_MESSAGE_BYTES,
         access_log=not args.no_access_log,
         server_header=False,
     )

@@ -1,6 +1,5 @@
 """What the routes work with: the settings, the Redis-backed queue and the job store."""
 
-import asyncio
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -10,6 +9,7 @@ from contract.queue import JobQueue, connect
 from contract.settings import Settings
 from contract.storage import JobStore, open_store
 from service.auth import parse_keys
+from service.check_slots import CheckSlots
 from service.probe import Prober
 from service.readiness import StoreReadiness
 
@@ -23,7 +23,7 @@ class ServiceContext:
     store_check: StoreReadiness  # /readyz's check that the store can be written
     api_keys: dict[str, bytes]  # owner -> SHA-256 of the key; empty: keys are off
     prober: Prober  # reads uploaded videos in limited child processes
-    upload_checks: asyncio.Semaphore  # uploads being checked (image and video probes) at once
+    upload_checks: CheckSlots  # uploads and live sources being checked at once, fairly between tenants
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServiceContext":
@@ -37,7 +37,7 @@ class ServiceContext:
             store_check=StoreReadiness(store),
             api_keys=parse_keys(settings.api_keys),
             prober=Prober(settings.probe_timeout_seconds, settings.probe_memory_mb),
-            upload_checks=asyncio.Semaphore(settings.probe_concurrency),
+            upload_checks=CheckSlots(settings.probe_concurrency),
         )
 
 

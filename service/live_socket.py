@@ -2,12 +2,20 @@
 
 The API only relays and checks: it picks a live worker with room (the worker has the last word, see
 contract/live_channel.py), answers the handshake 503 or 422 with the usual JSON error when none
-takes the session, checks the source image like an upload and every driving frame's type and size
-(from its JPEG header, nothing decoded), and keeps at most FRAME_QUEUE frames waiting: older ones are
-dropped and counted. A stats message goes to the client every second. Whichever side closes,
-everything of the session is released: the client's close or disconnect ends the relay, which
-deletes its keys and tells the worker; a worker that ends the session or dies (its lease lapses)
-closes the WebSocket with the reason.
+takes the session, checks the source image like an upload (in a limited child, in one of the
+check slots uploads use, killed as soon as the session ends) and every driving frame's type and
+decoding cost (its JPEG markers walked: size and scans, nothing decoded, contract/images.py), and
+keeps at most FRAME_QUEUE frames waiting: older ones are dropped and counted. A session's frames
+go to the worker at most INTAKE_FACTOR times as fast as the rate it was admitted at (LIVE_TARGET_FPS,
+which the worker holds it to): every message is read as it comes, and a frame that comes sooner
+waits for its turn, replaced by any newer one, so a client sending faster costs neither Redis nor
+the worker more, and the newest frame is always the one rendered. A message may be up to
+MAX_MESSAGE_BYTES (uvicorn's limit, set by service/__main__.py), twice the largest source, so a
+source over the limit is read and refused with its documented close, not cut off by the protocol.
+A stats message goes to the client every second. Whichever side closes, everything of the session
+is released: the client's close or disconnect ends the relay, which deletes its keys and tells the
+worker; a worker that ends the session or dies (its lease lapses) closes the WebSocket with the
+reason.
 
 Messages, client -> server: the source image (binary, first), then driving JPEGs (binary) and
 `{"type": "reset"}` (text). Server -> client: `{"type": "ready", "model", "width", "height"}`,
@@ -17,10 +25,11 @@ animated JPEGs (binary, in order; a COM segment reads `frame=<index>`), `{"type"
 
 import asyncio
 import contextlib
-import io
+import functools
 import json
 import logging
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,20 +38,19 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from PIL import Image, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
 
 from contract import live_channel as channel
-from contract.settings import Settings
+from contract.images import ImageRefused, check_jpeg, jpeg_header
 from service.auth import caller, owner_of
+from service.context import ServiceContext
 from service.errors import ApiError, error_response
 from service.media import probe_image, sniff_image
 
-MAX_SOURCE_BYTES = 16 * 1024 * 1024  # uvicorn's largest WebSocket message
-MAX_FRAME_BYTES = 2 * 1024 * 1024
-MAX_FRAME_PIXELS = 4096 * 4096
+MAX_SOURCE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = 2 * MAX_SOURCE_BYTES  # what uvicorn reads of one message before cutting it off
 MAX_TEXT_CHARS = 1024
 STATS_INTERVAL = 1.0
+INTAKE_FACTOR = 2  # frames sent on per admitted frame, at most: the newest is fresh when the worker takes it
 # WebSocket close codes (RFC 6455) by the error codes that end a session
 CLOSE_CODES = {
     "frame_too_large": 1009,
@@ -53,6 +61,7 @@ CLOSE_CODES = {
     "queue_unavailable": 1011,
     "source_timeout": 1008,
     "idle_timeout": 1008,
+    "server_busy": 1013,  # try again later
 }
 UNSUPPORTED_DATA = 1003
 
@@ -169,47 +178,62 @@ async def admit(client: aioredis.Redis, model: str) -> channel.SessionKeys:
 
 
 def check_frame(data: bytes) -> None:
-    """A driving frame must be a JPEG of sane size; only its header is read (Pillow opens lazily)."""
-    if len(data) > MAX_FRAME_BYTES:
-        raise SessionError("frame_too_large", f"a driving frame is over {MAX_FRAME_BYTES // 1024} KB")
+    """A driving frame must be a JPEG of bounded decoding cost: its markers are walked (size, scans),
+    nothing is decoded."""
+    if len(data) > channel.MAX_FRAME_BYTES:
+        raise SessionError("frame_too_large", f"a driving frame is over {channel.MAX_FRAME_BYTES // 1024} KB")
     if sniff_image(data[:16]) != "jpeg":
         raise SessionError("unsupported_media_type", "driving frames must be JPEG images")
+    header = jpeg_header(data)
+    if header is None or not (header.width and header.height and header.scans):
+        raise SessionError("invalid_frame", "a driving frame is not a readable JPEG")
     try:
-        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise SessionError("invalid_frame", "a driving frame is not a readable JPEG") from None
-    if width * height > MAX_FRAME_PIXELS:
-        raise SessionError("frame_too_large", f"a driving frame is {width}x{height}; at most 4096x4096")
+        check_jpeg(header, channel.MAX_FRAME_PIXELS, channel.FRAME_SCAN_ALLOWANCE, "a driving frame")
+    except ImageRefused as exc:
+        raise SessionError("frame_too_large", exc.message) from None
 
 
-def check_source(data: bytes, settings: Settings) -> None:
-    """The same checks as an uploaded source image (service/media.py)."""
+async def check_source(data: bytes, ctx: ServiceContext, owner: str | None) -> None:
+    """The same checks as an uploaded source image (service/media.py), in a limited child and one of
+    the same slots; a session that ends meanwhile (this task canceled) has the child killed."""
+    settings = ctx.settings
     limit = min(settings.max_upload_bytes, MAX_SOURCE_BYTES)
     if len(data) > limit:
         raise SessionError("source_too_large", f"the source image is over {limit / 1024 / 1024:g} MB")
     kind = sniff_image(data[:64])
     if kind is None:
         raise SessionError("unsupported_media_type", "the source must be a PNG, JPEG or WebP image")
+    cancel = threading.Event()
     with tempfile.TemporaryDirectory(prefix="live-source-") as folder:
         path = Path(folder) / f"source.{kind}"
         path.write_bytes(data)
         try:
-            probe_image(path, kind, settings.max_pixels)
+            async with ctx.upload_checks.slot(owner, settings.probe_timeout_seconds):
+                check = functools.partial(probe_image, path, kind, settings.max_pixels, ctx.prober, cancel)
+                await asyncio.get_running_loop().run_in_executor(None, check)
         except ApiError as exc:
             raise SessionError(exc.code, exc.message) from None
+        finally:
+            cancel.set()
 
 
 class Relay:
     """One accepted session: client -> Redis, Redis -> client and the stats, as three tasks."""
 
     def __init__(
-        self, websocket: WebSocket, client: aioredis.Redis, keys: channel.SessionKeys, settings: Settings
+        self,
+        websocket: WebSocket,
+        client: aioredis.Redis,
+        keys: channel.SessionKeys,
+        ctx: ServiceContext,
+        owner: str | None,
     ):
         self.websocket = websocket
         self.client = client
         self.keys = keys
-        self.settings = settings
+        self.ctx = ctx
+        self.owner = owner
+        self.frame_gap = 1 / (INTAKE_FACTOR * ctx.settings.live_target_fps)  # seconds between frames sent
         self.stats = LiveStats()
         self.send_lock = asyncio.Lock()
         self.push_frame = client.register_script(channel.PUSH_FRAME)
@@ -235,26 +259,44 @@ class Relay:
         if message.get("bytes") is None:
             raise SessionError("source_expected", "the first message must be the source image (binary)")
         source = message["bytes"]
-        await run_in_threadpool(check_source, source, self.settings)
+        await check_source(source, self.ctx, self.owner)
         await self.control(channel.SOURCE, 0, source)
-        index = 0
+        await self.relay_frames()
+
+    async def relay_frames(self) -> None:
+        """Every message is read as it comes (the connection's pings and pongs with it), but frames go
+        to the worker at most every `frame_gap`: a frame that arrives sooner waits, replaced by any
+        newer one (those count as dropped), so the newest is always the one sent."""
+        index, pending, next_push = 0, None, 0.0
         while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            wait = None if pending is None else max(0.0, next_push - time.monotonic())
+            try:
+                message = await asyncio.wait_for(self.websocket.receive(), wait)
+            except TimeoutError:
+                message = None
+            if message is not None and message["type"] == "websocket.disconnect":
                 return
-            if message.get("bytes") is not None:
-                check_frame(message["bytes"])
-                item = channel.pack(channel.FRAME, index, message["bytes"])
-                # a frame trimmed from the queue counts as dropped when a newer one is answered
+            if message is not None and message.get("bytes") is not None:
                 self.stats.frame_in(index)
-                await self.push_frame(
-                    keys=[self.keys.frames], args=[item, channel.FRAME_QUEUE, channel.KEY_TTL]
-                )
-                index += 1
-            elif self.is_reset(message.get("text") or ""):
-                await self.control(channel.RESET, index)
-            else:
-                await self.send_error("invalid_message", 'text messages must be {"type": "reset"}')
+                pending, index = (index, message["bytes"]), index + 1
+            elif message is not None:
+                await self.text(message.get("text") or "", index)
+            if pending is not None and time.monotonic() >= next_push:
+                await self.push(*pending)
+                pending, next_push = None, time.monotonic() + self.frame_gap
+
+    async def push(self, index: int, frame: bytes) -> None:
+        """Check a driving frame and queue it for the worker (at most FRAME_QUEUE wait: the oldest go)."""
+        check_frame(frame)
+        item = channel.pack(channel.FRAME, index, frame)
+        # a frame trimmed from the queue counts as dropped when a newer one is answered
+        await self.push_frame(keys=[self.keys.frames], args=[item, channel.FRAME_QUEUE, channel.KEY_TTL])
+
+    async def text(self, text: str, index: int) -> None:
+        if self.is_reset(text):
+            await self.control(channel.RESET, index)
+        else:
+            await self.send_error("invalid_message", 'text messages must be {"type": "reset"}')
 
     @staticmethod
     def is_reset(text: str) -> bool:
@@ -331,23 +373,27 @@ class Relay:
             log.warning("live session %s: keys left to expire: %s", self.keys.session, exc)
 
 
-def check_key(websocket: WebSocket) -> None:
-    """API keys as for HTTP; browsers cannot set headers on a WebSocket, so `?api_key=` counts too."""
+def check_key(websocket: WebSocket) -> str | None:
+    """The caller's owner, API keys as for HTTP; browsers cannot set headers on a WebSocket, so
+    `?api_key=` counts too."""
     keys = websocket.app.state.context.api_keys
     key = websocket.query_params.get("api_key")
     if not keys or key is None:
-        caller(websocket)  # the headers; nothing to check when keys are off
-    elif owner_of(key, keys) is None:
+        return caller(websocket)  # the headers; nothing to check when keys are off
+    owner = owner_of(key, keys)
+    if owner is None:
         raise ApiError(401, "unauthorized", "the API key is not valid")
+    return owner
 
 
 @router.websocket("/live")
 async def live(websocket: WebSocket, model: str | None = None) -> None:
-    settings: Settings = websocket.app.state.context.settings
+    ctx: ServiceContext = websocket.app.state.context
+    settings = ctx.settings
     client = aioredis.from_url(settings.queue_url, socket_connect_timeout=2, socket_timeout=10)
     try:
         try:
-            check_key(websocket)
+            owner = check_key(websocket)
             keys = await admit(client, model or settings.default_model)
         except redis.exceptions.RedisError:
             error = ApiError(
@@ -361,6 +407,6 @@ async def live(websocket: WebSocket, model: str | None = None) -> None:
             )
             return
         await websocket.accept()
-        await Relay(websocket, client, keys, settings).run()
+        await Relay(websocket, client, keys, ctx, owner).run()
     finally:
         await client.aclose()

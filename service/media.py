@@ -1,41 +1,28 @@
-"""The API's first look at uploaded media: the type by its magic bytes, then a cheap probe.
+"""The API's first look at uploaded media: the type by its magic bytes, then a check in a limited child.
 
-The file name and the declared Content-Type are the client's word and are ignored. Images are
-opened with Pillow, which reads the header first: a size over MAX_PIXELS (a decompression bomb) is
-refused before any pixel is decoded. Videos are described from their container's structured fields
-and their packets, without decoding a frame (contract/container.py), in a child process with
-memory, time and concurrency limits (service/probe.py): no tag in the file can pass for a length or
-a size, and only local files are opened, with the demuxer of the sniffed container forced, so a
-playlist or concat script cannot make FFmpeg open anything else. The worker checks again.
+The file name and the declared Content-Type are the client's word and are ignored. Both checks run
+in a child process with memory, time and concurrency limits (service/probe.py). Images are judged
+by their decoding cost from their headers first (pixels, and a JPEG's progressive scans:
+contract/images.py), then decoded whole. Videos are described from their container's structured
+fields and their packets' timestamps, with their frame size from the first frame, decoded by a
+decoder that refuses frames over MAX_DRIVING_PIXELS before allocating them (contract/container.py):
+no tag and no sample-entry claim can pass for a length or a size, and only local files are opened,
+with the demuxer of the sniffed container forced, so a playlist or concat script cannot make FFmpeg
+open anything else. The worker checks again.
 """
 
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-from contract.container import UnreadableVideo, read_container
-from contract.redaction import without_paths
+from contract.container import FrameTooLarge, UnreadableVideo, read_container
+from contract.images import ImageFacts, ImageRefused, check_image
 from contract.settings import Settings
-from contract.storage import SOURCE
 from service.errors import ApiError
 from service.probe import ProbeFailed, Prober
 
-IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 VIDEO_DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}  # the allow-list
 SNIFF_BYTES = 64
-EXIF_ORIENTATION = 0x0112
-
-
-@dataclass(frozen=True)
-class ImageSummary:
-    format: str
-    width: int
-    height: int
-    bytes: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -45,7 +32,7 @@ class VideoSummary:
     height: int
     fps: float
     duration: float
-    frames: int  # estimated from the header: duration x fps
+    frames: int  # from the packets' timestamps (estimated from the header where they were not all read)
     audio: bool
     bytes: int
 
@@ -71,36 +58,23 @@ def sniff_video(head: bytes) -> str | None:
     return None
 
 
-def _bad_image(code: str, message: str) -> ApiError:
-    return ApiError(400, code, message, field="source")
-
-
-def probe_image(path: Path, kind: str, max_pixels: int) -> ImageSummary:
-    """The size as displayed (EXIF orientation applied); 400 when too large, truncated or not `kind`.
-
-    The pixel count is checked from the header; only then are the pixels decoded, to find a
-    truncated or corrupt file here rather than in the worker.
-    """
+def probe_image(
+    path: Path,
+    kind: str,
+    max_pixels: int,
+    prober: Prober | None = None,
+    cancel: threading.Event | None = None,
+) -> ImageFacts:
+    """The size as displayed; 400 when too costly to decode (pixels, scans), truncated or not `kind`.
+    Checked by `prober` in a limited child (in this process without one)."""
     try:
-        with Image.open(path, formats=[IMAGE_FORMATS[kind]]) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise _bad_image(
-                    "image_too_large", f"source is {width}x{height}; at most {max_pixels} pixels are accepted"
-                )
-            if img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):
-                width, height = height, width  # shown turned a quarter, as the worker will use it
-            img.load()
-    except ApiError:
-        raise
-    except Image.DecompressionBombError:
-        raise _bad_image("image_too_large", f"source is over {max_pixels} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = without_paths(str(exc), (SOURCE,))
-        raise _bad_image(
-            "invalid_image", f"source is not a readable {kind.upper()} image ({reason})"
-        ) from None
-    return ImageSummary(kind, width, height, path.stat().st_size)
+        if prober is None:
+            return check_image(path, kind, max_pixels)
+        return prober.image(path, kind, max_pixels, "source", cancel)
+    except ImageRefused as exc:
+        raise ApiError(400, exc.code, exc.message, field="source") from None
+    except ProbeFailed as exc:
+        raise ApiError(400, "invalid_image", f"source could not be checked: {exc}", field="source") from None
 
 
 def _bad_video(code: str, message: str) -> ApiError:
@@ -108,15 +82,20 @@ def _bad_video(code: str, message: str) -> ApiError:
 
 
 def probe_video(path: Path, kind: str, settings: Settings, prober: Prober | None = None) -> VideoSummary:
-    """The container's own fields and its packets (no frame is decoded), read by `prober` in a
-    limited child process (in this process without one); 400 when it has no video stream or its
-    length, frame count or frame size is over the limits."""
+    """The container's own fields, its packets' timestamps and its first frame's size, read by
+    `prober` in a limited child process (in this process without one); 400 when it has no video
+    stream or its length, frame count or frame size is over the limits."""
     demuxer, max_packets = VIDEO_DEMUXERS[kind], settings.max_driving_frames + 1
+    max_pixels = settings.max_driving_pixels
     try:
         if prober is None:
-            facts = read_container(path, demuxer, max_packets)
+            facts = read_container(path, demuxer, max_packets, max_pixels)
         else:
-            facts = prober.read(path, demuxer, max_packets)
+            facts = prober.read(path, demuxer, max_packets, max_pixels)
+    except FrameTooLarge as exc:
+        size = f"{exc.width}x{exc.height}" if exc.width else f"over {max_pixels} pixels a frame"
+        message = f"driving is {size}; at most {max_pixels} pixels a frame are accepted"
+        raise _bad_video("video_too_large", message) from None
     except UnreadableVideo:
         raise _bad_video("invalid_video", f"driving is not a readable {kind.upper()} video") from None
     except ProbeFailed as exc:

@@ -6,11 +6,9 @@ owner, who alone sees it afterwards, and the owner's submissions are rate limite
 `Idempotency-Key` makes a repeated request return the job of the first (service/idempotency.py).
 """
 
-import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis
@@ -109,7 +107,7 @@ def _check_and_queue(ctx: ServiceContext, job_id: str, form: ReceivedForm, owner
     webhook = _webhook(ctx, fields)
     source, source_kind = _sniffed(files[SOURCE], SOURCE, sniff_image)
     driving, driving_kind = _sniffed(files[DRIVING], DRIVING, sniff_video)
-    image = probe_image(source, source_kind, settings.max_pixels)
+    image = probe_image(source, source_kind, settings.max_pixels, ctx.prober)
     video = probe_video(driving, driving_kind, settings, ctx.prober)
     inputs = InputSummary(source=SourceSummary(**image.to_dict()), driving=DrivingSummary(**video.to_dict()))
     ctx.store.commit_inputs(job_id, {SOURCE: source, DRIVING: driving})
@@ -130,24 +128,6 @@ def _replay(ctx: ServiceContext, job_id: str, owner: str | None) -> JobResource:
             f"the first request with this {idempotency.HEADER} is still being handled or was deleted",
         )
     return describe(record)
-
-
-@contextlib.asynccontextmanager
-async def _check_slot(ctx: ServiceContext) -> AsyncIterator[None]:
-    """One of PROBE_CONCURRENCY slots for checking an upload (its image decoded, its video probed),
-    waited for in the event loop, not in a worker thread: 503 when none comes free as long as a
-    probe may take."""
-    try:
-        async with asyncio.timeout(ctx.settings.probe_timeout_seconds):
-            await ctx.upload_checks.acquire()
-    except TimeoutError:
-        raise ApiError(
-            503, "server_busy", "too many uploads are being checked; retry shortly", {"Retry-After": "5"}
-        ) from None
-    try:
-        yield
-    finally:
-        ctx.upload_checks.release()
 
 
 async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tuple[JobResource, bool]:
@@ -173,7 +153,7 @@ async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tu
                 await _discard(ctx, job_id)
                 return await run_in_threadpool(_replay, ctx, earlier, owner), True
             claimed = True
-        async with _check_slot(ctx):
+        async with ctx.upload_checks.slot(owner, settings.probe_timeout_seconds):
             return await run_in_threadpool(_check_and_queue, ctx, job_id, form, owner), False
     except BaseException:
         if claimed:  # first: nothing that fails below may keep a retry from being judged afresh

@@ -148,7 +148,7 @@ def _render(record: JobRecord, context: WorkerContext, reporter: JobReporter, sc
         device=settings.worker_device,
         precision=settings.precision or default_precision(settings.worker_device),
     )
-    image = load_image(inputs[SOURCE], settings.max_pixels)
+    image = load_image(inputs[SOURCE], settings.max_pixels, reporter.should_cancel)
     info = probe_video(inputs[DRIVING], settings.max_driving_pixels)
     if info.duration > settings.max_driving_seconds or info.frames > settings.max_driving_frames:
         raise InvalidVideo(f"driving lasts {info.duration:.1f} s, {info.frames} frames: over the limits")

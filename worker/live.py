@@ -10,7 +10,7 @@ Why a process of its own rather than a thread in the RQ worker (`make serve` sta
 - Admission. At start-up the worker times a frame of each model (in the PRECISION it renders, bf16
   where the CPU has it natively) and admits a session only while the open sessions' frames and the
   new one's still fit in one frame interval at LIVE_TARGET_FPS; a session it cannot serve at that
-  rate is refused with the reason (503 from the API).
+  rate is refused with the reason (503 from the API). An admitted session is held to that rate.
 - Control. RQ's SimpleWorker owns the main thread, its signal handlers and its job timeout (SIGALRM);
   live sessions would have to survive its restarts between incarnations. Here stopping is simple:
   every session tells its client (`live_worker_stopping`) and ends.
@@ -154,6 +154,7 @@ class LiveServer:
                     self.idle_seconds,
                     self.batcher,
                     self.precision,
+                    1 / self.target_fps,
                 )
                 self.sessions[session] = thread
         if refusal is not None:

@@ -8,6 +8,12 @@ ones as stale, so an answer is never more than about two renders behind the came
 JPEG with a comment segment (COM, right after SOI) reading `frame=<index>`, the index of the driving
 frame it animates: the client can match answers to what it sent, in order, with the dropped ones
 missing (the API counts those as dropped).
+
+A session is held to the rate it was admitted at (LIVE_TARGET_FPS, worker/live.py): it takes its
+next frame no sooner than one frame interval after it took the last, however fast the client
+sends, so sessions use what admission counted on and leave the rest of the machine to batch jobs.
+Each frame's decoding cost (size and scans, from its JPEG markers) is checked before it is decoded,
+as the API checked it.
 """
 
 import json
@@ -23,6 +29,7 @@ import redis
 import torch
 
 from contract import live_channel as channel
+from contract.images import ImageRefused, check_jpeg, jpeg_header
 from engine.pipeline import to_tensor
 from engine.subject.autocrop import image_crop
 from engine.subject.cutout import cut_out
@@ -51,8 +58,20 @@ def decode_image(data: bytes) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def check_frame_cost(data: bytes) -> None:
+    """SessionEnded unless the driving JPEG's markers show a decoding cost within the frame bound."""
+    header = jpeg_header(data)
+    if header is None or not (header.width and header.height and header.scans):
+        raise SessionEnded("invalid_frame", "a driving frame is not a decodable JPEG")
+    try:
+        check_jpeg(header, channel.MAX_FRAME_PIXELS, channel.FRAME_SCAN_ALLOWANCE, "a driving frame")
+    except ImageRefused as exc:
+        raise SessionEnded("frame_too_large", exc.message) from None
+
+
 def driving_input(data: bytes, height: int, width: int) -> np.ndarray:
     """A driving JPEG -> its centre square resized to the model's (height, width, 3) RGB uint8."""
+    check_frame_cost(data)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise SessionEnded("invalid_frame", "a driving frame is not a decodable JPEG")
@@ -90,6 +109,7 @@ class LiveSession(threading.Thread):
         idle_seconds: float,
         batcher: LiveBatcher,
         precision: str,
+        frame_interval: float,
     ):
         super().__init__(name=f"live-{session[:8]}", daemon=True)
         self.session = session
@@ -108,6 +128,8 @@ class LiveSession(threading.Thread):
         self.frames_done = 0
         self.frames_dropped = 0
         self.last_lease = 0.0
+        self.frame_interval = frame_interval  # seconds: 1 / the rate the session was admitted at
+        self.next_frame_at = 0.0
 
     def send(self, kind: bytes, index: int = 0, payload: bytes = b"") -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -190,7 +212,16 @@ class LiveSession(threading.Thread):
             elif kind == channel.RESET:
                 self.reset_at = index
             elif kind == channel.FRAME and self.state is not None:
+                self.pace()
                 self.animate(*self.newest(index, payload))
+
+    def pace(self) -> None:
+        """Wait until a frame interval has passed since the last frame was taken, keeping the
+        leases; the frames that arrive meanwhile wait in Redis (the newest will be rendered)."""
+        while (wait := self.next_frame_at - time.monotonic()) > 0 and not self.stopping.is_set():
+            time.sleep(min(wait, POLL_SECONDS))
+            self.keep_leases(time.monotonic())
+        self.next_frame_at = time.monotonic() + self.frame_interval
 
     def newest(self, index: int, payload: bytes) -> tuple[int, bytes]:
         """The newest driving frame waiting, this one or a later one; the older ones are dropped."""

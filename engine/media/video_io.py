@@ -1,15 +1,27 @@
 """Reading images and videos and encoding frames, through the ffmpeg binary that imageio-ffmpeg ships.
 
 ffmpeg runs as a separate process, so decoding and encoding overlap with the model on their own
-cores. A video is described (size, rate, length, frames) from its container's fields through PyAV
-(contract/container.py), never from ffmpeg's text, which a file's tags can imitate. Every input
-(probe, decode, the audio copied into a result) is a local file of an
-allowed container, named by its own magic bytes and forced with `-f`, read through the `file`
-protocol only: an HLS playlist, an ffconcat script or any other playlist renamed `.mp4` is never
-opened as one, so it cannot make ffmpeg read another file or reach the network.
+cores. A video is described (size, rate, length, frames) from its container's fields, its packets'
+timestamps and its first frame, decoded by a bounded decoder, through PyAV (contract/container.py),
+never from ffmpeg's text, which a file's tags can imitate. Every input (probe, decode, the audio
+copied into a result) is a local file of an allowed container, named by its own magic bytes and
+forced with `-f`, read through the `file` protocol only: an HLS playlist, an ffconcat script or any
+other playlist renamed `.mp4` is never opened as one, so it cannot make ffmpeg read another file or
+reach the network.
+
+Timing: a video is decoded onto a constant grid at the rate its timestamps give (`VideoInfo.fps`:
+its frames over their span) by ffmpeg's `fps` filter, each output frame the one shown at that time,
+and at most `VideoInfo.frames` of them; so a variable-rate clip (a phone's) is rendered at its real
+timing, as long as its audio, and a clip whose timestamps make ffmpeg guess 1000 fps cannot turn 80
+counted frames into thousands. The decoder refuses frames larger than the first one probed (a
+stream may change its size midway) before allocating them.
+
+Images: the decoding cost is judged from the headers first (pixels, a JPEG's scans:
+contract/images.py), and a decode polls `should_cancel` as it reads, so a canceled job stops there.
 """
 
 import contextlib
+import io
 import logging
 import re
 import subprocess
@@ -19,53 +31,95 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from contract.container import UnreadableVideo, read_container
-from engine.errors import InvalidImage, InvalidVideo, StorageError, VideoDecodeError
+from contract.container import FrameTooLarge, UnreadableVideo, read_container
+from contract.images import ImageRefused, check_cost
+from engine.errors import InvalidImage, InvalidVideo, RenderCanceled, StorageError, VideoDecodeError
 
 SAFE_INPUT = ["-protocol_whitelist", "file"]
 SNIFF_BYTES = 16
 MAX_PROBE_PACKETS = 10_000_000  # more than any clip a worker would render
+MAX_VIDEO_PIXELS = 8192 * 8192  # a driving frame's size when no smaller limit is given (the CLI)
+ALIGN_SLACK = 64  # pixels FFmpeg may pad a frame's width (and a codec its height) to before checking it
+JPEG_MAGIC = b"\xff\xd8\xff"
 # imageio-ffmpeg warns on every resized read; resizing in ffmpeg is what we want.
 logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int
+    width: int  # as shown (a quarter-turned phone clip has them swapped), from the first decoded frame
     height: int
-    fps: float
+    fps: float  # its frames over their span: what `read_frames` resamples at
     duration: float
-    frames: int
+    frames: int  # what `read_frames` yields at most
     has_audio: bool
 
 
-def load_image(path: str | Path, max_pixels: int = 40_000_000) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied, alpha flattened onto white, grayscale (8 or
-    16 bit) and CMYK converted. The size is checked before any pixel is decoded."""
-    Image.MAX_IMAGE_PIXELS = max_pixels
+def _never() -> bool:
+    return False
+
+
+class _CancellableFile(io.FileIO):
+    """A file whose every read first asks `should_cancel`: Pillow decodes as it reads, a block at a
+    time, so a canceled job stops decoding within a block's work."""
+
+    def __init__(self, path: str | Path, should_cancel: Callable[[], bool]):
+        super().__init__(path, "rb")
+        self.should_cancel = should_cancel
+
+    def read(self, size: int = -1) -> bytes:
+        if self.should_cancel():
+            raise RenderCanceled("the job was canceled")
+        return super().read(size)
+
+
+def _check_decoding_cost(path: Path, max_pixels: int) -> None:
+    """InvalidImage (image_too_large) when a JPEG's headers say decoding it costs more than the bound
+    (other formats' pixel counts are read from their headers by Pillow)."""
+    with path.open("rb") as file:
+        if file.read(3) != JPEG_MAGIC:
+            return
     try:
-        with Image.open(path) as img:
+        check_cost(path.read_bytes(), "jpeg", max_pixels, name=path.name)
+    except ImageRefused as exc:
+        raise InvalidImage(exc.message, exc.code) from None
+
+
+def load_image(
+    path: str | Path, max_pixels: int = 40_000_000, should_cancel: Callable[[], bool] | None = None
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied, alpha flattened onto white, grayscale (8 or
+    16 bit) and CMYK converted. The decoding cost (pixels, a JPEG's scans) is checked before any
+    pixel is decoded; RenderCanceled as soon as `should_cancel()` says so while decoding."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    path = Path(path)
+    try:
+        _check_decoding_cost(path, max_pixels)
+        with _CancellableFile(path, should_cancel or _never) as file, Image.open(file) as img:
             if img.width * img.height > max_pixels:
                 raise Image.DecompressionBombError(f"{img.width}x{img.height} is over {max_pixels} pixels")
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, rgba)
-            return np.array(img.convert("RGB"))
+            return _rgb(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as exc:
-        raise InvalidImage(f"{Path(path).name}: image too large ({exc})", "image_too_large") from exc
+        raise InvalidImage(f"{path.name}: image too large ({exc})", "image_too_large") from exc
     except FileNotFoundError as exc:
         raise InvalidImage(f"image not found: {path}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InvalidImage(f"{Path(path).name} is not a readable image ({exc})") from exc
+        raise InvalidImage(f"{path.name} is not a readable image ({exc})") from exc
+
+
+def _rgb(img: Image.Image) -> np.ndarray:
+    """A decoded image as (H, W, 3) uint8 RGB: deep grayscale scaled, alpha flattened onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return np.array(img.convert("RGB"))
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -100,58 +154,64 @@ def safe_input(path: str | Path) -> list[str]:
     return [*SAFE_INPUT, "-f", found]
 
 
-def _shown_turned(path: Path, demux: str) -> bool:
-    """Whether the first frame carries a quarter-turn rotation (a phone's portrait clip stored
-    sideways): decoding applies it, so the frames come out with width and height swapped."""
-    try:
-        with av.open(str(path), format=demux, options={"protocol_whitelist": "file"}) as container:
-            frame = next(container.decode(video=0), None)
-    except (av.error.FFmpegError, ValueError):
-        return False
-    return frame is not None and round(frame.rotation) % 180 == 90
-
-
-def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoInfo:
+def probe_video(path: str | Path, max_pixels: int = MAX_VIDEO_PIXELS) -> VideoInfo:
     """Size as shown, frame rate, duration, frame count and audio of a video, from the container's
-    own fields and its packets (contract/container.py): no tag in the file can pass for either.
+    own fields, its packets' timestamps and its first frame (contract/container.py): no tag or
+    container claim can pass for either.
 
-    With `max_pixels`, a larger frame size is refused before any frame is decoded. A file whose
-    packets stop well before the end its header declares is truncated: VideoDecodeError.
+    A frame over `max_pixels` (by the codec's own headers) is refused before it is decoded. A file
+    whose packets stop well before the end its header declares is truncated: VideoDecodeError.
     """
     path = Path(path)
     if not path.is_file():
         raise InvalidVideo(f"video not found: {path.name}")
     demux = safe_input(path)[-1]
     try:
-        facts = read_container(path, demux, MAX_PROBE_PACKETS)
+        facts = read_container(path, demux, MAX_PROBE_PACKETS, max_pixels)
+    except FrameTooLarge as exc:
+        size = f"{exc.width}x{exc.height}" if exc.width else "larger"
+        raise InvalidVideo(f"{path.name} is {size}: over {max_pixels} pixels a frame") from None
     except UnreadableVideo as exc:
         raise InvalidVideo(f"{path.name} is not a readable video ({exc})") from None
     width, height, fps = facts.width, facts.height, facts.fps
     if fps <= 0 or width <= 0 or height <= 0 or facts.frames <= 0:
         raise InvalidVideo(f"{path.name} has no decodable video stream")
-    if max_pixels is not None and width * height > max_pixels:
-        raise InvalidVideo(f"{path.name} is {width}x{height}: over {max_pixels} pixels a frame")
     if facts.truncated:  # Matroska just ends where it was cut; MP4 fails on decoding, see read_frames
         raise VideoDecodeError(
             f"{path.name} is truncated: its data ends at {facts.ends_seconds:.1f} s of the "
             f"{facts.declared_seconds:.1f} s its header declares"
         )
-    if _shown_turned(path, demux):
+    if facts.rotation % 180 == 90:  # a phone's portrait clip stored sideways: decoding turns it
         width, height = height, width
-    frames = facts.packets if facts.complete and facts.packets > 0 else facts.frames
-    return VideoInfo(width, height, fps, facts.seconds, frames, facts.audio)
+    return VideoInfo(width, height, fps, facts.seconds, facts.frames, facts.audio)
 
 
-def read_frames(path: str | Path, height: int, width: int) -> Iterator[np.ndarray]:
+def _decoding_bounds(info: VideoInfo | None) -> tuple[list[str], list[str], list[str]]:
+    """(input options, filters, output options) that decode `info`'s frames at its timing, at most
+    `info.frames` of them, each at most as large as the first; none for a file of our own (every
+    decoded frame once)."""
+    if info is None:
+        return [], [], []
+    rate = Fraction(info.fps).limit_denominator(1_000_000)
+    largest = (info.width + ALIGN_SLACK) * (info.height + ALIGN_SLACK)  # FFmpeg pads the width it checks
+    return ["-max_pixels", str(largest)], [f"fps={rate}"], ["-frames:v", str(info.frames)]
+
+
+def read_frames(
+    path: str | Path, height: int, width: int, info: VideoInfo | None = None
+) -> Iterator[np.ndarray]:
     """Frames as (height, width, 3) uint8 RGB, resized by ffmpeg (area filter) as they are decoded.
 
+    With `info` (probe_video's), the frames are resampled by their timestamps at `info.fps`, at most
+    `info.frames` of them, none larger than `info`'s size; without, every decoded frame comes once.
     `-xerror` makes ffmpeg stop at the first corrupt packet and the exit status is checked, so a
     video that breaks halfway fails instead of silently yielding a shorter clip.
     """
+    bounds, timing, most = _decoding_bounds(info)
     cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", *safe_input(path), "-i", str(path),
-        "-xerror", "-an", "-vf", f"scale={width}:{height}:flags=area",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", *bounds, *safe_input(path),
+        "-i", str(path), "-xerror", "-an", "-vf", ",".join([*timing, f"scale={width}:{height}:flags=area"]),
+        *most, "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
     ]  # fmt: skip
     frame_bytes = height * width * 3
     with tempfile.TemporaryFile() as log:
@@ -165,7 +225,7 @@ def read_frames(path: str | Path, height: int, width: int) -> Iterator[np.ndarra
             if status != 0 or (raw and len(raw) < frame_bytes):
                 log.seek(0)
                 lines = log.read().decode(errors="replace").strip().splitlines()
-                reason = re.sub(r"^\[[^]]*\]\s*", "", lines[0]) if lines else f"ffmpeg status {status}"
+                reason = re.sub(r"^(\[[^]]*\]\s*)+", "", lines[0]) if lines else f"ffmpeg status {status}"
                 raise VideoDecodeError(f"{Path(path).name}: decoding failed ({reason})")
         finally:
             if process.poll() is None:

@@ -5,11 +5,21 @@ The model's graphs (worker/export) are converted once and cached on disk, keyed 
 content, the OpenVINO version, the family's graph version and the frame size; later loads read the
 cached IR. Each graph is compiled on first use for the batch size asked, and a smaller batch (the
 last of a video) is padded up to a size already compiled rather than compiling another.
+
+What is cached is run, so the cache is trusted no more than it must be: its folder is created
+private (0700) and must belong to this user (else refused); one found writable by others is
+emptied, as anything in it may have been planted. Each entry records the sha256 of its files when
+it is converted (written before the entry appears, renamed into place whole), and the blobs
+OpenVINO compiles into it when they are written; an entry whose files no longer match is converted
+again with a warning, and a compiled blob that does not match is removed (OpenVINO compiles it again).
 """
 
 import hashlib
 import json
 import logging
+import os
+import shutil
+import stat
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -21,12 +31,16 @@ from torch import nn
 from contract.options import AnimationOptions
 from engine.errors import RenderError
 from engine.export import BATCH, GraphSet
-from engine.export.files import MANIFEST, ConversionCallback, export_graphs
+from engine.export.files import MANIFEST, ConversionCallback, export_graphs, file_digest
 from engine.export.openvino_ir import OPENVINO_PRECISIONS, compile_graph, cpu_has_bf16, import_openvino
 from engine.families.adapter import SourceState
 from engine.families.family import ModelFamily
 
 log = logging.getLogger("worker")
+PRIVATE = 0o700
+DIGESTS = "digests.json"  # an entry's files and their sha256, recorded at conversion
+COMPILED = "compiled"  # OpenVINO's compiled blobs (its CACHE_DIR), in each entry
+COMPILED_DIGESTS = "compiled.json"  # the blobs and their sha256, recorded once written
 
 
 def model_digest(model: nn.Module) -> str:
@@ -48,6 +62,111 @@ def cache_entry(cache_dir: Path, graphs: GraphSet, digest: str) -> Path:
         f"{digest} {import_openvino().get_version()} {graphs.family} v{graphs.version} {h}x{w} batch-dynamic"
     )
     return cache_dir / f"{graphs.family}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
+def private_cache_dir(cache_dir: Path) -> Path:
+    """`cache_dir`, created private (0700); RenderError when it belongs to another user. One found
+    open to others is made private, and emptied first if others could write to it."""
+    cache_dir.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
+    found = cache_dir.stat()  # through a symlink: the folder really used
+    if found.st_uid != os.geteuid():
+        message = (
+            f"the model cache {cache_dir} belongs to user {found.st_uid}, not to this one ({os.geteuid()})"
+        )
+        raise RenderError(message, "model_cache")
+    mode = stat.S_IMODE(found.st_mode)
+    if mode & 0o022:
+        log.warning(
+            "the model cache %s was writable by others (%o): its contents are removed", cache_dir, mode
+        )
+        for entry in cache_dir.iterdir():
+            _remove(entry)
+    if mode != PRIVATE:
+        cache_dir.chmod(PRIVATE)
+    return cache_dir
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _digests(folder: Path, names: list[str] | None = None) -> dict[str, str]:
+    names = names if names is not None else sorted(p.name for p in folder.iterdir() if p.is_file())
+    return {name: file_digest(folder / name) for name in names}
+
+
+def _write_json(path: Path, value: dict) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    partial.replace(path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why a converted entry is not as it was converted (a file changed, missing or added), or None."""
+    recorded = _read_json(folder / DIGESTS)
+    if recorded is None:
+        return "has no readable record of its files' digests"
+    present = sorted(
+        p.name for p in folder.iterdir() if p.is_file() and p.name not in (DIGESTS, COMPILED_DIGESTS)
+    )
+    if present != sorted(recorded):
+        return f"holds {', '.join(present)} where {', '.join(sorted(recorded))} were converted"
+    changed = [name for name, digest in _digests(folder, present).items() if digest != recorded[name]]
+    return f"has {', '.join(changed)} changed since its conversion" if changed else None
+
+
+def verify_compiled(folder: Path) -> None:
+    """Remove the compiled blobs whose digests were not recorded when they were written."""
+    blobs = folder / COMPILED
+    if not blobs.is_dir():
+        return
+    recorded = _read_json(folder / COMPILED_DIGESTS) or {}
+    for blob in sorted(blobs.iterdir()):
+        if not blob.is_file() or recorded.get(blob.name) != file_digest(blob):
+            log.warning("the compiled blob %s in %s does not match its record: removed", blob.name, folder)
+            _remove(blob)
+
+
+def record_compiled(folder: Path) -> None:
+    """Record the digests of the compiled blobs written since the last record."""
+    blobs = folder / COMPILED
+    if not blobs.is_dir():
+        return
+    recorded = _read_json(folder / COMPILED_DIGESTS) or {}
+    new = [p.name for p in blobs.iterdir() if p.is_file() and p.name not in recorded]
+    if new:
+        _write_json(folder / COMPILED_DIGESTS, {**recorded, **_digests(blobs, new)})
+
+
+def convert_into(
+    folder: Path, graphs: GraphSet, digest: str, on_converted: ConversionCallback | None
+) -> None:
+    """Convert `graphs` and record their digests in a staging folder, then rename it to `folder`
+    whole; another process converting the same entry at the same time may win the rename."""
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}.converting")
+    _remove(staging)
+    try:
+        export_graphs(
+            graphs, staging, "openvino", checkpoint={"tensors_sha256": digest}, on_converted=on_converted
+        )
+        _write_json(staging / DIGESTS, _digests(staging))
+        staging.rename(folder)
+    except OSError:
+        if not (folder / MANIFEST).is_file():  # else another worker converted it at the same time
+            raise
+    finally:
+        _remove(staging)
 
 
 class OpenVinoGraphs:
@@ -76,19 +195,17 @@ class OpenVinoGraphs:
         model.eval()
         digest = model_digest(model)
         graphs = family.graphs(model)  # the graphs' names, shapes and scopes are those of the prepared model
-        folder = cache_entry(Path(cache_dir), graphs, digest)
-        if (folder / MANIFEST).is_file():
-            return cls(graphs, folder, cache_hit=True)
+        folder = cache_entry(private_cache_dir(Path(cache_dir)), graphs, digest)
+        if folder.exists():
+            problem = cache_problem(folder) if (folder / MANIFEST).is_file() else "is incomplete"
+            if problem is None:
+                verify_compiled(folder)
+                return cls(graphs, folder, cache_hit=True)
+            log.warning("the cached model %s %s: it is converted again", folder, problem)
+            _remove(folder)
         graphs = family.graphs(family.prepare(model, "cpu"))
-        folder.parent.mkdir(parents=True, exist_ok=True)
         log.info("converting %s graphs for OpenVINO into %s", graphs.family, folder)
-        try:
-            export_graphs(
-                graphs, folder, "openvino", checkpoint={"tensors_sha256": digest}, on_converted=on_converted
-            )
-        except OSError:
-            if not (folder / MANIFEST).is_file():  # else another worker converted it at the same time
-                raise
+        convert_into(folder, graphs, digest, on_converted)
         return cls(graphs, folder, cache_hit=False)
 
     def _compiled(self, name: str, precision: str, n: int) -> tuple[object, int]:
@@ -100,11 +217,12 @@ class OpenVinoGraphs:
             size = sizes[0] if sizes else n
             if (name, precision, size) not in self.compiled:
                 graph = self.graph_set.graphs[name]
-                cache = self.folder / "compiled"
+                cache = self.folder / COMPILED
                 model = self.models[name].clone()
                 self.compiled[name, precision, size] = compile_graph(
                     self.core, model, graph, size, precision, cache
                 )
+                record_compiled(self.folder)
             return self.compiled[name, precision, size], size
 
     def run(self, name: str, inputs: dict[str, np.ndarray], precision: str = "fp32") -> dict[str, np.ndarray]:

@@ -198,4 +198,4 @@ def video_crop(
 ) -> CropPlan:
     """follow_subject over the video at `path`, decoded by ffmpeg straight at the analysis size."""
     w, h = analysis_size(info.width, info.height)
-    return follow_subject(read_frames(path, h, w), info.fps, (info.width, info.height), kind, every)
+    return follow_subject(read_frames(path, h, w, info), info.fps, (info.width, info.height), kind, every)

@@ -41,7 +41,7 @@ def crop_video(
     try:
         writer = Mp4Writer(tmp_video, size, size, info.fps, in_path if audio and info.has_audio else None)
         try:
-            for index, frame in enumerate(read_frames(in_path, info.height, info.width)):
+            for index, frame in enumerate(read_frames(in_path, info.height, info.width, info)):
                 writer.write(cut_out(frame, plan.box(index), size, size))
                 progress.update("encoding", index + 1, max(len(plan.boxes), index + 1))
         except BaseException:

@@ -89,9 +89,10 @@ class Framing:
         """Every `step`-th driving frame as the model takes it, (height, width, 3) uint8 each."""
         plan = self.driving_plan
         if plan is None or plan.whole_frame:
-            yield from itertools.islice(read_frames(self.driving_path, height, width), 0, None, step)
+            frames = read_frames(self.driving_path, height, width, self.info)
+            yield from itertools.islice(frames, 0, None, step)
             return
-        frames = read_frames(self.driving_path, self.info.height, self.info.width)
+        frames = read_frames(self.driving_path, self.info.height, self.info.width, self.info)
         for index, frame in enumerate(frames):
             if index % step == 0:
                 yield cut_out(frame, plan.box(index), width, height)
