@@ -4,7 +4,14 @@ import torch
 from torch import nn
 
 from engine.layers.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
-from engine.layers.fused import ConvReLU, DownConvReLU, PreActResidual, UpsampleConvReLU
+from engine.layers.fused import (
+    ConvNormReLU,
+    ConvReLU,
+    DownConvReLU,
+    PreActResidual,
+    UpsampleConvNormReLU,
+    UpsampleConvReLU,
+)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,25 +46,44 @@ def fold_batch_norm(model: nn.Module) -> int:
     return folded
 
 
+def per_image_norm(norm: nn.Module) -> bool:
+    """Whether `norm` is an affine instance norm without running statistics (as the families build
+    them): what engine/layers/fused.py's `norm_relu` computes in the convolutions' layout."""
+    return isinstance(norm, nn.InstanceNorm2d) and norm.affine and not norm.track_running_stats
+
+
+def _upsample_foldable(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+
+
 def _fused(block: nn.Module) -> nn.Module | None:
-    """The fused equivalent of a block whose batch norms are folded, or None to keep it as it is."""
+    """The fused equivalent of a block whose batch norms are folded or whose norms are instance
+    norms, or None to keep it as it is."""
     kind = type(block)
     if kind in (SameBlock2d, DownBlock2d, UpBlock2d) and isinstance(block.norm, nn.Identity):
         if kind is SameBlock2d:
             return ConvReLU(block.conv, relu=True)
         if kind is DownBlock2d:
             return DownConvReLU(block.conv)
-        if block.conv.kernel_size == (3, 3) and block.conv.padding == (1, 1):
+        if _upsample_foldable(block.conv):
             return UpsampleConvReLU(block.conv)
+    if kind in (SameBlock2d, DownBlock2d, UpBlock2d) and per_image_norm(block.norm):
+        if kind is not UpBlock2d:
+            return ConvNormReLU(block.conv, block.norm, pool=kind is DownBlock2d)
+        if _upsample_foldable(block.conv):
+            return UpsampleConvNormReLU(block.conv, block.norm)
     if kind is ResBlock2d and isinstance(block.norm2, nn.Identity):
         return PreActResidual(block.norm1, block.conv1, block.conv2)
+    if kind is ResBlock2d and per_image_norm(block.norm1) and per_image_norm(block.norm2):
+        return PreActResidual(block.norm1, block.conv1, block.conv2, block.norm2)
     return None
 
 
 @torch.no_grad()
 def fuse_for_inference(model: nn.Module) -> int:
-    """Replace folded blocks by engine/layers/fused.py's (ReLU and residual sums inside the convolution,
-    upsampling inside the next convolution), in place. Returns how many were replaced."""
+    """Replace folded and instance-normalised blocks by engine/layers/fused.py's (ReLU and residual
+    sums inside the convolution, upsampling inside the next convolution, instance norms in the
+    convolutions' layout), in place. Returns how many were replaced."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -1,36 +1,12 @@
-"""TPSMM's inference rules: its ResNet's batch norms folded, and which blocks may run in bfloat16."""
+"""TPSMM's precision policy: which of its blocks may run in bfloat16 or float16."""
 
 import copy
 
 import torch
-from torch import nn
 
 from engine.families.tpsmm.dense_motion import DenseMotionNetwork
 from engine.families.tpsmm.inpainting import InpaintingNetwork
-from engine.families.tpsmm.resnet import BasicBlock, ResNet18
-from engine.layers.inference import LowPrecision, fold_into
-
-
-@torch.no_grad()
-def fold_resnet_norms(model: nn.Module) -> int:
-    """Fold the batch norms of every ResNet-18 (keypoint detector, background predictor) into the
-    convolutions before them, in place; in ResNet-18 every norm follows a convolution."""
-    folded = 0
-    for block in model.modules():
-        if not isinstance(block, (ResNet18, BasicBlock)):
-            continue
-        pairs = [("conv1", "bn1"), ("conv2", "bn2")] if isinstance(block, BasicBlock) else [("conv1", "bn1")]
-        for conv, norm in pairs:
-            if isinstance(getattr(block, norm), nn.BatchNorm2d):
-                fold_into(getattr(block, conv), getattr(block, norm))
-                setattr(block, norm, nn.Identity())
-                folded += 1
-        shortcut = getattr(block, "downsample", None)
-        if shortcut is not None and isinstance(shortcut[1], nn.BatchNorm2d):
-            fold_into(shortcut[0], shortcut[1])
-            shortcut[1] = nn.Identity()
-            folded += 1
-    return folded
+from engine.layers.inference import LowPrecision
 
 
 def low_precision_tpsmm(

@@ -1,0 +1,106 @@
+"""TPSMM's fused inference path computes the unfused network's function (float32, to rounding)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.engine import TPSMM_VOX_256
+from engine.animator import Animator
+from engine.families import tpsmm
+from engine.families.tpsmm.fusion import FusedBasicBlock, fold_resnet_norms, fuse_resnet_blocks
+from engine.families.tpsmm.resnet import BasicBlock
+from engine.layers.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, instance_norm
+from engine.layers.fused import ConvNormReLU, PreActResidual, UpsampleConvNormReLU, norm_relu
+from engine.layers.inference import fuse_for_inference
+
+TOLERANCE = 1e-4
+
+
+def _randomized(module: torch.nn.Module) -> torch.nn.Module:
+    """Norms with non-trivial affine parameters and statistics, as in a trained model."""
+    with torch.no_grad():
+        for norm in module.modules():
+            if isinstance(norm, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d)):
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.2, 0.2)
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.running_mean.uniform_(-0.1, 0.1)
+                norm.running_var.uniform_(0.5, 1.5)
+    return module.eval()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@torch.no_grad()
+def test_the_channels_last_instance_norm_is_the_instance_norm(layout):
+    torch.manual_seed(0)
+    norm = _randomized(instance_norm(16))
+    x = (torch.randn(3, 16, 9, 13) * 3 + 1).contiguous(memory_format=layout)
+    got = norm_relu(x, norm)
+    assert got.is_contiguous(memory_format=layout), "the layout is kept"
+    assert float((got - F.relu(norm(x))).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "block, fused_kind",
+    [
+        (SameBlock2d(5, 8, norm=instance_norm), ConvNormReLU),
+        (SameBlock2d(3, 8, kernel_size=7, padding=3, norm=instance_norm), ConvNormReLU),
+        (DownBlock2d(5, 8, norm=instance_norm), ConvNormReLU),
+        (UpBlock2d(5, 8, norm=instance_norm), UpsampleConvNormReLU),
+        (ResBlock2d(6, norm=instance_norm), PreActResidual),
+    ],
+    ids=["same", "same-7x7", "down", "up", "residual"],
+)
+def test_each_instance_normalised_block_fused_equals_the_block(block, fused_kind):
+    torch.manual_seed(1)
+    block = _randomized(block)
+    parent = torch.nn.Sequential(copy.deepcopy(block))
+    assert fuse_for_inference(parent) == 1
+    assert isinstance(parent[0], fused_kind)
+    x = torch.randn(3, block.conv.in_channels if hasattr(block, "conv") else 6, 12, 16)
+    with torch.no_grad():
+        expected = block(x)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = parent(x.contiguous(memory_format=layout))
+            assert got.shape == expected.shape
+            assert float((got - expected).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("in_planes, planes, stride", [(8, 8, 1), (8, 16, 2)])
+def test_the_fused_resnet_block_equals_the_block(in_planes, planes, stride):
+    torch.manual_seed(2)
+    block = _randomized(BasicBlock(in_planes, planes, stride))
+    parent = torch.nn.Sequential(copy.deepcopy(block))
+    assert fold_resnet_norms(parent) == (3 if stride != 1 else 2)
+    assert fuse_resnet_blocks(parent) == 1
+    assert isinstance(parent[0], FusedBasicBlock)
+    x = torch.randn(2, in_planes, 16, 12)
+    with torch.no_grad():
+        assert float((parent(x) - block(x)).abs().max()) < 1e-5
+
+
+@torch.no_grad()
+def test_the_fused_model_at_the_published_widths_equals_the_unfused_one():
+    """The published vox-256 widths (10 splines, 3 inpainting levels, 5 hourglass levels) at 128 px,
+    random weights: our prepared path (every block fused, channels-last, source features cached)
+    against the unfused networks' forward, relative motion, a batch of 2."""
+    torch.manual_seed(3)
+    reference = _randomized(tpsmm.build_model(TPSMM_VOX_256, (128, 128)))
+    renderer = Animator(copy.deepcopy(reference))
+    kinds = {type(m) for m in renderer.model.modules()}
+    assert {ConvNormReLU, UpsampleConvNormReLU, PreActResidual, FusedBasicBlock} <= kinds
+    assert not kinds & {SameBlock2d, DownBlock2d, UpBlock2d, ResBlock2d, BasicBlock}, "every block is fused"
+    source, driving = torch.rand(1, 3, 128, 128), torch.rand(3, 3, 128, 128)
+    state = renderer.prepare_source(source)
+    state.kp_initial = {"fg_kp": renderer.keypoints(driving[:1])["fg_kp"]}
+    fused = renderer.animate_batch(state, driving[1:])
+    kp_source = reference.kp_detector(source)
+    kp_initial = reference.kp_detector(driving[:1])
+    kp_norm = tpsmm.relative_kp(kp_source, reference.kp_detector(driving[1:]), kp_initial)
+    sources = source.expand(2, -1, -1, -1)
+    kp_sources = {"fg_kp": kp_source["fg_kp"].expand(2, -1, -1)}
+    motion = reference.dense_motion_network(sources, kp_norm, kp_sources)
+    unfused = reference.inpainting_network(sources, motion)["prediction"]
+    assert float((fused - unfused).abs().max()) < TOLERANCE
