@@ -21,7 +21,7 @@ from engine.families.tpsmm.adapter import TpsmmSource
 from engine.families.tpsmm.model import TPSMModel
 from engine.layers.geometry import hull_scale
 
-GRAPHS_VERSION = 1  # bump when the graphs below change: converted copies in caches become stale
+GRAPHS_VERSION = 2  # bump when the graphs below change: converted copies in caches become stale
 # The frame graph's convolution stacks, as engine/layers/inference.py's low_precision_tpsmm lowers them.
 FRAME_LOW_PRECISION_SCOPES = (
     "dense_motion_network.hourglass.encoder.down_blocks",
