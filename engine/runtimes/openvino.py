@@ -10,6 +10,7 @@ last of a video) is padded up to a size already compiled rather than compiling a
 import hashlib
 import json
 import logging
+import os
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -22,11 +23,13 @@ from contract.options import AnimationOptions
 from engine.errors import RenderError
 from engine.export import BATCH, GraphSet
 from engine.export.files import MANIFEST, ConversionCallback, export_graphs
+from engine.export.graphs import manifest_source_shapes
 from engine.export.openvino_ir import OPENVINO_PRECISIONS, compile_graph, cpu_has_bf16, import_openvino
-from engine.families.adapter import SourceState
+from engine.families.adapter import SourceState, frame_keypoints
 from engine.families.family import ModelFamily
 
 log = logging.getLogger("worker")
+ALIASES = "by-file"  # the cache's folder of aliases: a checkpoint file's identity -> its entry
 
 
 def model_digest(model: nn.Module) -> str:
@@ -50,6 +53,56 @@ def cache_entry(cache_dir: Path, graphs: GraphSet, digest: str) -> Path:
     return cache_dir / f"{graphs.family}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
 
 
+def _convert(graphs: GraphSet, folder: Path, digest: str, on_converted: ConversionCallback | None) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s graphs for OpenVINO into %s", graphs.family, folder)
+    try:
+        checkpoint = {"tensors_sha256": digest}
+        export_graphs(graphs, folder, "openvino", checkpoint=checkpoint, on_converted=on_converted)
+    except OSError:
+        if not (folder / MANIFEST).is_file():  # else another worker converted it at the same time
+            raise
+
+
+def alias_path(cache_dir: Path, model: nn.Module, family: ModelFamily) -> Path | None:
+    """Where the alias of the model's checkpoint file lives; None for a model not loaded from a file."""
+    identity = getattr(model, "checkpoint_identity", None)
+    if identity is None:
+        return None
+    key = [identity, family.name, model.config, list(model.frame_shape), import_openvino().get_version()]
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_dir / ALIASES / f"{name}.json"
+
+
+def read_alias(
+    alias: Path | None, cache_dir: Path, model: nn.Module, family: ModelFamily
+) -> tuple[GraphSet, Path] | None:
+    """The graphs and entry an alias points to, when it is readable and names the entry that its
+    digest gives with today's graph code and OpenVINO; else None (convert or hash as usual)."""
+    if alias is None or not alias.is_file():
+        return None
+    try:
+        record = json.loads(alias.read_text())
+        folder = cache_dir / str(record["entry"])
+        manifest = json.loads((folder / MANIFEST).read_text())
+        graphs = family.graphs(model, manifest_source_shapes(manifest))
+        if cache_entry(cache_dir, graphs, str(record["digest"])) != folder:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return graphs, folder
+
+
+def write_alias(alias: Path | None, folder: Path, digest: str) -> None:
+    """Record (atomically) that the aliased file's model is converted in `folder`."""
+    if alias is None:
+        return
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    partial = alias.with_name(f".{alias.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps({"entry": folder.name, "digest": digest}))
+    partial.replace(alias)
+
+
 class OpenVinoGraphs:
     """A model's graphs read from the cache (converted first when missing), compiled on demand."""
 
@@ -61,6 +114,7 @@ class OpenVinoGraphs:
         self.core = ov.Core()
         self.models = {name: self.core.read_model(str(folder / f"{name}.xml")) for name in graphs.graphs}
         self.compiled: dict[tuple[str, str, int], object] = {}
+        self.requests: dict[tuple[str, str, int], list] = {}  # idle infer requests, reused run after run
         self.lock = threading.Lock()
 
     @classmethod
@@ -72,24 +126,26 @@ class OpenVinoGraphs:
         on_converted: ConversionCallback | None = None,
     ) -> "OpenVinoGraphs":
         """The model's graphs, from the cache when it has them. `model` is as loaded: it is prepared
-        for inference (folded and fused, a second or two for a vox-256 model) only to be converted."""
+        for inference (folded and fused, a second or two for a vox-256 model) only to be converted.
+
+        A model loaded from a file is found by the file's identity (engine/checkpoints.file_identity)
+        through an alias, so a hit neither hashes the weights nor runs the model; the alias records
+        the content digest and its entry, and is checked against the entry that digest gives now."""
         model.eval()
+        cache_dir = Path(cache_dir)
+        alias = alias_path(cache_dir, model, family)
+        hit = read_alias(alias, cache_dir, model, family)
+        if hit is not None:
+            return cls(*hit, cache_hit=True)
         digest = model_digest(model)
         graphs = family.graphs(model)  # the graphs' names, shapes and scopes are those of the prepared model
-        folder = cache_entry(Path(cache_dir), graphs, digest)
-        if (folder / MANIFEST).is_file():
-            return cls(graphs, folder, cache_hit=True)
-        graphs = family.graphs(family.prepare(model, "cpu"))
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        log.info("converting %s graphs for OpenVINO into %s", graphs.family, folder)
-        try:
-            export_graphs(
-                graphs, folder, "openvino", checkpoint={"tensors_sha256": digest}, on_converted=on_converted
-            )
-        except OSError:
-            if not (folder / MANIFEST).is_file():  # else another worker converted it at the same time
-                raise
-        return cls(graphs, folder, cache_hit=False)
+        folder = cache_entry(cache_dir, graphs, digest)
+        converted = not (folder / MANIFEST).is_file()
+        if converted:
+            graphs = family.graphs(family.prepare(model, "cpu"))
+            _convert(graphs, folder, digest, on_converted)
+        write_alias(alias, folder, digest)
+        return cls(graphs, folder, cache_hit=not converted)
 
     def _compiled(self, name: str, precision: str, n: int) -> tuple[object, int]:
         """A compiled model for batch n or the smallest larger size compiled already, and that size."""
@@ -121,12 +177,18 @@ class OpenVinoGraphs:
             if spec.name in batched and size > n:
                 array = np.concatenate([array, np.repeat(array[-1:], size - n, axis=0)])
             feed[spec.name] = array
-        results = compiled.create_infer_request().infer(feed)
-        outputs = {}
-        for port, value in results.items():
-            spec_name = port.get_any_name()
-            outputs[spec_name] = value[:n] if size > n else value
-        return outputs
+        key = (name, precision, size)
+        with self.lock:
+            idle = self.requests.setdefault(key, [])
+            request = idle.pop() if idle else compiled.create_infer_request()
+        try:
+            # inputs read where they are (no copy into the request); outputs copied out, so the
+            # request can serve the next run while the caller holds these
+            results = request.infer(feed, share_inputs=True, share_outputs=False)
+        finally:
+            with self.lock:
+                idle.append(request)
+        return {port.get_any_name(): value[:n] if size > n else value for port, value in results.items()}
 
 
 class OpenVinoAdapter:
@@ -134,9 +196,8 @@ class OpenVinoAdapter:
     with the same inputs and outputs as the family's torch adapter; families with export graphs only.
 
     Precision policy as in torch: fp32, or bf16 for the convolution stacks only (keypoints, flows
-    and sampling stay float32). Render workers only: it has no `animate_sessions`, because the live
-    engine runs on torch (its graphs take one source, broadcast). `model` stays as loaded: only its
-    attributes are read (frame shape, modes), the graphs do the work.
+    and sampling stay float32). `model` stays as loaded: only its attributes are read (frame shape,
+    modes), the graphs do the work.
     """
 
     def __init__(
@@ -162,7 +223,7 @@ class OpenVinoAdapter:
     def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """The keypoints graph's outputs under their names, which are the torch detector's keys."""
         outputs = self.graphs.run("keypoints", {"frames": frames.float().numpy()})
-        return {name: torch.from_numpy(value.copy()) for name, value in outputs.items()}
+        return {name: torch.from_numpy(value) for name, value in outputs.items()}
 
     def prepare_source(self, source: torch.Tensor, precision: str, options: AnimationOptions) -> SourceState:
         precision = self._precision(precision)
@@ -181,7 +242,20 @@ class OpenVinoAdapter:
 
         feed = self.graphs.graph_set.frame_feed(state, kp_driving, frames, run)
         outputs = run("frame", feed)
-        return {name: torch.from_numpy(value.copy()) for name, value in outputs.items()}
+        return {name: torch.from_numpy(value) for name, value in outputs.items()}
+
+    def animate_sessions(
+        self, states: list[SourceState], frames: torch.Tensor, kp_driving: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Each session's frame through the batch-1 graphs in turn, outputs joined in order. The
+        graphs take one source (broadcast); on a CPU a batch costs as much per frame as batch 1
+        (docs/BENCHMARKS.md: 0.549 against 0.545 s a frame at batches 1 and 4), so turn by turn
+        loses nothing and compiles nothing more."""
+        outputs = [
+            self.animate(state, frames[i : i + 1], frame_keypoints(kp_driving, i))
+            for i, state in enumerate(states)
+        ]
+        return {name: torch.cat([out[name] for out in outputs]) for name in outputs[0]}
 
     def still(self, state: SourceState) -> dict[str, torch.Tensor]:
         """The source's own keypoints in absolute mode, background unmoved: the output with no motion."""

@@ -23,6 +23,7 @@ from engine.export.files import MANIFEST
 from engine.layers.geometry import convex_hull_area
 from engine.media.video_io import load_image, read_frames
 from engine.pipeline import RenderOptions, VideoPipeline
+from engine.runtimes.openvino import ALIASES
 from tests.conftest import FOMM, TPSMM, need_shared
 from tests.integration.test_cli import cut
 
@@ -262,7 +263,48 @@ def test_a_second_load_reads_the_cache_without_converting(ov_renderer, ov_cache)
     )
     assert again.adapter.graphs.cache_hit and again.adapter.graphs.folder == folder and steps == []
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()} == files
-    assert [p.name for p in ov_cache.iterdir()] == [folder.name]  # no stray partial folders
+    assert sorted(p.name for p in ov_cache.iterdir()) == [ALIASES, folder.name]  # no stray partial folders
+
+
+def test_a_cache_hit_by_the_checkpoint_file_neither_hashes_nor_runs_the_model(
+    ov_renderer, ov_cache, monkeypatch, tmp_path
+):
+    """The file's identity finds the converted copy: no tensor hashed, no source graph run for its
+    shapes. A file that changed (here: only its time) is hashed again and finds the same copy."""
+    from engine.families.fomm import export
+    from engine.runtimes import openvino
+
+    folder = ov_renderer.adapter.graphs.folder
+
+    def forbidden(*_):
+        raise AssertionError("a cache hit by the file runs no model and hashes no tensor")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(openvino, "model_digest", forbidden)
+        patched.setattr(export.SourceGraph, "forward", forbidden)
+        again = Animator(small_model(), runtime="openvino", cache_dir=ov_cache)
+    assert again.adapter.graphs.cache_hit and again.adapter.graphs.folder == folder
+    copy = tmp_path / "copy.pth.tar"
+    copy.write_bytes((FOMM / "fomm-small.pth.tar").read_bytes())
+    model = load_checkpoint(copy)
+    model.frame_shape = (64, 64)
+    hashed, digest = [], openvino.model_digest
+    monkeypatch.setattr(openvino, "model_digest", lambda m: hashed.append(1) or digest(m))
+    moved = Animator(model, runtime="openvino", cache_dir=ov_cache)
+    assert hashed == [1] and moved.adapter.graphs.cache_hit and moved.adapter.graphs.folder == folder
+
+
+def test_openvino_sessions_batched_equal_each_session_alone(ov_renderer, frames):
+    source, driving = frames
+    sources = [source, source.flip(3)]
+    alone = []
+    for src, frame in zip(sources, driving[:2], strict=True):
+        state = ov_renderer.prepare_source(src)
+        alone.append(ov_renderer.animate_batch(state, frame[None]))
+    states = [ov_renderer.prepare_source(src) for src in sources]
+    together = ov_renderer.animate_sessions(states, driving[:2])
+    assert_close("sessions", together, torch.cat(alone))
+    assert not torch.equal(alone[0], alone[1])
 
 
 def test_the_cache_key_follows_the_weights(ov_cache):

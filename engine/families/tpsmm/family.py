@@ -50,7 +50,7 @@ class Tpsmm(ModelFamily):
             "background_predictor": model.background_motion,
         }
 
-    def graphs(self, model: nn.Module):
+    def graphs(self, model: nn.Module, source_shapes: list[tuple[int, ...]] | None = None):
         from engine.families.tpsmm.export import tpsmm_graphs
 
-        return tpsmm_graphs(model)
+        return tpsmm_graphs(model, source_shapes)
