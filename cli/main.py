@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
-from contract.capabilities import PRECISIONS, RUNTIMES
+from contract.capabilities import PRECISIONS, RUNTIME_CHOICES
 from contract.option_flags import add_motion_arguments, motion_values
 from contract.options import OutputFormatName
 from service.client import add_submit_arguments, submit
@@ -59,9 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--precision", choices=PRECISIONS, default=None)
     render.add_argument(
         "--runtime",
-        choices=RUNTIMES,
-        default="torch",
-        help="openvino: CPU only, needs the openvino extra; models are converted once and cached",
+        choices=RUNTIME_CHOICES,
+        default=os.environ.get("RUNTIME", "auto"),
+        help="openvino: CPU only, needs the openvino extra; models are converted once and cached; "
+        "auto: the faster here for the model, precision and batch size, measured once and cached "
+        "(default: $RUNTIME, else auto)",
     )
     render.add_argument(
         "--cache-dir", type=Path, default=None, help="converted models (default: ~/.cache/animate/models)"
@@ -111,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
+    inspect.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        help="also say which runtime renders it here (auto: measured once, then read from the cache)",
+    )
+    inspect.add_argument("--precision", choices=PRECISIONS, default=None)
+    inspect.add_argument("--batch-size", type=int, default=4)
+    inspect.add_argument("--cache-dir", type=Path, default=None)
 
     export = commands.add_parser(
         "export", help="write a model as ONNX or OpenVINO graphs that run without torch"
@@ -232,8 +242,10 @@ def _render_loaded(args: argparse.Namespace, inputs: Callable[[], tuple]) -> int
         return _fail(first_error(exc)[1])
     if args.runtime == "openvino" and args.device != "cpu":
         return _fail("--runtime openvino runs on the CPU only")
-    if args.runtime == "openvino" and precision not in ("fp32", "bf16"):
-        return _fail("--runtime openvino runs fp32 or bf16")
+    if args.runtime == "openvino" and precision not in ("fp32", "bf16", "int8"):
+        return _fail("--runtime openvino runs fp32, bf16 or int8")
+    if precision == "int8" and (args.runtime == "torch" or args.device != "cpu"):
+        return _fail("--precision int8 runs on the CPU with --runtime openvino or auto")
     bar = ProgressBar()
     converting = ProgressBar(unit="graphs")
     try:
@@ -249,6 +261,8 @@ def _render_loaded(args: argparse.Namespace, inputs: Callable[[], tuple]) -> int
             cache_dir=args.cache_dir or _default_cache_dir(),
             on_converted=lambda done, total: converting.count("converting", done, total),
             name=Path(args.checkpoint).name,
+            precision=precision,
+            batch_size=args.batch_size,
         )
         converting.close()
         image, info = inputs()
@@ -333,14 +347,43 @@ def _inspect(args: argparse.Namespace) -> int:
     import json
 
     from engine import CheckpointError, load_checkpoint
+    from engine.errors import RenderError
+    from engine.export import ExportError
+    from engine.export.openvino_ir import OpenVinoMissing
     from engine.families import family_of
 
     try:
         model = load_checkpoint(args.checkpoint, config=args.config)
     except CheckpointError as exc:
         return _fail(str(exc))
-    print(json.dumps(family_of(model).report(model), indent=2))
+    report = family_of(model).report(model)
+    if args.runtime is not None:
+        try:
+            report["runtime"] = _runtime_report(args, model)
+        except (RenderError, ExportError, OpenVinoMissing) as exc:
+            return _fail(str(exc))
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def _runtime_report(args: argparse.Namespace, model) -> dict:
+    """Which runtime renders the model here at the asked precision and batch size, and why."""
+    from engine.animator import Animator
+    from engine.hardware import default_precision
+
+    precision = args.precision or default_precision("cpu")
+    animator = Animator(
+        model, "cpu", args.runtime, args.cache_dir or _default_cache_dir(), precision=precision,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    choice = animator.runtime_choice
+    return {
+        "runtime": choice.runtime,
+        "precision": precision,
+        "batch_size": args.batch_size,
+        "why": choice.reason,
+        "seconds_per_frame": {name: round(s, 4) for name, s in choice.seconds_per_frame.items()},
+    }
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from contract.capabilities import Precision
 from contract.options import AnimationOptions
 from contract.render import JobResult
 from engine.animator import Animator
@@ -35,7 +36,7 @@ class RenderOptions(AnimationOptions):
     size: int | None = Field(None, ge=16, le=2048, multiple_of=2)  # output side; None: the model's
     batch_size: int = Field(4, ge=1, le=256)
     device: str = "cpu"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
 
     @model_validator(mode="after")
     def _size_and_paste_back(self) -> "RenderOptions":

@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.healthcheck:
         return 0 if host_is_present(settings.queue_url, channel.WORKER_PREFIX) else 1
     try:
-        models = process.start("live", settings)
+        models = process.start("live", settings, batch_size=1)
     except process.StartError as exc:
         return process.fail("live", exc)
     name = process.process_name()
