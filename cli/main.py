@@ -134,6 +134,18 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--precision", default="fp32", metavar="fp32|bf16", help="bf16: OpenVINO only")
     export.add_argument("--config", help="YAML in the published config format overriding the inferred one")
 
+    quantize = commands.add_parser(
+        "quantize",
+        help="make int8 graphs of a model for --precision int8 (OpenVINO, NNCF), kept only if they pay",
+    )
+    quantize.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
+    quantize.add_argument("--config", help="YAML in the published config format overriding the inferred one")
+    quantize.add_argument("--calibration", nargs="+", required=True, help="clips to calibrate on")
+    quantize.add_argument("--held-out", nargs="+", required=True, help="other clips, to check int8 on")
+    quantize.add_argument("--frames", type=int, default=8, help="frames taken from each clip (default: 8)")
+    quantize.add_argument("--batch-size", type=int, default=4, help="the batch int8 must be faster at")
+    quantize.add_argument("--cache-dir", type=Path, default=None, help="the model cache (default as render)")
+
     add_submit_arguments(commands.add_parser("submit", help="animate through a running service, over HTTP"))
 
     train = commands.add_parser("train", help="train a model on a folder of videos (self-supervised)")
@@ -343,6 +355,37 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    """Exit 0 with the int8 graphs kept, 1 when they were measured and not kept, 2 for bad input."""
+    import dataclasses
+    import json
+
+    from engine import CheckpointError, load_checkpoint
+    from engine.animator import Animator
+    from engine.errors import RenderError
+    from engine.export import ExportError
+    from engine.export.openvino_ir import OpenVinoMissing
+    from engine.export.quantize import QuantizeError, clip_jobs, quantize
+
+    if not (1 <= args.frames <= 64 and 1 <= args.batch_size <= 64):
+        return _fail("--frames and --batch-size must be from 1 to 64")
+    try:
+        model = load_checkpoint(args.checkpoint, config=args.config)
+        h, w = model.frame_shape
+        calibration = clip_jobs(args.calibration, (h, w), args.frames)
+        held_out = clip_jobs(args.held_out, (h, w), args.frames)
+        animator = Animator(model, "cpu", "openvino", args.cache_dir or _default_cache_dir())
+        timing = held_out[0][1][: args.batch_size].contiguous()
+        report = quantize(animator.adapter, calibration, held_out, timing)
+    except (CheckpointError, RenderError, ExportError, OpenVinoMissing, QuantizeError) as exc:
+        return _fail(str(exc))
+    print(json.dumps(dataclasses.asdict(report), indent=2))
+    if not report.kept:
+        print(f"animate: int8 not kept: {report.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
@@ -456,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": _evaluate,
         "submit": submit,
         "export": _export,
+        "quantize": _quantize,
     }
     try:
         return handlers[args.command](args)

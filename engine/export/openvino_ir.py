@@ -89,19 +89,21 @@ def keep_float32_outside(model, scopes: tuple[str, ...]) -> int:
 
 
 def compile_graph(core, model, graph: Graph, batch: int, precision: str, cache_dir: Path | None = None):
-    """Compile `model` (as converted from `graph`) for a static batch, under our precision policy.
+    """Compile `model` (as converted from `graph`, or its int8 quantization) for a static batch, under
+    our precision policy.
 
     The model is reshaped and marked in place, so pass a fresh one (or one compiled the same way).
     """
-    if precision not in OPENVINO_PRECISIONS:
-        raise ValueError(f"OpenVINO runs fp32 or bf16, not {precision}")
+    if precision not in (*OPENVINO_PRECISIONS, "int8"):
+        raise ValueError(f"OpenVINO runs fp32, bf16 or int8, not {precision}")
     model.reshape(
         {spec.name: [batch if dim == BATCH else dim for dim in spec.shape] for spec in graph.inputs}
     )
-    if precision != "fp32":
+    if precision == "bf16":
         keep_float32_outside(model, graph.low_precision_scopes)
     config = {
-        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
+        # int8: a quantized model (engine/export/quantize.py), whose unquantized nodes stay float32
+        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS.get(precision, "f32"),
         "PERFORMANCE_HINT": "LATENCY",
     }
     if cache_dir is not None:

@@ -25,6 +25,7 @@ from engine.export import BATCH, GraphSet
 from engine.export.files import MANIFEST, ConversionCallback, export_graphs
 from engine.export.graphs import manifest_source_shapes
 from engine.export.openvino_ir import OPENVINO_PRECISIONS, compile_graph, cpu_has_bf16, import_openvino
+from engine.export.quantize import INT8, QUANTIZED_GRAPHS
 from engine.families.adapter import SourceState, frame_keypoints
 from engine.families.family import ModelFamily
 
@@ -157,11 +158,25 @@ class OpenVinoGraphs:
             if (name, precision, size) not in self.compiled:
                 graph = self.graph_set.graphs[name]
                 cache = self.folder / "compiled"
-                model = self.models[name].clone()
+                model = self._read_int8(name) if precision == INT8 else self.models[name].clone()
                 self.compiled[name, precision, size] = compile_graph(
                     self.core, model, graph, size, precision, cache
                 )
             return self.compiled[name, precision, size], size
+
+    def _read_int8(self, name: str):
+        """The graph's int8 quantization (`animate quantize`), read fresh: compiling reshapes it."""
+        return self.core.read_model(str(self.folder / INT8 / f"{name}.xml"))
+
+    def has_int8(self) -> bool:
+        return all((self.folder / INT8 / f"{name}.xml").is_file() for name in QUANTIZED_GRAPHS)
+
+    def forget(self, precision: str) -> None:
+        """Drop what was compiled for `precision` (its graphs changed on disk)."""
+        with self.lock:
+            for key in [key for key in self.compiled if key[1] == precision]:
+                del self.compiled[key]
+                self.requests.pop(key, None)
 
     def run(self, name: str, inputs: dict[str, np.ndarray], precision: str = "fp32") -> dict[str, np.ndarray]:
         """Outputs of graph `name` by output name; batch-dimension inputs are padded as needed. A graph
@@ -213,8 +228,14 @@ class OpenVinoAdapter:
         self._warned_bf16 = False
 
     def _precision(self, precision: str) -> str:
-        if precision not in OPENVINO_PRECISIONS:
-            raise RenderError("the openvino runtime runs fp32 or bf16", "invalid_option")
+        if precision == INT8 and not self.graphs.has_int8():
+            raise RenderError(
+                "int8: this model has no quantized graphs in the model cache; make them with "
+                "`animate quantize --checkpoint ... --cache-dir ...`",
+                "invalid_option",
+            )
+        if precision not in (*OPENVINO_PRECISIONS, INT8):
+            raise RenderError("the openvino runtime runs fp32, bf16 or int8", "invalid_option")
         if precision == "bf16" and not self.native_bf16 and not self._warned_bf16:
             log.warning("this CPU has no native bfloat16: OpenVINO runs bf16 requests in float32")
             self._warned_bf16 = True
