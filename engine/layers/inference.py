@@ -1,5 +1,7 @@
 """Inference-only rewrites of a loaded model that keep its function (to float rounding)."""
 
+import copy
+
 import torch
 from torch import nn
 
@@ -100,6 +102,23 @@ def prepare_for_inference(model: nn.Module, device: str) -> nn.Module:
     fold_batch_norm(model)
     fuse_for_inference(model)
     return model.to(device=device, memory_format=torch.channels_last)
+
+
+def lowered_copy(network: nn.Module, lowered: list[nn.Module], dtype: torch.dtype) -> nn.Module:
+    """A deep copy of `network` in which the parameters and buffers of its submodules `lowered`
+    are already `dtype` and every other tensor is shared with `network`: no float32 weight is
+    copied (a deep copy of a vox-256 TPSMM copies 240 MB, then casts half of it). The copy's
+    `lowered` modules are then wrapped in LowPrecision, whose cast finds them in `dtype`."""
+    inside = {id(t) for module in lowered for t in (*module.parameters(), *module.buffers())}
+    memo: dict[int, torch.Tensor] = {}
+    for tensor in (*network.parameters(), *network.buffers()):
+        if id(tensor) not in inside or not tensor.is_floating_point():
+            memo[id(tensor)] = tensor
+        elif isinstance(tensor, nn.Parameter):
+            memo[id(tensor)] = nn.Parameter(tensor.detach().to(dtype), requires_grad=tensor.requires_grad)
+        else:
+            memo[id(tensor)] = tensor.to(dtype)
+    return copy.deepcopy(network, memo)
 
 
 class LowPrecision(nn.Module):

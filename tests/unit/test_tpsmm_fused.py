@@ -7,13 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from bench.engine import TPSMM_VOX_256
+from engine import load_checkpoint
 from engine.animator import Animator
 from engine.families import tpsmm
 from engine.families.tpsmm.fusion import FusedBasicBlock, fold_resnet_norms, fuse_resnet_blocks
+from engine.families.tpsmm.precision import LOW_PRECISION_PARTS, low_precision_tpsmm
 from engine.families.tpsmm.resnet import BasicBlock
 from engine.layers.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, instance_norm
 from engine.layers.fused import ConvNormReLU, PreActResidual, UpsampleConvNormReLU, norm_relu
 from engine.layers.inference import fuse_for_inference
+from tests.conftest import TPSMM, need_shared
 
 TOLERANCE = 1e-4
 
@@ -104,3 +107,20 @@ def test_the_fused_model_at_the_published_widths_equals_the_unfused_one():
     motion = reference.dense_motion_network(sources, kp_norm, kp_sources)
     unfused = reference.inpainting_network(sources, motion)["prediction"]
     assert float((fused - unfused).abs().max()) < TOLERANCE
+
+
+@torch.no_grad()
+def test_the_bf16_copies_share_the_float32_weights_and_leave_the_originals_unchanged():
+    model = load_checkpoint(need_shared(TPSMM / "tpsmm-small.pth.tar"))
+    dense_motion, inpainting = model.dense_motion_network, model.inpainting_network
+    before = {name: p.clone() for name, p in inpainting.state_dict().items()}
+    for parts in (LOW_PRECISION_PARTS, ("inpainting_decoder",)):
+        motion, painting = low_precision_tpsmm(dense_motion, inpainting, torch.bfloat16, parts)
+        shared = {id(p) for p in (*dense_motion.parameters(), *inpainting.parameters())}
+        copied = [p for p in (*motion.parameters(), *painting.parameters()) if id(p) not in shared]
+        assert copied and all(p.dtype == torch.bfloat16 for p in copied), "only the lowered ones are new"
+        float32 = [p for p in (*motion.parameters(), *painting.parameters()) if p.dtype == torch.float32]
+        assert all(id(p) in shared for p in float32), "no float32 weight is copied"
+    assert all(p.dtype == torch.float32 for p in inpainting.parameters())
+    assert all(torch.equal(before[name], p) for name, p in inpainting.state_dict().items())
+    assert any(p.dtype == torch.float32 for p in painting.parameters()), "the encoder kept float32"

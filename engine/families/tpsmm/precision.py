@@ -13,14 +13,12 @@ All are lowered. The keypoints, the splines, the contribution and occlusion head
 stay float32.
 """
 
-import copy
-
 import torch
 from torch import nn
 
 from engine.families.tpsmm.dense_motion import DenseMotionNetwork
 from engine.families.tpsmm.inpainting import InpaintingNetwork
-from engine.layers.inference import LowPrecision
+from engine.layers.inference import LowPrecision, lowered_copy
 
 PARTS = ("dense_motion_hourglass", "occlusion_up", "inpainting_encoder", "inpainting_decoder")
 LOW_PRECISION_PARTS = PARTS
@@ -42,14 +40,34 @@ def _lower_decoder(inpainting: InpaintingNetwork, dtype: torch.dtype) -> None:
     inpainting.final = LowPrecision(inpainting.final, dtype)
 
 
+def _lowered_parts(
+    dense_motion: DenseMotionNetwork, inpainting: InpaintingNetwork, parts: tuple[str, ...]
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The modules of each network that `parts` lower."""
+    motion: list[nn.Module] = []
+    painting: list[nn.Module] = []
+    if "dense_motion_hourglass" in parts:
+        motion += [*dense_motion.hourglass.encoder.down_blocks, *dense_motion.hourglass.decoder.up_blocks]
+    if "occlusion_up" in parts:
+        motion += list(dense_motion.up)
+    if "inpainting_encoder" in parts:
+        painting += [inpainting.first, *inpainting.down_blocks]
+    if "inpainting_decoder" in parts:
+        painting += [*inpainting.resblock, *inpainting.up_blocks, inpainting.final]
+    return motion, painting
+
+
 def low_precision_tpsmm(
     dense_motion: DenseMotionNetwork,
     inpainting: InpaintingNetwork,
     dtype: torch.dtype,
     parts: tuple[str, ...] = LOW_PRECISION_PARTS,
 ) -> tuple[DenseMotionNetwork, InpaintingNetwork]:
-    """Copies of TPSMM's two heavy networks whose `parts` (of PARTS) run in `dtype`."""
-    dense_motion, inpainting = copy.deepcopy(dense_motion), copy.deepcopy(inpainting)
+    """Copies of TPSMM's two heavy networks whose `parts` (of PARTS) run in `dtype`; the float32
+    weights of the other parts are shared with the originals, not copied."""
+    motion, painting = _lowered_parts(dense_motion, inpainting, parts)
+    dense_motion = lowered_copy(dense_motion, motion, dtype)
+    inpainting = lowered_copy(inpainting, painting, dtype)
     if "dense_motion_hourglass" in parts:
         _lower_each(dense_motion.hourglass.encoder.down_blocks, dtype)
         _lower_each(dense_motion.hourglass.decoder.up_blocks, dtype)
