@@ -1,10 +1,12 @@
-"""The OpenVINO runtime for CPU workers (RUNTIME=openvino, `animate render --runtime openvino`): a
-model adapter for the Renderer.
+"""The OpenVINO runtime for CPU workers (RUNTIME=openvino, or auto where it measures faster;
+`animate render --runtime`): a model adapter for the Renderer.
 
-The model's graphs (worker/export) are converted once and cached on disk, keyed by the model's
-content, the OpenVINO version, the family's graph version and the frame size; later loads read the
-cached IR. Each graph is compiled on first use for the batch size asked, and a smaller batch (the
-last of a video) is padded up to a size already compiled rather than compiling another.
+The model's graphs (engine/export) are converted once and cached on disk, keyed by the model's
+content, the OpenVINO version, the family's graph version and the frame size; later loads find
+them by the checkpoint file's identity and read the cached IR. Each graph is compiled on first use
+for the batch size asked, and a smaller batch (the last of a video) is padded up to a size already
+compiled rather than compiling another. int8 graphs (engine/export/quantize.py) sit in the entry's
+`int8/`.
 """
 
 import hashlib
