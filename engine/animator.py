@@ -59,6 +59,15 @@ class Animator:
         except UnsupportedChoice as exc:
             raise RenderError(str(exc), "invalid_option") from None
 
+    def check_precision(self, precision: str) -> None:
+        """RenderError (invalid_option) when the model cannot run in `precision` on its runtime:
+        int8 needs OpenVINO and the model's quantized graphs (`animate quantize`)."""
+        check = getattr(self.adapter, "check_precision", None)
+        if check is not None:
+            check(precision)
+        elif precision == "int8":
+            raise RenderError("int8 runs on the openvino runtime (quantized graphs)", "invalid_option")
+
     def _input(self, frames: torch.Tensor) -> torch.Tensor:
         return frames.to(self.device).contiguous(memory_format=torch.channels_last)
 
@@ -83,8 +92,7 @@ class Animator:
         """
         options = options or AnimationOptions(**option_values)
         self.check_options(options)
-        if precision == "int8" and self.runtime != "openvino":
-            raise RenderError("int8 runs on the openvino runtime (quantized graphs)", "invalid_option")
+        self.check_precision(precision)
         return self.adapter.prepare_source(self._input(source), precision, options)
 
     @torch.inference_mode()

@@ -63,6 +63,7 @@ def load_models(
             animator = Animator(
                 model, device, runtime, cache_dir, name=name, precision=precision, batch_size=batch_size
             )
+            animator.check_precision(precision)  # int8 without quantized graphs: left out, saying why
         except (CheckpointError, ExportError, RenderError) as exc:
             log.error("skipping %s: %s", path, exc)
             continue

@@ -182,7 +182,8 @@ class LiveServer:
         if not self.sessions:
             message = (
                 f"this machine cannot serve model {model!r} live at {rate}: a frame takes "
-                f"{cost * 1000:.0f} ms here ({self.precision}, {self.device})"
+                f"{cost * 1000:.0f} ms here ({self.precision}, {self.device}, "
+                f"{self.models[model].animator.runtime})"
             )
         else:
             message = (

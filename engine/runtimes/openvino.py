@@ -229,7 +229,8 @@ class OpenVinoAdapter:
         self.native_bf16 = cpu_has_bf16(self.graphs.core)
         self._warned_bf16 = False
 
-    def _precision(self, precision: str) -> str:
+    def check_precision(self, precision: str) -> str:
+        """`precision`, or RenderError (invalid_option) when it cannot run here."""
         if precision == INT8 and not self.graphs.has_int8():
             raise RenderError(
                 "int8: this model has no quantized graphs in the model cache; make them with "
@@ -249,7 +250,7 @@ class OpenVinoAdapter:
         return {name: torch.from_numpy(value) for name, value in outputs.items()}
 
     def prepare_source(self, source: torch.Tensor, precision: str, options: AnimationOptions) -> SourceState:
-        precision = self._precision(precision)
+        precision = self.check_precision(precision)
         source = source.float().contiguous()
         kp_source = self.keypoints(source)
         graphs = self.graphs.graph_set
