@@ -124,3 +124,19 @@ def test_the_bf16_copies_share_the_float32_weights_and_leave_the_originals_uncha
     assert all(p.dtype == torch.float32 for p in inpainting.parameters())
     assert all(torch.equal(before[name], p) for name, p in inpainting.state_dict().items())
     assert any(p.dtype == torch.float32 for p in painting.parameters()), "the encoder kept float32"
+
+
+@torch.inference_mode()
+def test_tpsmm_bf16_moves_the_flow_by_less_than_a_hundredth_of_a_pixel(real_frames):
+    """The bf16 policy (engine/families/tpsmm/precision.py) lowers the hourglass that mixes the
+    splines: on the small trained model and real frames its flow stays within 0.01 px of fp32
+    (measured: 0.0024 px), in float32."""
+    source, driving = real_frames
+    renderer = Animator(load_checkpoint(need_shared(TPSMM / "tpsmm-small.pth.tar")))
+    flows = {}
+    for precision in ("fp32", "bf16"):
+        state = renderer.prepare_source(source, precision)
+        flows[precision] = renderer.animate_with_motion(state, driving)["deformation"]
+    assert flows["bf16"].dtype == torch.float32
+    pixels = (flows["bf16"] - flows["fp32"]).abs().max() * (source.shape[-1] - 1) / 2
+    assert 0 < float(pixels) < 0.01, float(pixels)
