@@ -288,9 +288,16 @@ def _render_loaded(args: argparse.Namespace, inputs: Callable[[], tuple]) -> int
     t = result.timings
     looping = ", loop" if result.loop else ""
     audio = "on" if result.audio else "off"
+    framing = result.framing
+    if framing.warning:
+        print(
+            f"animate: warning: {framing.warning}; --crop X,Y,W,H animates the part you choose",
+            file=sys.stderr,
+        )
     print(
         f"wrote {out} ({result.format}, {result.mime_type}, {result.bytes:,} bytes, {result.frames} frames"
-        f"{looping}, {result.width}x{result.height}, {result.fps:g} fps, audio {audio}) in {t['total']:.1f}s",
+        f"{looping}, {result.width}x{result.height}, {result.fps:g} fps, audio {audio}) in {t['total']:.1f}s;"
+        f" framing {framing.source}: {framing.reason}",
         file=sys.stderr,
     )
     if poster is not None:

@@ -111,7 +111,7 @@ class VideoPipeline:
         known = self._measure_from_start(run, framing, state)
         output = self._open_output(run, framing, Path(out_path), poster_path)
         summary = self._animate(run, framing, state, known, output, should_cancel)
-        return self._result(run, summary)
+        return self._result(run, summary, framing)
 
     def _plan(
         self,
@@ -283,7 +283,7 @@ class VideoPipeline:
             run.progress.update("rendering", done, total)
 
     @staticmethod
-    def _result(run: _Run, summary) -> RenderResult:
+    def _result(run: _Run, summary, framing: Framing) -> RenderResult:
         timers = run.timers
         return RenderResult(
             frames=summary.frames,
@@ -298,6 +298,7 @@ class VideoPipeline:
             bytes=summary.bytes,
             loop=summary.loop,
             poster=summary.poster,
+            framing=framing.report,
             timings={
                 **{name: round(timer.seconds, 4) for name, timer in timers.items()},
                 "total": round(time.perf_counter() - run.started, 4),

@@ -14,6 +14,7 @@ from contract.job import (
     JobTimings,
 )
 from contract.options import AnimationOptions
+from contract.render import JobStage
 
 
 class ErrorBody(BaseModel):
@@ -27,8 +28,7 @@ class Progress(BaseModel):
     a GIF's palette passes, the final flush); None once it ended. `frames_done` and `frames_total`
     count the stage's own frames; `percent` is of the whole job and never goes down."""
 
-    # One flat enumeration (not a union of two), which client generators turn into one enum type.
-    stage: Literal["queued", "analysing", "rendering", "encoding"] | None = None
+    stage: JobStage | None = None
     frames_done: int = 0
     frames_total: int | None = None
     percent: float = 0.0

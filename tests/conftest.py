@@ -27,6 +27,17 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(tier)
 
 
+def pytest_runtest_setup(item) -> None:
+    """Tests marked native_bf16 check what a CPU with native bf16 runs (the default precision there):
+    elsewhere bf16 is emulated or run in float32, so they skip, saying so."""
+    if item.get_closest_marker("native_bf16") is None:
+        return
+    from engine.hardware import cpu_model, native_bf16
+
+    if not native_bf16():
+        pytest.skip(f"this CPU ({cpu_model()}) has no native bf16 (AVX-512 BF16 or AMX): bf16 is emulated")
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """One line at the end of the run: how many tests skipped for want of ../shared, and why."""
     skipped = [report for report in terminalreporter.stats.get("skipped", []) if _needed_shared(report)]

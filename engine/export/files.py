@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 
 from engine.export.graphs import BATCH, ExportError, Graph, GraphSet
-from engine.export.openvino_ir import OPENVINO_PRECISIONS, convert, example_inputs, import_openvino
+from engine.export.openvino_ir import (
+    INFERENCE_PRECISION_HINT,
+    OPENVINO_PRECISIONS,
+    convert,
+    example_inputs,
+    import_openvino,
+    lower_to_bf16,
+)
 
 FORMATS = ("onnx", "openvino")
 MANIFEST = "manifest.json"
@@ -25,9 +32,9 @@ ONNX_OPSET = 18
 ONNX_INSTALL_HINT = "pip install 'animate[onnx]'"
 PRECISION_POLICY = (
     "bf16: each graph's low_precision_scopes (convolution stacks) may run in bfloat16, everything "
-    "else (keypoints, motion transfer, flows, sampling) stays float32. With OpenVINO: compile with "
-    "INFERENCE_PRECISION_HINT=bf16 after marking every node whose friendly name does not start with "
-    "'__module.<scope>' with rt_info['disable_fp16_compression_0'] (docs/EXPORT.md shows how)."
+    "else (keypoints, motion transfer, flows, sampling) stays float32. With OpenVINO the bf16 nodes "
+    "have bfloat16 types in the IR itself: compile every graph with INFERENCE_PRECISION_HINT=f32, "
+    "since the CPU plugin otherwise runs whole graphs in bf16 on CPUs that have it."
 )
 
 # (graphs done, graphs in all, stage)
@@ -98,10 +105,13 @@ def _onnx_export(graph: Graph, path: Path, batch: int | None) -> None:
         )
 
 
-def write_openvino(graph: Graph, path: Path, batch: int | None) -> None:
-    """One graph as OpenVINO IR (path.xml + path.bin), float32 weights, batch dynamic or fixed."""
+def write_openvino(graph: Graph, path: Path, batch: int | None, precision: str = "fp32") -> None:
+    """One graph as OpenVINO IR (path.xml + path.bin), batch dynamic or fixed; float32 weights, but
+    for bf16 those of the low-precision scopes, which run in bfloat16 (lower_to_bf16)."""
     ov = import_openvino()
     model = convert(graph)
+    if precision == "bf16":
+        lower_to_bf16(model, graph.low_precision_scopes)
     if batch is not None:
         model.reshape({spec.name: [batch if d == BATCH else d for d in spec.shape] for spec in graph.inputs})
     ov.save_model(model, str(path), compress_to_fp16=False)
@@ -120,8 +130,7 @@ def manifest(
     for name, graph in graphs.graphs.items():
         entry = {"file": files[name], **graph.to_dict(batch)}
         if fmt == "openvino":
-            low = precision if graph.low_precision_scopes else "fp32"
-            entry["compile"] = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[low]}
+            entry["compile"] = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION_HINT}
         entries[name] = entry
     runtime = {"openvino": import_openvino().get_version()} if fmt == "openvino" else {"opset": ONNX_OPSET}
     return {
@@ -169,7 +178,6 @@ def export_graphs(
     """Write every graph of `graphs` and the manifest into the folder `out`; returns the manifest."""
     check_request(fmt, batch, precision, out)
     suffix = ".onnx" if fmt == "onnx" else ".xml"
-    writer = write_onnx if fmt == "onnx" else write_openvino
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
@@ -180,7 +188,10 @@ def export_graphs(
             if on_converted is not None:
                 on_converted(done, total)
             files[name] = name + suffix
-            writer(graph, partial / files[name], batch)
+            if fmt == "onnx":
+                write_onnx(graph, partial / files[name], batch)
+            else:
+                write_openvino(graph, partial / files[name], batch, precision)
         if on_converted is not None:
             on_converted(total, total)
         info = manifest(graphs, fmt, files, batch, precision, checkpoint or {})

@@ -1,9 +1,12 @@
 """Graphs to OpenVINO models, and our precision policy applied to them when they are compiled.
 
 Conversion traces the PyTorch module directly (no ONNX in between) with a dynamic batch; a model is
-compiled for one static batch size at a time. Under `bf16`, the CPU plugin lowers every node it may
-to bfloat16 unless the node is marked to keep its precision: we mark everything outside a graph's
-`low_precision_scopes`, so keypoints, flows and sampling stay float32 as in our torch path.
+compiled for one static batch size at a time. Precision is never left to the CPU plugin, which runs
+a whole graph in bfloat16 on CPUs with native bf16 unless told otherwise and ignores per-node marks
+asking it to keep float32: every graph is compiled with an f32 inference precision, and under
+`bf16` the nodes of a graph's `low_precision_scopes` are given bfloat16 types in the graph itself
+(as engine/layers/inference.py's LowPrecision does in torch), so keypoints, flows and sampling
+stay float32 whatever the CPU.
 """
 
 import warnings
@@ -13,10 +16,10 @@ import torch
 
 from engine.export.graphs import BATCH, Graph
 
-# The runtime-info key of OpenVINO's DisableFP16Compression attribute ("<name>_<version>"); the CPU
-# plugin keeps nodes that carry it in their original precision under a bf16 or f16 hint too.
-KEEP_PRECISION_KEY = "disable_fp16_compression_0"
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+OPENVINO_PRECISIONS = ("fp32", "bf16")
+# Every graph is compiled with this inference precision: bf16 is in the graph's own types.
+INFERENCE_PRECISION_HINT = "f32"
+STRUCTURAL = ("Parameter", "Result", "Constant")
 INSTALL_HINT = "pip install 'animate[openvino]'"
 
 
@@ -76,23 +79,55 @@ def in_scopes(node_name: str, scopes: tuple[str, ...]) -> bool:
     return any(node_name.startswith((f"__module.{scope}/", f"__module.{scope}.")) for scope in scopes)
 
 
-def keep_float32_outside(model, scopes: tuple[str, ...]) -> int:
-    """Mark every computing node outside `scopes` to stay float32 under a bf16 hint; returns how many."""
-    marked = 0
-    for node in model.get_ops():
-        if node.get_type_name() in ("Parameter", "Result", "Constant"):
-            continue
-        if not in_scopes(node.get_friendly_name(), scopes):
-            node.get_rt_info()[KEEP_PRECISION_KEY] = ""
-            marked += 1
-    return marked
+def _scope_edges(model, scopes: tuple[str, ...]) -> tuple[list, list]:
+    """The float32 edges at the border of `scopes`: the input ports of scope nodes fed from outside
+    (weights and constants included), and the outputs of scope nodes with their readers outside."""
+    inside = {
+        node.get_friendly_name()
+        for node in model.get_ops()
+        if node.get_type_name() not in STRUCTURAL and in_scopes(node.get_friendly_name(), scopes)
+    }
+
+    def is_f32(value) -> bool:
+        return value.get_element_type().get_type_name() == "f32"
+
+    def outside(port) -> bool:
+        return port.get_node().get_friendly_name() not in inside
+
+    entering, leaving = [], []
+    for node in (node for node in model.get_ops() if node.get_friendly_name() in inside):
+        for port in node.inputs():
+            source = port.get_source_output()
+            if is_f32(source) and outside(source):
+                entering.append(port)
+        for output in filter(is_f32, node.outputs()):
+            readers = [port for port in output.get_target_inputs() if outside(port)]
+            if readers:
+                leaving.append((output, readers))
+    return entering, leaving
+
+
+def lower_to_bf16(model, scopes: tuple[str, ...]) -> int:
+    """Give the computing nodes of `scopes` bfloat16 types, in place: float32 values entering them
+    (weights included) are converted to bf16, values leaving them back to float32. Returns how
+    many values are converted in. Nodes outside the scopes keep their float32 types."""
+    ov = import_openvino()
+    entering, leaving = _scope_edges(model, scopes)
+    for port in entering:
+        port.replace_source_output(ov.opset13.convert(port.get_source_output(), "bf16").output(0))
+    for output, readers in leaving:
+        back = ov.opset13.convert(output, "f32").output(0)
+        for port in readers:
+            port.replace_source_output(back)
+    model.validate_nodes_and_infer_types()
+    return len(entering)
 
 
 def compile_graph(core, model, graph: Graph, batch: int, precision: str, cache_dir: Path | None = None):
     """Compile `model` (as converted from `graph`, or its int8 quantization) for a static batch, under
     our precision policy.
 
-    The model is reshaped and marked in place, so pass a fresh one (or one compiled the same way).
+    The model is reshaped (and for bf16 lowered) in place, so pass a fresh one.
     """
     if precision not in (*OPENVINO_PRECISIONS, "int8"):
         raise ValueError(f"OpenVINO runs fp32, bf16 or int8, not {precision}")
@@ -100,10 +135,10 @@ def compile_graph(core, model, graph: Graph, batch: int, precision: str, cache_d
         {spec.name: [batch if dim == BATCH else dim for dim in spec.shape] for spec in graph.inputs}
     )
     if precision == "bf16":
-        keep_float32_outside(model, graph.low_precision_scopes)
+        lower_to_bf16(model, graph.low_precision_scopes)
     config = {
-        # int8: a quantized model (engine/export/quantize.py), whose unquantized nodes stay float32
-        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS.get(precision, "f32"),
+        # int8: a quantized model (engine/export/quantize.py), its int8 nodes int8 in the graph itself
+        "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION_HINT,
         "PERFORMANCE_HINT": "LATENCY",
     }
     if cache_dir is not None:

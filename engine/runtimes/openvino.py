@@ -230,7 +230,8 @@ class OpenVinoAdapter:
         self._warned_bf16 = False
 
     def check_precision(self, precision: str) -> str:
-        """`precision`, or RenderError (invalid_option) when it cannot run here."""
+        """The precision the graphs run in: bf16 only where the CPU has it (OpenVINO would emulate
+        it), int8 only with the model's quantized graphs; RenderError (invalid_option) otherwise."""
         if precision == INT8 and not self.graphs.has_int8():
             raise RenderError(
                 "int8: this model has no quantized graphs in the model cache; make them with "
@@ -239,9 +240,11 @@ class OpenVinoAdapter:
             )
         if precision not in (*OPENVINO_PRECISIONS, INT8):
             raise RenderError("the openvino runtime runs fp32, bf16 or int8", "invalid_option")
-        if precision == "bf16" and not self.native_bf16 and not self._warned_bf16:
-            log.warning("this CPU has no native bfloat16: OpenVINO runs bf16 requests in float32")
-            self._warned_bf16 = True
+        if precision == "bf16" and not self.native_bf16:
+            if not self._warned_bf16:
+                log.warning("this CPU has no native bfloat16: OpenVINO runs bf16 requests in float32")
+                self._warned_bf16 = True
+            return "fp32"
         return precision
 
     def keypoints(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:

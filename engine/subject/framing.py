@@ -12,6 +12,10 @@ crop:
 - "x,y,w,h": the source image is cut at that box (integer source pixels, inside the image); the
   driving video is cropped as with "auto".
 
+The render's result says which framing was chosen and why (FramingReport: the CLI's summary line,
+the job's `result.framing`), with a warning when no face was found in the photo: the model then
+animates the picture as it is, and its background moves with the driving motion.
+
 paste_back (default off): the rendered square is composited back into the full source image, so
 the video has the source's size (trimmed to even sides for H.264) and background: the photo's own
 pixels wherever the animation leaves them unchanged, its detail moved along where the animation
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.render import FramingReport
 from engine.errors import RenderCanceled, RenderError
 from engine.media.video_io import VideoInfo, read_frames, resize_image
 from engine.subject.autocrop import KINDS, CropPlan, Kind, image_crop, video_crop
@@ -58,6 +63,7 @@ class Framing:
         info: VideoInfo,
         driving_plan: CropPlan | None,
         paste_back: bool,
+        report: FramingReport,
     ):
         self.source = source  # (H, W, 3) uint8, trimmed to even sides when pasting back
         self.source_box = source_box  # None: the whole source, resized as it is
@@ -65,6 +71,7 @@ class Framing:
         self.info = info
         self.driving_plan = driving_plan  # None or whole_frame: the whole frames, resized
         self.pastes = paste_back
+        self.report = report  # what was chosen and why, for the render's result
         self.paster: Paster | None = None  # made by prepare_paste
 
     def prepare_paste(self, still: ModelFrame) -> None:
@@ -104,6 +111,54 @@ class Framing:
         return np.stack([self.paster(frame) for frame in rendered])
 
 
+def _photo_framing(spec: str | Box, found: str, whole: bool) -> tuple[str, bool | None, str]:
+    """The photo's framing (FramingReport.source), whether a face was found in it, and why."""
+    if spec == "none":
+        return "whole", None, "crop none: the whole photo"
+    if isinstance(spec, Box):
+        return "box", None, "the photo cut at the crop box asked for"
+    asked = "" if spec == "auto" else f"crop {spec}: "
+    if found == "none":
+        framing, part = ("whole", "whole picture") if whole else ("centre", "picture's centre square")
+        return framing, False, f"{asked}no face found in the photo: the {part} is animated"
+    if whole:
+        return "whole", True, f"{asked}the photo is framed like the model's training crops: used whole"
+    if found == "body" and spec == "auto":
+        return "body", True, "a small face (under 12% of the photo's height): a square around the person"
+    subject = "the face, as the model's training crops" if found == "face" else "the whole person"
+    return found, True, f"{asked}a face found in the photo: a square around {subject}"
+
+
+def _driving_framing(plan: CropPlan | None) -> tuple[str, str]:
+    """The driving video's framing (FramingReport.driving) and why."""
+    if plan is None:
+        return "whole", "the whole driving frames"
+    if plan.kind == "none":
+        part = "whole frames" if plan.whole_frame else "frames' centre squares"
+        return ("whole" if plan.whole_frame else "centre"), f"no face found in the driving video: its {part}"
+    if plan.whole_frame:
+        return "whole", "the driving video is framed like the model's training crops already: used whole"
+    subject = "face" if plan.kind == "face" else "whole person"
+    return plan.kind, f"the driving video: a square following its {subject}"
+
+
+def framing_report(spec: str | Box, found: str, whole: bool, plan: CropPlan | None) -> FramingReport:
+    """What a render's framing is and why: `found` is image_crop's kind for the photo ("none": no
+    face), `whole` whether the photo is used whole, `plan` the driving video's (None: crop none)."""
+    source, subject_found, photo_reason = _photo_framing(spec, found, whole)
+    driving, driving_reason = _driving_framing(plan)
+    warning = None
+    if subject_found is False:
+        warning = f"{photo_reason}, background included, so the background moves with the driving motion"
+    return FramingReport(
+        source=source,
+        driving=driving,
+        subject_found=subject_found,
+        reason=f"{photo_reason}; {driving_reason}",
+        warning=warning,
+    )
+
+
 def plan_framing(
     source: np.ndarray,
     driving_path: str | Path,
@@ -128,7 +183,9 @@ def plan_framing(
         height, width = height - height % 2, width - width % 2
         source = source[:height, :width]
     if spec == "none":
-        return Framing(source, None, driving_path, info, None, paste_back)
+        report = framing_report(spec, "none", True, None)
+        return Framing(source, None, driving_path, info, None, paste_back, report)
+    found = "none"
     if isinstance(spec, Box):
         source_box: Box | None = spec
         kind: Kind = "auto"
@@ -145,4 +202,5 @@ def plan_framing(
             raise RenderCanceled("the job was canceled")
 
     plan = video_crop(driving_path, info, kind, every)
-    return Framing(source, source_box, driving_path, info, plan, paste_back)
+    report = framing_report(spec, found, source_box is None, plan)
+    return Framing(source, source_box, driving_path, info, plan, paste_back, report)

@@ -13,6 +13,9 @@ Upscaled, that square is soft and a little off in colour, so pasting it as a box
    exactly. The mask is soft (dilated, then blurred) and falls to zero towards the sides of
    the crop that lie inside the photo, so it has no edge of its own; sides on the photo's border
    are not faded. A model without a motion field gets the colour correction only.
+3. Gamut. The pasted pixels' chroma is held to the colours of the photo's crop (engine/subject/
+   gamut.py), so a model's tint or a fringe never adds a colour the photo does not have: a
+   grayscale photo stays grayscale exactly.
 """
 
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ import numpy as np
 
 from engine.subject.box import Box
 from engine.subject.cutout import cut_out
+from engine.subject.gamut import ColourGamut
 
 COLOUR_CHANGE = (6.0, 18.0)  # levels of 255 (model resolution): a pixel starts / fully counts as changed
 GROW = 0.08  # the changed region is dilated by this share of the model's side ...
@@ -99,8 +103,9 @@ class Paster:
         model_h, model_w = still.image.shape[:2]
         self.model_size = (model_w, model_h)
         self.model_side = min(model_h, model_w)
-        crop = cut_out(photo, box, *self.size).astype(np.float32)  # (h, w, 3), edges repeated outside
-        residual = crop - resized(still.image, self.size)
+        crop = cut_out(photo, box, *self.size)  # (h, w, 3), edges repeated outside
+        self.gamut = ColourGamut(crop)
+        residual = crop.astype(np.float32) - resized(still.image, self.size)
         # its colour (low frequencies) is moved at model resolution, its detail at full resolution
         self.colour = cv2.GaussianBlur(
             resized(residual, self.model_size), (0, 0), COLOUR_SCALE * self.model_side
@@ -183,7 +188,7 @@ class Paster:
             detail *= keep
             blended += detail
         blended += 0.5
-        out[in_image] = np.clip(blended, 0, 255, out=blended).astype(np.uint8)
+        out[in_image] = self.gamut.hold(np.clip(blended, 0, 255, out=blended).astype(np.uint8))
         return out, weights
 
     def __call__(self, frame: ModelFrame) -> np.ndarray:

@@ -16,9 +16,10 @@ import pytest
 
 from contract.queue import JobQueue, connect
 from contract.storage.local import LocalStore
+from engine.hardware import default_precision
 from engine.media.video_io import probe_video
 from service.cleanup import sweep
-from tests.service_stack import ROOT, ServiceStack, clean_env, cut_clip
+from tests.service_stack import ROOT, ReusedStack, ServiceStack, clean_env, cut_clip
 
 pytestmark = pytest.mark.slow
 UPLOAD_LIMIT_MB = 2
@@ -26,14 +27,25 @@ FULL_FRAME = {"crop": "none"}  # no subject search: these tests are about the se
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, small_checkpoint):
-    with ServiceStack(
-        tmp_path_factory.mktemp("service"),
-        small_checkpoint.parent,
-        MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB),
-        BATCH_SIZE="2",
-    ) as service:
-        yield service
+def stacks(tmp_path_factory, small_checkpoint):
+    def make() -> ServiceStack:
+        return ServiceStack(
+            tmp_path_factory.mktemp("service"),
+            small_checkpoint.parent,
+            MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB),
+            BATCH_SIZE="2",
+        )
+
+    reused = ReusedStack(make)
+    yield reused
+    reused.close()
+
+
+@pytest.fixture
+def stack(stacks) -> ServiceStack:
+    """The service as started (Redis, the API, one worker, nothing running): one test's failure
+    cannot leave the next without a worker."""
+    return stacks.ready()
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +100,14 @@ def test_submit_poll_download(stack, portrait, short_clip, tmp_path):
     assert all(
         done["timings"][k] is not None for k in ("queue_wait", "decode", "inference", "encode", "render")
     )
-    assert done["timings"]["precision"] == "fp32"
+    assert done["timings"]["precision"] == default_precision("cpu")  # the worker's default, this CPU's
+    assert done["result"]["framing"] == {
+        "source": "whole",
+        "driving": "whole",
+        "subject_found": None,
+        "reason": "crop none: the whole photo; the whole driving frames",
+        "warning": None,
+    }
     assert done["started_at"] and done["finished_at"] and done["finished_at"] >= done["started_at"]
 
     response = stack.http.get(done["result_url"])
@@ -268,9 +287,9 @@ def test_cancel_running_job(stack, portrait, long_clip):
 
 
 def test_stopping_worker_hands_its_job_back(stack, portrait, long_clip):
-    """With a stop grace shorter than the job (tests/test_worker_shutdown.py has both cases)."""
+    """With a stop grace shorter than the job (tests/e2e/test_worker_shutdown.py has both cases)."""
     assert stack.stop_worker() == 0
-    stack.start_worker(WORKER_STOP_GRACE="2")
+    stack.start_worker(WORKER_STOP_GRACE="8")
     job = _submit(stack, portrait, long_clip)
     stack.wait_for(job["id"], _started)
     assert stack.stop_worker() == 0

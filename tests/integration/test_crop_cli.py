@@ -96,6 +96,30 @@ def test_render_crop_auto_on_an_uncropped_clip(small_checkpoint, s32_short, tmp_
     info = probe_video(out)
     assert (info.width, info.height) == (64, 64)
     assert info.frames == probe_video(s32_short).frames
+    (summary,) = result.stderr.strip().splitlines()  # no warning: the photo has a face
+    assert "framing face: a face found in the photo: a square around the face" in summary
+
+
+def test_render_says_prominently_when_the_photo_has_no_face(small_checkpoint, s32_short, tmp_path):
+    """The bottom third of a portrait (clothes, no face): auto animates what it is given, background
+    and all, and says so on a line of its own before the summary."""
+    portrait = load_image(need_shared(MEDIA / "images" / "s3.jpg"))
+    source = tmp_path / "no-face.png"
+    cv2.imwrite(str(source), cv2.cvtColor(portrait[-243:], cv2.COLOR_RGB2BGR))  # 564x243
+    result = run_animate(
+        "render", "--source", source, "--driving", s32_short, "--checkpoint", small_checkpoint,
+        "--out", tmp_path / "out.mp4", "--batch-size", "8",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warning, summary = result.stderr.strip().splitlines()
+    assert (
+        warning.startswith(
+            "animate: warning: no face found in the photo: the picture's centre square is animated, "
+            "background included"
+        )
+        and "--crop X,Y,W,H" in warning
+    )
+    assert "framing centre: no face found in the photo" in summary
 
 
 def test_render_paste_back_keeps_the_source_size_and_background(s32_short, tmp_path):

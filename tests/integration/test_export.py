@@ -29,6 +29,7 @@ from tests.integration.test_cli import cut
 
 ANIMATE = [sys.executable, "-m", "cli.main"]
 TOLERANCE = 1e-4  # fp32 against fp32, as the parity tests
+BF16_TOLERANCE = 0.05  # OpenVINO's bf16 against torch's: the same policy, rounded in another order
 MODES = {"relative_adapt": ("relative", True), "absolute": ("absolute", False)}
 
 
@@ -209,7 +210,8 @@ def ov_renderer(ov_cache):
 
 
 def test_openvino_files_run_in_plain_openvino_like_torch(ov_renderer, frames, tmp_path):
-    """The IR as any OpenVINO program reads it; and an export with a fixed batch and bf16 hints."""
+    """The IR as any OpenVINO program reads it; and an export with a fixed batch in bf16, compiled
+    as its manifest says, computes our torch path's bf16."""
     import openvino as ov
 
     from engine.export.files import export_graphs
@@ -230,9 +232,11 @@ def test_openvino_files_run_in_plain_openvino_like_torch(ov_renderer, frames, tm
     out = tmp_path / "small-ov"
     manifest = export_graphs(graphs, out, "openvino", batch=2, precision="bf16")
     assert json.loads((out / MANIFEST).read_text()) == manifest and manifest["batch"] == 2
-    hints = {name: g["compile"]["INFERENCE_PRECISION_HINT"] for name, g in manifest["graphs"].items()}
-    assert hints == {"keypoints": "f32", "source": "bf16"}  # keypoints run in float32 whatever is asked
-    keypoints = core.compile_model(out / "keypoints.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compile_with = {name: g["compile"] for name, g in manifest["graphs"].items()}
+    assert compile_with == {name: {"INFERENCE_PRECISION_HINT": "f32"} for name in ("keypoints", "source")}
+    assert "bf16" in ir_types(core.read_model(out / "source.xml"), "Convolution")  # the policy is in the IR
+    assert ir_types(core.read_model(out / "keypoints.xml"), "Convolution") == {"f32"}
+    keypoints = core.compile_model(out / "keypoints.xml", "CPU", compile_with["keypoints"])
     assert list(keypoints.input("frames").get_shape()) == [2, 3, 64, 64]
     kp = keypoints({"frames": driving[:2].numpy()})
     kp_driving = {name: torch.from_numpy(kp[name]) for name in ("value", "jacobian")}
@@ -241,6 +245,9 @@ def test_openvino_files_run_in_plain_openvino_like_torch(ov_renderer, frames, tm
         frame(graphs.frame_feed(state, kp_driving, driving[:2], module_runner(graphs)))["prediction"],
         reference,
     )
+    encoded = core.compile_model(out / "source.xml", "CPU", compile_with["source"])(source.numpy())
+    in_bf16 = renderer.prepare_source(source, precision="bf16").features.encoded
+    assert np.abs(encoded["source_encoded"] - in_bf16.numpy()).max() < BF16_TOLERANCE
 
 
 def test_openvino_runtime_matches_torch_and_pads_the_last_batch(ov_renderer, torch_renderer, frames):
@@ -318,77 +325,153 @@ def test_the_cache_key_follows_the_weights(ov_cache):
     assert changed != cache_entry(ov_cache, graphs, model_digest(small_model()))
 
 
-def assert_bf16_policy(graphs, name: str = "frame") -> dict[str, str]:
-    """Under bf16, every convolution of a graph's low-precision scopes may run in bfloat16 and no
-    node that computes geometry does; returns the kept nodes' types by friendly name."""
-    from engine.export.openvino_ir import KEEP_PRECISION_KEY, keep_float32_outside
+def ir_types(model, node_type: str) -> set[str]:
+    """The element types of the outputs of a model's nodes of one type."""
+    return {
+        node.get_output_element_type(0).get_type_name()
+        for node in model.get_ops()
+        if node.get_type_name() == node_type
+    }
 
-    graph = graphs.graph_set.graphs[name]
-    model = graphs.models[name].clone()
-    keep_float32_outside(model, graph.low_precision_scopes)
-    kept = {node.get_friendly_name(): KEEP_PRECISION_KEY in node.get_rt_info() for node in model.get_ops()}
-    types = {node.get_friendly_name(): node.get_type_name() for node in model.get_ops()}
-    low = [name for name, is_kept in kept.items() if types[name] == "Convolution" and not is_kept]
-    convs_in_scopes = sum(  # plain or fused convolutions: a 4-D weight each
+
+GEOMETRY = ("GridSample", "Softmax", "Einsum", "MatMul", "Exp", "Log", "Select", "Divide", "TopK")
+
+
+def convs_in_scopes(graph) -> int:
+    """Plain or fused convolutions of a graph's low-precision scopes: a 4-D weight each."""
+    return sum(
         weight.dim() == 4
         for scope in graph.low_precision_scopes
         for weight in graph.module.get_submodule(scope).parameters()
     )
-    assert len(low) == convs_in_scopes > 0  # every convolution of the stacks may run bf16...
-    geometry = ("GridSample", "Softmax", "Einsum", "MatMul", "Exp", "Log", "Select", "Divide", "TopK")
-    for node, node_type in types.items():  # ...and nothing that computes geometry does
-        if node_type in geometry:
-            assert kept[node], node
-    return {node: types[node] for node, is_kept in kept.items() if is_kept}
+
+
+def assert_bf16_policy(graphs, name: str = "frame") -> dict[str, tuple[str, str]]:
+    """Under bf16, every convolution of a graph's low-precision scopes has bfloat16 types in the
+    graph and no node that computes geometry does; returns every node's type and element type."""
+    from engine.export.openvino_ir import lower_to_bf16
+
+    graph = graphs.graph_set.graphs[name]
+    model = graphs.models[name].clone()
+    lower_to_bf16(model, graph.low_precision_scopes)
+    types = {
+        node.get_friendly_name(): (node.get_type_name(), node.get_output_element_type(0).get_type_name())
+        for node in model.get_ops()
+    }
+    low = [node for node, (kind, element) in types.items() if kind == "Convolution" and element == "bf16"]
+    assert len(low) == convs_in_scopes(graph) > 0  # every convolution of the stacks runs bf16...
+    for node, (kind, element) in types.items():  # ...and nothing that computes geometry does
+        if kind in GEOMETRY:
+            assert element == "f32", node
+    return types
 
 
 def test_the_bf16_policy_keeps_keypoints_flows_and_sampling_in_float32(ov_renderer):
-    kept = assert_bf16_policy(ov_renderer.adapter.graphs)
-    assert next(n for n in kept if n.startswith("__module.generator.dense_motion_network.mask/"))
+    types = assert_bf16_policy(ov_renderer.adapter.graphs)
+    dense_motion = [
+        element
+        for node, (kind, element) in types.items()
+        if node.startswith("__module.generator.dense_motion_network") and kind == "Convolution"
+    ]
+    assert dense_motion and set(dense_motion) == {"f32"}  # FOMM's dense motion makes the flows
 
 
-def test_bf16_flows_stay_within_a_hundredth_of_a_pixel(ov_renderer, frames):
-    from engine.export.openvino_ir import cpu_has_bf16
+def compiled_alone(renderer: Animator, name: str, precision: str, batch: int):
+    """Graph `name` compiled in `precision` whatever the CPU, outside the runtime's own compiled set
+    (the runtime itself runs bf16 in float32 where the CPU has no native bf16)."""
+    from engine.export.openvino_ir import compile_graph
 
-    if not cpu_has_bf16():
-        pytest.skip("this CPU has no native bfloat16: OpenVINO runs a bf16 request in float32")
+    graphs = renderer.adapter.graphs
+    return compile_graph(
+        graphs.core, graphs.models[name].clone(), graphs.graph_set.graphs[name], batch, precision
+    )
+
+
+def openvino_flows(renderer: Animator, frames, precision: str) -> np.ndarray:
+    """The frame graph's flows (4, h, w, 2) for four driving frames, compiled in `precision`."""
     source, driving = frames
-    flows = {}
-    for precision in ("fp32", "bf16"):
-        state = ov_renderer.prepare_source(source, precision=precision)
-        state.kp_initial = ov_renderer.keypoints(driving[:1])
-        graphs = ov_renderer.adapter.graphs.graph_set
-        feed = graphs.frame_feed(
-            state, ov_renderer.keypoints(driving[:4]), driving[:4], module_runner(graphs)
-        )
-        flows[precision] = ov_renderer.adapter.graphs.run("frame", feed, precision)["deformation"]
+    state = renderer.prepare_source(source, precision="fp32")
+    state.kp_initial = renderer.keypoints(driving[:1])
+    graphs = renderer.adapter.graphs.graph_set
+    feed = graphs.frame_feed(state, renderer.keypoints(driving[:4]), driving[:4], module_runner(graphs))
+    return compiled_alone(renderer, "frame", precision, 4)(feed)["deformation"]
+
+
+@pytest.mark.parametrize("family", ["fomm", "tpsmm"])
+def test_bf16_flows_stay_within_a_hundredth_of_a_pixel(family, request):
+    """On a CPU with native bf16 the stacks run in bf16 and the flows do not move; elsewhere the
+    same graphs run (OpenVINO computes them in float32) and must agree too."""
+    renderer, frames = request.getfixturevalue(f"{family}_openvino")
+    flows = {precision: openvino_flows(renderer, frames, precision) for precision in ("fp32", "bf16")}
     size = flows["fp32"].shape[1]
     pixels = np.abs(flows["bf16"] - flows["fp32"]).max() * (size - 1) / 2
     assert pixels < 0.01, f"flow moved {pixels:.4f} px in bf16"
 
 
+@pytest.fixture(scope="module")
+def fomm_openvino(ov_renderer, frames):
+    return ov_renderer, frames
+
+
+@pytest.fixture(scope="module")
+def tpsmm_openvino(tpsmm_ov_renderer, tpsmm_frames):
+    return tpsmm_ov_renderer, tpsmm_frames
+
+
+def runtime_precisions(compiled) -> dict[str, set[str]]:
+    """What a compiled model's nodes run in, by node type (the CPU plugin's execution graph)."""
+    precisions: dict[str, set[str]] = {}
+    for node in compiled.get_runtime_model().get_ops():
+        info = node.get_rt_info()
+        precisions.setdefault(info["layerType"].astype(str), set()).add(info["runtimePrecision"].astype(str))
+    return precisions
+
+
+@pytest.mark.native_bf16
+@pytest.mark.parametrize("family", ["fomm", "tpsmm"])
+def test_on_a_cpu_with_native_bf16_openvino_runs_the_stacks_and_nothing_else_in_bf16(family, request):
+    """The CPU plugin's own choice here is bf16 everywhere; fp32 asks for f32, bf16 gets the policy."""
+    from engine.export.openvino_ir import cpu_has_bf16
+
+    renderer, _ = request.getfixturevalue(f"{family}_openvino")
+    graphs = renderer.adapter.graphs
+    assert cpu_has_bf16(graphs.core) and renderer.adapter.native_bf16
+    for name, graph in graphs.graph_set.graphs.items():
+        fp32 = runtime_precisions(compiled_alone(renderer, name, "fp32", 2))
+        assert "bf16" not in set().union(*fp32.values()), name
+        bf16 = runtime_precisions(compiled_alone(renderer, name, "bf16", 2))
+        assert ("bf16" in bf16.get("Convolution", set())) == (convs_in_scopes(graph) > 0), name
+        for kind in GEOMETRY:
+            assert "bf16" not in bf16.get(kind, set()), (name, kind)
+
+
+@pytest.mark.parametrize(
+    "precision", ["fp32", pytest.param("bf16", marks=pytest.mark.native_bf16)]
+)  # elsewhere OpenVINO runs bf16 in float32 and torch emulates it
 def test_cli_render_on_openvino_equals_torch(
-    ov_renderer, ov_cache, small_checkpoint, clip, portrait, tmp_path
+    precision, ov_renderer, ov_cache, small_checkpoint, clip, portrait, tmp_path
 ):
     short = cut(clip, tmp_path / "short.mp4", 0.4, "-an")
     ours, reference = tmp_path / "openvino.mp4", tmp_path / "torch.mp4"
+    cached = sorted(p.name for p in ov_cache.iterdir())
+    assert ov_renderer.adapter.graphs.folder.name in cached
     result = run_animate(
         "render", "--source", portrait, "--driving", short, "--checkpoint", small_checkpoint,
         "--out", ours, "--crop", "none", "--runtime", "openvino", "--cache-dir", ov_cache,
-        "--precision", "fp32",  # as the reference below (the CLI's default is bf16 where the CPU has it)
+        "--precision", precision,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    options = RenderOptions(crop="none", audio=False)
+    options = RenderOptions(crop="none", audio=False, precision=precision)
     VideoPipeline(Animator(load_checkpoint(small_checkpoint))).render(
         load_image(portrait), short, reference, options
     )
     ours, reference = (np.stack(list(read_frames(path, 64, 64))).astype(float) for path in (ours, reference))
     assert ours.shape == reference.shape and len(ours) >= 10
-    assert np.abs(ours - reference).mean() < 0.5  # of 255: the same frames but for an encoder rounding
-    assert sorted(p.name for p in ov_cache.iterdir()) == [
-        ALIASES,
-        ov_renderer.adapter.graphs.folder.name,
-    ]  # no second conversion
+    if precision == "fp32":
+        assert np.abs(ours - reference).mean() < 0.5  # of 255: the same frames but for an encoder rounding
+    else:  # the same policy, rounded in another order: as far from torch's bf16 as each is from fp32
+        assert 10 * np.log10(255**2 / ((ours - reference) ** 2).mean()) >= 40
+    assert sorted(p.name for p in ov_cache.iterdir()) == cached  # no second conversion
 
 
 def test_openvino_gives_paste_back_the_motion_torch_gives(ov_renderer, torch_renderer, frames):

@@ -36,17 +36,6 @@ def tpsmm_64(tmp_path_factory):
     return paths
 
 
-def test_best_start_frame_and_relative_motion_work_on_tpsmm_keypoints(tpsmm_64, portrait, clip, tmp_path):
-    from tests.service_stack import cut_clip
-
-    driving = cut_clip(clip, tmp_path / "d3-1s.mp4", "-t", "1")
-    renderer = Animator(load_checkpoint(tpsmm_64["tpsmm-small"]))
-    options = RenderOptions(driving_start="best", batch_size=8, audio=False, crop="none")
-    result = VideoPipeline(renderer).render(load_image(portrait), driving, tmp_path / "best.mp4", options)
-    assert result.frames == probe_video(driving).frames
-    assert 0 <= result.driving_start < result.frames
-
-
 def run_animate(*args) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "cli.main", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)

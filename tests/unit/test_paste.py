@@ -1,5 +1,5 @@
 """Paste-back on a real photo: the photo is kept where nothing changes, the blend has no edge, the
-colour is the photo's, and the photo's detail follows the motion."""
+colour is the photo's and never one it lacks, and the photo's detail follows the motion."""
 
 import cv2
 import numpy as np
@@ -7,6 +7,7 @@ import pytest
 
 from engine.subject.box import Box
 from engine.subject.cutout import cut_out
+from engine.subject.gamut import LUMA, ColourGamut, luma_and_chroma
 from engine.subject.paste import ModelFrame, Paster
 from tests.conftest import MEDIA, need_shared
 
@@ -36,11 +37,18 @@ def perfect_still(photo: np.ndarray, box: Box) -> ModelFrame:
     )
 
 
+def reddest(image: np.ndarray) -> np.ndarray:
+    """The colour of an image's reddest pixel (R - luma): a colour it has, for a mouth opening."""
+    pixels = image.reshape(-1, 3).astype(np.float32)
+    return pixels[np.argmax(pixels[:, 0] - pixels @ LUMA)].astype(np.uint8)
+
+
 def test_pixels_outside_the_mask_are_the_photos_exactly(photo):
     box = Box(200, 30, 200, 200)
     still = perfect_still(photo, box)
     changed = still.image.copy()
-    changed[28:36, 20:44] = (230, 40, 40)  # a mouth opening: the only change
+    mouth = reddest(cut_out(photo, box, 200, 200))
+    changed[28:36, 20:44] = mouth  # a mouth opening: the only change
     paster = Paster(photo, box, still)
     out, weights = paster.composite(ModelFrame(changed, still.deformation, still.occlusion))
     assert out.shape == photo.shape
@@ -49,7 +57,7 @@ def test_pixels_outside_the_mask_are_the_photos_exactly(photo):
     assert untouched[30:230, 200:400].mean() > 0.5, "most of the crop is the photo's too"
     assert np.array_equal(out[untouched], photo[untouched])
     region = out[30 + 28 * 200 // 64 : 30 + 36 * 200 // 64, 200 + 20 * 200 // 64 : 200 + 44 * 200 // 64]
-    assert np.abs(region.astype(int).mean(axis=(0, 1)) - (230, 40, 40)).max() < 40, "the change shows"
+    assert np.abs(region.astype(int).mean(axis=(0, 1)) - mouth).max() < 40, "the change shows"
     assert np.array_equal(paster(still), photo), "a frame equal to the still leaves the photo as it is"
 
 
@@ -115,3 +123,44 @@ def test_the_photos_detail_follows_the_motion(photo):
     unmoved_error = np.abs(out[inner].astype(int) - photo[inner]).mean()
     assert transported_error < upscaled_error / 2, (transported_error, upscaled_error)
     assert transported_error < unmoved_error / 2, "the detail moved with the content, not left in place"
+
+
+def test_a_colour_the_photo_lacks_shows_only_as_its_lightness(photo):
+    """A model's tint (green hair tips) is held to the photo's colours, its luma kept."""
+    box = Box(200, 30, 200, 200)
+    still = perfect_still(photo, box)
+    changed = still.image.copy()
+    changed[4:20, 10:54] = (40, 200, 40)  # green in the hair: the photo has none
+    frame = ModelFrame(changed, still.deformation, still.occlusion)
+    out, weights = Paster(photo, box, still).composite(frame)
+    blended = weights > 0
+
+    def greenness(pixels: np.ndarray) -> np.ndarray:  # linear: no mixture is greener than its colours
+        return pixels[..., 1].astype(float) - (pixels[..., 0].astype(float) + pixels[..., 2]) / 2
+
+    assert greenness(out[blended]).max() <= greenness(cut_out(photo, box, 200, 200)).max() + 3  # rounding
+    region = out[30 + 6 * 200 // 64 : 30 + 18 * 200 // 64, 200 + 12 * 200 // 64 : 200 + 52 * 200 // 64]
+    lightness = float(luma_and_chroma(region)[0].mean())
+    assert abs(lightness - float(LUMA @ (40, 200, 40))) < 25, "the change shows"
+
+
+def test_a_grayscale_gamut_takes_every_colour_to_its_gray():
+    rng = np.random.default_rng(0)
+    gray = np.repeat(rng.integers(0, 256, (64, 64, 1), dtype=np.uint8), 3, axis=2)
+    colours = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    held = ColourGamut(gray).hold(colours)
+    assert (held.max(axis=2) == held.min(axis=2)).all(), "R = G = B everywhere"
+    assert np.abs(held[..., 0] - luma_and_chroma(colours)[0]).max() <= 0.5, "each at its own luma"
+    assert ColourGamut(gray).hold(gray) is gray, "an image inside its gamut is left as it is"
+
+
+def test_a_two_colour_gamut_keeps_their_mixtures_and_nothing_else():
+    red, blue = np.array([200, 40, 40], np.uint8), np.array([40, 40, 200], np.uint8)
+    image = np.stack([np.tile(red, (8, 8, 1)), np.tile(blue, (8, 8, 1))])
+    gamut = ColourGamut(image)
+    purple = ((red.astype(int) + blue) // 2).astype(np.uint8)[None]
+    assert np.array_equal(gamut.hold(purple), purple), "a mixture of the two is a colour it has"
+    green = np.array([[40, 200, 40]], np.uint8)
+    held = gamut.hold(green)[0].astype(int)
+    assert held[1] < max(held[0], held[2]), "green is not: it becomes a red-blue of the same luma"
+    assert abs(float(LUMA @ held) - float(LUMA @ green[0])) < 1

@@ -15,6 +15,7 @@ from engine.families.adapter import SourceState
 from engine.families.fomm.generator import SourceFeatures
 from engine.families.fomm.model import FirstOrderModel
 from engine.families.fomm.motion_transfer import movement_scale, relative_motion
+from engine.families.fomm.precision import FRAME_LOW_PRECISION_SCOPES, SOURCE_LOW_PRECISION_SCOPES
 
 GRAPHS_VERSION = 2  # bump when the graphs below change: converted copies in caches become stale
 
@@ -149,7 +150,7 @@ def fomm_graphs(model: FirstOrderModel, source_shapes: list[tuple[int, ...]] | N
             TensorSpec("source_small", small, "float32", "the source at dense-motion size"),
         ],
         "The source image's features, computed once per job.",
-        ("generator.first", "generator.down_blocks"),
+        SOURCE_LOW_PRECISION_SCOPES,
     )
     frame_inputs = [
         *_keypoint_specs("kp_driving", BATCH, k, jacobian, "keypoints of the driving frames"),
@@ -163,7 +164,6 @@ def fomm_graphs(model: FirstOrderModel, source_shapes: list[tuple[int, ...]] | N
         TensorSpec("source_small", small, "float32", "from the source graph"),
     ]
     frame_outputs = [TensorSpec("prediction", (BATCH, c, h, w), "float32", "animated frames in [0, 1]")]
-    scopes = ["generator.bottleneck", "generator.up_blocks", "generator.final"]
     if generator.dense_motion_network is not None:
         fh, fw = small[2:]
         frame_outputs.append(
@@ -180,14 +180,13 @@ def fomm_graphs(model: FirstOrderModel, source_shapes: list[tuple[int, ...]] | N
                     "occlusion_map", (BATCH, 1, fh, fw), "float32", "1 where the warped source is shown"
                 )
             )
-        scopes.insert(0, "generator.dense_motion_network.hourglass")
     frame = Graph(
         "frame",
         FrameGraph(model, [spec.name for spec in frame_inputs], [spec.name for spec in frame_outputs]),
         frame_inputs,
         frame_outputs,
         "Per batch of driving frames: motion transfer, dense motion and the generator.",
-        tuple(scopes),
+        FRAME_LOW_PRECISION_SCOPES,  # the dense motion network, which makes the flows, stays float32
     )
     return GraphSet(
         family="fomm",

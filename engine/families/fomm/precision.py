@@ -6,6 +6,10 @@ from torch import nn
 from engine.families.fomm.generator import Generator
 from engine.layers.inference import LowPrecision, lowered_copy
 
+# The same stacks in the exported graphs (export.py), by module path: they may run in bf16.
+SOURCE_LOW_PRECISION_SCOPES = ("generator.first", "generator.down_blocks")
+FRAME_LOW_PRECISION_SCOPES = ("generator.bottleneck", "generator.up_blocks", "generator.final")
+
 
 def low_precision_generator(generator: Generator, dtype: torch.dtype) -> Generator:
     """A copy of `generator` whose encoder and decoder stacks run in `dtype`.

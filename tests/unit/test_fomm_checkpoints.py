@@ -11,8 +11,9 @@ from engine.families.fomm import build_model, normalize_kp
 from engine.families.fomm.keypoint_detector import expected_coordinates
 from engine.layers.blocks import AntiAliasDownsample, coordinate_grid, inverse_2x2, warp
 from engine.layers.geometry import convex_hull_area, normalized_arrangement
+from engine.layers.inference import fold_batch_norm
 from engine.pipeline import best_start_frame
-from tests.conftest import FOMM
+from tests.conftest import FOMM, need_shared
 
 MANIFESTS = FOMM / "official-manifests.json"
 
@@ -239,3 +240,14 @@ def test_code_in_a_pickle_is_never_run(tmp_path):
 def test_a_missing_checkpoint_is_reported(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "absent.pth.tar")
+
+
+def test_folding_batch_norm_keeps_the_function():
+    model = load_checkpoint(need_shared(FOMM / "fomm-small.pth.tar"))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model.kp_detector(x)["value"]
+        assert fold_batch_norm(model) > 10
+        after = model.kp_detector(x)["value"]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.kp_detector.modules())
+    assert torch.allclose(before, after, atol=1e-5)
