@@ -48,10 +48,13 @@ def model_digest(model: nn.Module) -> str:
 
 
 def cache_entry(cache_dir: Path, graphs: GraphSet, digest: str) -> Path:
-    """The folder of one model's converted graphs."""
+    """The folder of one model's converted graphs. The graphs' inputs are part of the key: the same
+    weights can make graphs with other inputs (TPSMM's `avd` only where its AVD network is trained)."""
     h, w = graphs.frame_shape
+    inputs = json.dumps({name: [spec.name for spec in graph.inputs] for name, graph in graphs.graphs.items()})
     key = (
         f"{digest} {import_openvino().get_version()} {graphs.family} v{graphs.version} {h}x{w} batch-dynamic"
+        f" {inputs}"
     )
     return cache_dir / f"{graphs.family}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
 

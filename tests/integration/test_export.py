@@ -325,6 +325,22 @@ def test_the_cache_key_follows_the_weights(ov_cache):
     assert changed != cache_entry(ov_cache, graphs, model_digest(small_model()))
 
 
+def test_the_cache_key_follows_the_graphs_inputs(ov_cache):
+    """The same weights with and without a trained AVD network make frame graphs with and without
+    an `avd` input: two entries, or a graph would be fed an input it does not have."""
+    from engine.runtimes.openvino import cache_entry, model_digest
+
+    model = tpsmm_model()
+    assert model.avd_trained
+    digest, with_avd = model_digest(model), graph_set(model)
+    model.avd_trained = False
+    without_avd = graph_set(model)
+    assert [s.name for s in with_avd.graphs["frame"].inputs] != [
+        s.name for s in without_avd.graphs["frame"].inputs
+    ]
+    assert cache_entry(ov_cache, with_avd, digest) != cache_entry(ov_cache, without_avd, digest)
+
+
 def ir_types(model, node_type: str) -> set[str]:
     """The element types of the outputs of a model's nodes of one type."""
     return {
