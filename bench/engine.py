@@ -5,18 +5,23 @@ Each measurement runs in its own process so its peak memory is its own. Prints a
 seconds per frame (wall and CPU), frames per second, GFLOP per frame (the published loop's and our
 path's, counted through the fused convolutions), achieved GFLOP/s against this machine's measured
 matmul peak, and peak memory (resident on CPU, allocated on a GPU); then the fixed cost of a run
-(model load; a whole `animate render` of a 1-frame clip: start-up to the first frame written), and
-the whole `animate render` process on a clip, for FOMM raced against the published demo's way as a
-whole process (bench/reference_demo.py), interleaved in one run. CPU seconds are reported next to
-wall seconds: on a shared machine they move much less with the load. bf16 rows run only where the
-CPU has native bf16 (on others PyTorch falls back to a slow loop). On a GPU the batch-1 row is the
-single-stream latency, and the engine rows include the driving frames' trip from host memory
-(uint8, pinned), as in a job. On a CPU with the `openvino` extra installed every table also has
-OpenVINO rows (`--runtimes` picks); its conversion is cached in out/bench-model-cache, not timed.
+(a worker's start: the model loaded onto each runtime; a whole `animate render` of a 1-frame clip:
+start-up to the first frame written), `animate quantize`'s int8 report where int8 is asked, and the
+whole `animate render` process on a clip (FOMM 60 frames, TPSMM 30), raced against the family's
+published demo's way as a whole process (bench/reference_demo.py), interleaved in one run. CPU
+seconds are reported next to wall seconds: on a shared machine they move much less with the load.
+bf16 rows run only where the CPU has native bf16 (on others PyTorch falls back to a slow loop). On
+a GPU the batch-1 row is the single-stream latency, and the engine rows include the driving
+frames' trip from host memory (uint8, pinned), as in a job. On a CPU with the `openvino` extra
+installed every table also has OpenVINO and auto rows (`--runtimes` picks; an auto row names
+what it chose); conversions, quantization and auto's measurement are cached in
+out/bench-model-cache, not timed (a worker's first start pays them once). int8 (`--precisions
+...,int8`) runs `animate quantize` on the shared clips first; with random weights its flow check
+fails, so the report gives its speed and why it was not kept.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
-        [--families fomm,tpsmm] [--runtimes torch,openvino] [--precisions fp32,bf16] [--clip-frames 60]
-        [--threads N] [--whole-process-only]
+        [--families fomm,tpsmm] [--runtimes torch,openvino,auto] [--precisions fp32,bf16,int8]
+        [--clip-frames N] [--threads N] [--whole-process-only]
 """
 
 import argparse
@@ -125,6 +130,7 @@ def vox_model(family: str = "fomm"):
             if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
+                module.num_batches_tracked.fill_(1)  # so a saved copy loads with its AVD network trained
     return model
 
 
@@ -232,7 +238,8 @@ def run_engine(family: str, frames: int, batch: int, precision: str, device: str
 
     torch.manual_seed(1)
     started = time.perf_counter()
-    renderer = Animator(vox_model(family).to(device), device, runtime=runtime, cache_dir=MODEL_CACHE)
+    model = vox_model(family).to(device)
+    renderer = Animator(model, device, runtime, MODEL_CACHE, precision=precision, batch_size=batch)
     load_seconds = time.perf_counter() - started
     source = torch.rand(1, 3, 256, 256)
     state = renderer.prepare_source(source, precision=precision)
@@ -253,20 +260,22 @@ def run_engine(family: str, frames: int, batch: int, precision: str, device: str
         "peak_mb": peak_mb(device),
         "load_s": load_seconds,
     }
-    if runtime == "openvino":
+    result["runtime"] = renderer.runtime  # what auto chose
+    if renderer.runtime == "openvino":
         result["cache_hit"] = renderer.adapter.graphs.cache_hit
     return result
 
 
-def run_model_load(checkpoint: str, device: str) -> dict:
-    """A worker's or the CLI's model load: the checkpoint read and checked, then prepared."""
+def run_model_load(checkpoint: str, device: str, runtime: str = "torch") -> dict:
+    """A worker's or the CLI's model load: the checkpoint read and checked, then put on its runtime
+    (OpenVINO: read from the bench's model cache; auto: the cached choice)."""
     import torch  # noqa: F401  (imported before the clock starts: start-up is measured separately)
 
     from engine import load_checkpoint
     from engine.animator import Animator
 
     start, cpu = time.perf_counter(), time.process_time()
-    Animator(load_checkpoint(checkpoint, device=device), device)
+    Animator(load_checkpoint(checkpoint, device=device), device, runtime, MODEL_CACHE, batch_size=4)
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
 
 
@@ -275,7 +284,7 @@ def default_runtimes(device: str) -> list[str]:
     import importlib.util
 
     openvino = device == "cpu" and importlib.util.find_spec("openvino") is not None
-    return ["torch", "openvino"] if openvino else ["torch"]
+    return ["torch", "openvino", "auto"] if openvino else ["torch"]
 
 
 def child(args: list[str], device: str) -> dict:
@@ -297,12 +306,13 @@ def make_clip(path: Path, frames: int) -> None:
     writer.close()
 
 
-def timed_process(cmd: list[str]) -> tuple[float, float]:
-    """Wall and CPU (user + system) seconds of a child process run to its end."""
+def timed_process(cmd: list[str], check: bool = True) -> tuple[float | None, float]:
+    """Wall and CPU (user + system) seconds of a child process run to its end; wall None where it
+    failed and `check` is off (an int8 render of a model whose int8 graphs were not kept)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
-    wall = time.perf_counter() - start
+    result = subprocess.run(cmd, check=check, cwd=ROOT, capture_output=True)
+    wall = time.perf_counter() - start if result.returncode == 0 else None
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -318,17 +328,46 @@ def render_command(
     ]  # fmt: skip
 
 
-def reference_command(workdir: Path) -> list[str]:
-    """The published FOMM demo's way (bench/reference_demo.py); TPSMM has no such baseline here."""
+def reference_command(workdir: Path, family: str) -> list[str]:
+    """The family's published demo's way (bench/reference_demo.py), as a whole process."""
     return [
         sys.executable, str(ROOT / "bench" / "reference_demo.py"),
-        "--checkpoint", str(workdir / "fomm.pth.tar"), "--source", str(workdir / "source.png"),
-        "--driving", str(workdir / "clip.mp4"),
-        "--out", str(workdir / "out-reference.mp4"),
+        "--checkpoint", str(workdir / f"{family}.pth.tar"), "--source", str(workdir / "source.png"),
+        "--driving", str(workdir / f"clip-{family}.mp4"),
+        "--out", str(workdir / f"out-reference-{family}.mp4"),
     ]  # fmt: skip
 
 
-def make_inputs(workdir: Path, families: list[str], clip_frames: int) -> None:
+CALIBRATION = ("d0", "d3", "d11", "d18")  # ../shared/media/clips: int8 calibration, and held out below
+HELD_OUT = ("d12", "d19", "d20")
+
+
+def quantize_command(workdir: Path, family: str, batch: int) -> list[str]:
+    """`animate quantize` on the shared clips, into the bench's model cache."""
+    clips = ROOT.parent / "shared" / "media" / "clips"
+    return [
+        sys.executable, "-m", "cli.main", "quantize", "--checkpoint", str(workdir / f"{family}.pth.tar"),
+        "--calibration", *(str(clips / f"{name}.mp4") for name in CALIBRATION),
+        "--held-out", *(str(clips / f"{name}.mp4") for name in HELD_OUT),
+        "--frames", "4", "--batch-size", str(batch), "--cache-dir", str(MODEL_CACHE),
+    ]  # fmt: skip
+
+
+def quantize_model(workdir: Path, family: str, batch: int = 4) -> dict:
+    """int8 graphs for the bench's model where they pass and pay (untimed, like a conversion); the
+    report says why not otherwise."""
+    result = subprocess.run(
+        quantize_command(workdir, family, batch), cwd=ROOT, capture_output=True, text=True
+    )
+    if result.returncode not in (0, 1):
+        return {"kept": False, "reason": result.stderr.strip().splitlines()[-1]}
+    return json.loads(result.stdout)
+
+
+CLIP_FRAMES = {"fomm": 60, "tpsmm": 30}  # the whole-process race's clip, as the issue states its targets
+
+
+def make_inputs(workdir: Path, families: list[str], clip_frames: int | None) -> None:
     import numpy as np
     from PIL import Image
 
@@ -336,32 +375,51 @@ def make_inputs(workdir: Path, families: list[str], clip_frames: int) -> None:
 
     for family in families:
         save_checkpoint(workdir / f"{family}.pth.tar", vox_model(family))
-    make_clip(workdir / "clip.mp4", clip_frames)
+    for family in families:
+        make_clip(workdir / f"clip-{family}.mp4", clip_frames or CLIP_FRAMES[family])
     make_clip(workdir / "one.mp4", 1)
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
         workdir / "source.png"
     )
 
 
-def print_fixed_cost(workdir: Path, families: list[str], device: str, repeat: int) -> None:
-    print("\n| fixed cost of a run (median of runs) | wall s | CPU s |")
-    print("|---|---|---|")
+def print_fixed_cost(
+    workdir: Path, families: list[str], runtimes: list[str], device: str, repeat: int
+) -> None:
+    """A worker's start (the model loaded onto each runtime, OpenVINO's cache hit) and a 1-frame
+    `animate render` per runtime: the cost a process pays before its first frame."""
+    print("\n| fixed cost of a run (median of runs) | runtime | wall s | CPU s |")
+    print("|---|---|---|---|")
     for family in families:
-        loads = [child(["load", family, str(workdir / f"{family}.pth.tar")], device) for _ in range(repeat)]
-        starts = [
-            timed_process(render_command(workdir, family, "torch", "fp32", "one.mp4", device))
-            for _ in range(repeat)
-        ]
-        print(
-            f"| {family} model load: checkpoint read and checked, folded, fused, channels-last "
-            f"| {statistics.median(r['seconds'] for r in loads):.2f} "
-            f"| {statistics.median(r['cpu'] for r in loads):.2f} |"
-        )
-        print(
-            f"| {family} whole `animate render` of a 1-frame clip: start-up, imports, load, ffmpeg, "
-            f"first frame written | {statistics.median(w for w, _ in starts):.2f} "
-            f"| {statistics.median(c for _, c in starts):.2f} |"
-        )
+        for runtime in runtimes:
+            checkpoint = str(workdir / f"{family}.pth.tar")
+            loads = [child(["load", family, checkpoint, runtime], device) for _ in range(repeat)]
+            starts = [
+                timed_process(render_command(workdir, family, runtime, "fp32", "one.mp4", device))
+                for _ in range(repeat)
+            ]
+            print(
+                f"| {family} worker start: checkpoint read and checked, the model on its runtime "
+                f"| {runtime} | {statistics.median(r['seconds'] for r in loads):.2f} "
+                f"| {statistics.median(r['cpu'] for r in loads):.2f} |"
+            )
+            print(
+                f"| {family} whole `animate render` of a 1-frame clip: start-up, imports, load, ffmpeg, "
+                f"first frame written | {runtime} | {statistics.median(w for w, _ in starts):.2f} "
+                f"| {statistics.median(c for _, c in starts):.2f} |"
+            )
+
+
+def warm_caches(
+    workdir: Path, families: list[str], runtimes: list[str], device: str, precisions: tuple[str, ...]
+) -> None:
+    """OpenVINO's conversions and auto's measurements, untimed, as a worker's first start pays them
+    once (int8's quantization is print_quantization's)."""
+    for family in families:
+        for runtime in runtimes:
+            for precision in precisions if runtime != "torch" else ():
+                command = render_command(workdir, family, runtime, precision, "one.mp4", device)
+                timed_process(command, check=False)
 
 
 def print_whole_process(
@@ -371,44 +429,46 @@ def print_whole_process(
     device: str,
     precisions: tuple[str, ...],
     repeat: int,
-    frames: int,
+    frames: int | None,
 ) -> None:
-    """Ours against the published demo's way (FOMM), whole processes, interleaved run by run."""
-    ours = [(f, r, p) for f in families for r in runtimes for p in precisions]
-    names = (["reference"] if "fomm" in families else []) + ours
+    """Ours against each family's published demo's way, whole processes, interleaved run by run."""
+    ours = [(f, r, p) for f in families for r in runtimes for p in precisions if (r, p) != ("torch", "int8")]
+    names = [("reference", family) for family in families] + ours
     runs: dict = {name: [] for name in names}
-    for family, runtime, precision in ours:
-        if runtime == "openvino":  # converts into the cache once, untimed, as a worker's first load
-            timed_process(render_command(workdir, family, runtime, precision, "one.mp4", device))
     for _ in range(repeat):
         for name in names:
-            cmd = (
-                reference_command(workdir)
-                if name == "reference"
-                else render_command(workdir, *name, "clip.mp4", device)
-            )
-            runs[name].append(timed_process(cmd))
-    reference = runs.get("reference")
+            if name[0] == "reference":
+                runs[name].append(timed_process(reference_command(workdir, name[1])))
+            else:
+                runs[name].append(
+                    timed_process(render_command(workdir, *name, f"clip-{name[0]}.mp4", device), check=False)
+                )
     print(
-        f"\n| whole process, {frames} frames 256x256, {repeat} run(s) each, interleaved | wall s (median) "
+        f"\n| whole process, 256x256, {frames or CLIP_FRAMES} frames, {repeat} run(s) each, interleaved "
+        "| wall s (median) "
         "| CPU s | reference / ours, wall | reference / ours, CPU | runs, wall s |"
     )
     print("|---|---|---|---|---|---|")
     for name, values in runs.items():
+        family = name[1] if name[0] == "reference" else name[0]
+        if any(w is None for w, _ in values):
+            print(
+                f"| {family}, `animate render --runtime {name[1]} --precision {name[2]}` | failed | | | | |"
+            )
+            continue
         wall = statistics.median(w for w, _ in values)
         cpu = statistics.median(c for _, c in values)
-        if name == "reference":
-            label = "fomm, published demo's way (bench/reference_demo.py)"
+        reference = runs[("reference", family)]
+        ref_wall = statistics.median(w for w, _ in reference)
+        ref_cpu = statistics.median(c for _, c in reference)
+        if name[0] == "reference":
+            label = f"{family}, published demo's way (bench/reference_demo.py)"
         else:
-            label = f"{name[0]}, `animate render --runtime {name[1]} --precision {name[2]}`"
-        if reference is not None and (name == "reference" or name[0] == "fomm"):
-            ref_wall = statistics.median(w for w, _ in reference)
-            ref_cpu = statistics.median(c for _, c in reference)
-            ratios = f"{ref_wall / wall:.2f}x | {ref_cpu / cpu:.2f}x"
-        else:
-            ratios = "- | -"
+            label = f"{family}, `animate render --runtime {name[1]} --precision {name[2]}`"
         each = " ".join(f"{w:.1f}" for w, _ in values)
-        print(f"| {label} | {wall:.1f} | {cpu:.1f} | {ratios} | {each} |")
+        print(
+            f"| {label} | {wall:.1f} | {cpu:.1f} | {ref_wall / wall:.2f}x | {ref_cpu / cpu:.2f}x | {each} |"
+        )
 
 
 def main() -> None:
@@ -419,7 +479,9 @@ def main() -> None:
     parser.add_argument("--child", nargs="+")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only (also its peak)")
     parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: fomm, tpsmm")
-    parser.add_argument("--clip-frames", type=int, default=60, help="frames of the whole-process clip")
+    parser.add_argument(
+        "--clip-frames", type=int, help="frames of the whole-process clip (default: fomm 60, tpsmm 30)"
+    )
     parser.add_argument(
         "--runtimes",
         help="comma-separated: torch, openvino (CPU); default: torch, and openvino where installed",
@@ -443,7 +505,7 @@ def main() -> None:
         elif kind == "engine":
             result = run_engine(family, int(rest[0]), int(rest[1]), rest[2], device, rest[3])
         elif kind == "load":
-            result = run_model_load(rest[0], device)
+            result = run_model_load(rest[0], device, rest[1])
         elif kind == "gflop":
             result = {"plain": gflop_per_frame(family, prepared=False), "ours": gflop_per_frame(family, True)}
         elif kind == "peak":
@@ -460,14 +522,14 @@ def main() -> None:
         if not torch.cuda.is_available():
             sys.exit("bench: --device cuda: no CUDA device is available")
     runtimes = args.runtimes.split(",") if args.runtimes else default_runtimes(device)
-    if not set(runtimes) <= {"torch", "openvino"}:
-        sys.exit("bench: --runtimes takes torch and/or openvino")
+    if not set(runtimes) <= {"torch", "openvino", "auto"}:
+        sys.exit("bench: --runtimes takes torch, openvino and/or auto")
     if "openvino" in runtimes and device != "cpu":
         sys.exit("bench: the openvino runtime runs on the CPU only")
     precisions = tuple(args.precisions.split(",")) if args.precisions else precisions_for(device, args.quick)
-    if not set(precisions) <= {"fp32", "bf16", "fp16"}:
-        sys.exit("bench: --precisions takes fp32, bf16 and/or fp16")
-    machine = child(["peak", "-", *dict.fromkeys(["fp32", *precisions])], device)
+    if not set(precisions) <= {"fp32", "bf16", "fp16", "int8"}:
+        sys.exit("bench: --precisions takes fp32, bf16, fp16 and/or int8")
+    machine = child(["peak", "-", *dict.fromkeys(["fp32", *(p for p in precisions if p != "int8")])], device)
     peak = machine["peak"]
     gflop = {family: child(["gflop", family], device) for family in families}
     print(f"# Engine benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {device}: {machine['device']}")
@@ -477,14 +539,32 @@ def main() -> None:
     )
     peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peak.items())
     print(f"matmul peak: {peaks}; GFLOP per frame: {gflops}\n")
-    if not args.whole_process_only:
-        print_engine_rows(args, device, families, runtimes, gflop, peak, precisions)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         make_inputs(workdir, families, args.clip_frames)
-        print_fixed_cost(workdir, families, device, args.repeat)
+        if "int8" in precisions:  # first: the engine rows' int8 runs on what it keeps
+            print_quantization(workdir, families)
+        if not args.whole_process_only:
+            print_engine_rows(args, device, families, runtimes, gflop, peak, precisions)
+        warm_caches(workdir, families, runtimes, device, precisions)
+        print_fixed_cost(workdir, families, runtimes, device, args.repeat)
         print_whole_process(workdir, families, runtimes, device, precisions, args.repeat, args.clip_frames)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def print_quantization(workdir: Path, families: list[str]) -> None:
+    """`animate quantize` on each bench model (untimed): int8 against fp32 at batch 4 and whether it
+    was kept (random weights move the flow more than a trained model's)."""
+    print("\n| int8 (`animate quantize`, batch 4) | fp32 s/frame | int8 s/frame | PSNR dB | flow px | kept |")
+    print("|---|---|---|---|---|---|")
+    for family in families:
+        report = quantize_model(workdir, family)
+        timings = report.get("seconds_per_frame", {})
+        print(
+            f"| {family} | {timings.get('fp32', float('nan')):.3f} | {timings.get('int8', float('nan')):.3f} "
+            f"| {report.get('psnr_db', float('nan')):.1f} | {report.get('flow_pixels', float('nan')):.2f} "
+            f"| {'yes' if report['kept'] else 'no'}: {report['reason']} |"
+        )
 
 
 def print_engine_rows(
@@ -513,17 +593,24 @@ def print_engine_rows(
         )
         for runtime in runtimes:
             for precision in precisions:
-                for batch in batches:
+                for batch in batches if (runtime, precision) != ("torch", "int8") else ():
                     frames = str(max(args.frames, batch))
-                    r = child(["engine", family, frames, str(batch), precision, runtime], device)
+                    try:
+                        r = child(["engine", family, frames, str(batch), precision, runtime], device)
+                    except subprocess.CalledProcessError:
+                        why = "int8 graphs not kept (the int8 report)" if precision == "int8" else "failed"
+                        print(f"| {family} | engine | {runtime} | {batch} | {precision} | {why} | | | | | |")
+                        continue
                     spf = r["seconds_per_frame"]
                     achieved = gflop[family]["ours"] / spf
+                    share = f"{100 * achieved / peak[precision]:.0f}%" if precision in peak else "-"
+                    label = runtime if r["runtime"] == runtime else f"{runtime}: {r['runtime']}"
                     print(
-                        f"| {family} | engine | {runtime} | {batch} | {precision} | {spf:.3f} "
+                        f"| {family} | engine | {label} | {batch} | {precision} | {spf:.3f} "
                         f"| {r['cpu_per_frame']:.3f} | {1 / spf:.2f} | {achieved:.0f} "
-                        f"| {100 * achieved / peak[precision]:.0f}% | {r['peak_mb']:.0f} |"
+                        f"| {share} | {r['peak_mb']:.0f} |"
                     )
-                    if runtime == "openvino" and not r["cache_hit"]:
+                    if r["runtime"] == "openvino" and not r["cache_hit"]:
                         notes.append(
                             f"openvino: converted the {family} model in {r['load_s']:.0f} s "
                             f"(cached in {MODEL_CACHE})"

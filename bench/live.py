@@ -1,6 +1,7 @@
 """Live benchmark: frames per second and send-to-receive latency of WebSocket /live on loopback.
 
-    .venv/bin/python bench/live.py [--seconds 30] [--checkpoint PATH] [--json OUT]
+    .venv/bin/python bench/live.py [--seconds 30] [--checkpoint PATH | --published-widths]
+        [--runtime auto|torch|openvino] [--precision fp32|bf16|int8] [--target-fps 15] [--json OUT]
 
 The service is the real one: a private redis-server, one live worker (`python -m worker.live`) and
 uvicorn; the client is a WebSocket client in this process. Driving frames are d3.mp4 from ../shared
@@ -246,6 +247,16 @@ def main() -> int:
         "--published-widths", action="store_true", help="random weights at the published vox-256 widths"
     )
     parser.add_argument("--target-fps", type=float, help="LIVE_TARGET_FPS for the live worker (default: 15)")
+    parser.add_argument(
+        "--runtime",
+        choices=["auto", "torch", "openvino"],
+        default="auto",
+        help="RUNTIME for the live worker (auto: the faster at batch 1, measured at its start and cached "
+        "in out/bench-model-cache, where OpenVINO's conversions are kept too)",
+    )
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16", "int8"], help="PRECISION (default: the CPU's)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -263,9 +274,12 @@ def main() -> int:
         size = load_checkpoint(checkpoint).frame_shape[0]
         frames = driving_frames(size, 4)
         source = PORTRAIT.read_bytes()
-        settings = {"LIVE_SESSIONS": 2, "LOG_LEVEL": "WARNING"}
+        settings = {"LIVE_SESSIONS": 2, "LOG_LEVEL": "WARNING", "RUNTIME": args.runtime}
+        settings["MODEL_CACHE_DIR"] = ROOT / "out" / "bench-model-cache"
         if args.target_fps is not None:
             settings["LIVE_TARGET_FPS"] = args.target_fps
+        if args.precision is not None:
+            settings["PRECISION"] = args.precision
         stack = BenchStack(folder, folder / "weights", 0, live_worker=True, **settings)
         results = {}
         with stack as service:

@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/reference_demo.py --checkpoint C --source IMG --driving VIDEO --out OUT.mp4
 
-Like the published `demo.py`: build the networks and load the weights as they are (no folding,
-fusing or layout changes), read every driving frame into memory first, then one frame at a time in
-float32 run the keypoint detector and the whole generator (the source encoded again each frame,
-the full-resolution deformed map included), keep every prediction, and write the video at the end.
-Only the file formats are ours (our checkpoint loader, ffmpeg through imageio-ffmpeg), so the race
-compares the inference path and the pipeline around it, not file parsing.
+Like the published `demo.py` of the checkpoint's family (FOMM's or TPSMM's): build the networks and
+load the weights as they are (no folding, fusing or layout changes), read every driving frame into
+memory first, then one frame at a time in float32 run the keypoint detector and the whole model
+(FOMM: the generator, the source encoded again each frame, the full-resolution deformed map
+included; TPSMM: the dense motion network and the inpainting network, relative motion with the
+movement's scale adapted, no background motion, as its demo), keep every prediction, and write the
+video at the end. Only the file formats are ours (our checkpoint loader, ffmpeg through
+imageio-ffmpeg), so the race compares the inference path and the pipeline around it, not file parsing.
 """
 
 import argparse
@@ -23,7 +25,18 @@ sys.path.insert(0, str(ROOT))
 
 from engine import load_checkpoint  # noqa: E402
 from engine.families.fomm import normalize_kp  # noqa: E402
+from engine.families.tpsmm import relative_kp  # noqa: E402
 from engine.media.video_io import load_image, probe_video, read_frames, resize_image  # noqa: E402
+
+
+def published_frame(model, source, kp_source, kp_initial, frame) -> dict:
+    """One frame as the family's published demo computes it (relative motion)."""
+    if model.family == "tpsmm":
+        kp_norm = relative_kp(kp_source, model.kp_detector(frame), kp_initial)
+        motion = model.dense_motion_network(source_image=source, kp_driving=kp_norm, kp_source=kp_source)
+        return model.inpainting_network(source, motion)
+    kp_norm = normalize_kp(kp_source, model.kp_detector(frame), kp_initial, True, True, True)
+    return model.generator(source, kp_source=kp_source, kp_driving=kp_norm)
 
 
 def main() -> int:
@@ -45,8 +58,7 @@ def main() -> int:
         kp_source = model.kp_detector(source)
         kp_initial = model.kp_detector(driving[0])
         for frame in driving:
-            kp_norm = normalize_kp(kp_source, model.kp_detector(frame), kp_initial, True, True, True)
-            out = model.generator(source, kp_source=kp_source, kp_driving=kp_norm)
+            out = published_frame(model, source, kp_source, kp_initial, frame)
             predictions.append(out["prediction"][0].permute(1, 2, 0).numpy())
     writer = imageio_ffmpeg.write_frames(args.out, (w, h), fps=fps, macro_block_size=1)
     writer.send(None)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
-from contract.capabilities import PRECISIONS, RUNTIMES
+from contract.capabilities import PRECISIONS, RUNTIME_CHOICES
 from contract.option_flags import add_motion_arguments, motion_values
 from contract.options import OutputFormatName
 from service.client import add_submit_arguments, submit
@@ -61,9 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--precision", choices=PRECISIONS, default=None)
     render.add_argument(
         "--runtime",
-        choices=RUNTIMES,
-        default="torch",
-        help="openvino: CPU only, needs the openvino extra; models are converted once and cached",
+        choices=RUNTIME_CHOICES,
+        default=os.environ.get("RUNTIME", "auto"),
+        help="openvino: CPU only, needs the openvino extra; models are converted once and cached; "
+        "auto: the faster here for the model, precision and batch size, measured once and cached "
+        "(default: $RUNTIME, else auto)",
     )
     render.add_argument(
         "--cache-dir", type=Path, default=None, help="converted models (default: ~/.cache/animate/models)"
@@ -113,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("checkpoint")
     inspect.add_argument("--config")
+    inspect.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        help="also say which runtime renders it here (auto: measured once, then read from the cache)",
+    )
+    inspect.add_argument("--precision", choices=PRECISIONS, default=None)
+    inspect.add_argument("--batch-size", type=int, default=4)
+    inspect.add_argument("--cache-dir", type=Path, default=None)
 
     export = commands.add_parser(
         "export", help="write a model as ONNX or OpenVINO graphs that run without torch"
@@ -125,6 +135,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--precision", default="fp32", metavar="fp32|bf16", help="bf16: OpenVINO only")
     export.add_argument("--config", help="YAML in the published config format overriding the inferred one")
+
+    quantize = commands.add_parser(
+        "quantize",
+        help="make int8 graphs of a model for --precision int8 (OpenVINO, NNCF), kept only if they pay",
+    )
+    quantize.add_argument("--checkpoint", required=True, help="model checkpoint (.pth.tar / .pth)")
+    quantize.add_argument("--config", help="YAML in the published config format overriding the inferred one")
+    quantize.add_argument("--calibration", nargs="+", required=True, help="clips to calibrate on")
+    quantize.add_argument("--held-out", nargs="+", required=True, help="other clips, to check int8 on")
+    quantize.add_argument("--frames", type=int, default=8, help="frames taken from each clip (default: 8)")
+    quantize.add_argument("--batch-size", type=int, default=4, help="the batch int8 must be faster at")
+    quantize.add_argument("--cache-dir", type=Path, default=None, help="the model cache (default as render)")
 
     add_submit_arguments(commands.add_parser("submit", help="animate through a running service, over HTTP"))
 
@@ -256,8 +278,10 @@ def _render_loaded(args: argparse.Namespace, inputs: Callable[[], tuple]) -> int
         return _fail(first_error(exc)[1])
     if args.runtime == "openvino" and args.device != "cpu":
         return _fail("--runtime openvino runs on the CPU only")
-    if args.runtime == "openvino" and precision not in ("fp32", "bf16"):
-        return _fail("--runtime openvino runs fp32 or bf16")
+    if args.runtime == "openvino" and precision not in ("fp32", "bf16", "int8"):
+        return _fail("--runtime openvino runs fp32, bf16 or int8")
+    if precision == "int8" and (args.runtime == "torch" or args.device != "cpu"):
+        return _fail("--precision int8 runs on the CPU with --runtime openvino or auto")
     bar = ProgressBar()
     converting = ProgressBar(unit="graphs")
     try:
@@ -273,6 +297,8 @@ def _render_loaded(args: argparse.Namespace, inputs: Callable[[], tuple]) -> int
             cache_dir=args.cache_dir or _default_cache_dir(),
             on_converted=lambda done, total: converting.count("converting", done, total),
             name=Path(args.checkpoint).name,
+            precision=precision,
+            batch_size=args.batch_size,
         )
         converting.close()
         image, info = inputs()
@@ -365,18 +391,78 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    """Exit 0 with the int8 graphs kept, 1 when they were measured and not kept, 2 for bad input."""
+    import dataclasses
+    import json
+
+    from engine import CheckpointError, load_checkpoint
+    from engine.animator import Animator
+    from engine.errors import RenderError
+    from engine.export import ExportError
+    from engine.export.openvino_ir import OpenVinoMissing
+    from engine.export.quantize import QuantizeError, clip_jobs, quantize
+
+    if not (1 <= args.frames <= 64 and 1 <= args.batch_size <= 64):
+        return _fail("--frames and --batch-size must be from 1 to 64")
+    try:
+        model = load_checkpoint(args.checkpoint, config=args.config)
+        h, w = model.frame_shape
+        calibration = clip_jobs(args.calibration, (h, w), args.frames)
+        held_out = clip_jobs(args.held_out, (h, w), args.frames)
+        animator = Animator(model, "cpu", "openvino", args.cache_dir or _default_cache_dir())
+        timing = held_out[0][1][: args.batch_size].contiguous()
+        report = quantize(animator.adapter, calibration, held_out, timing)
+    except (CheckpointError, RenderError, ExportError, OpenVinoMissing, QuantizeError) as exc:
+        return _fail(str(exc))
+    print(json.dumps(dataclasses.asdict(report), indent=2))
+    if not report.kept:
+        print(f"animate: int8 not kept: {report.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
     from engine import CheckpointError, load_checkpoint
+    from engine.errors import RenderError
+    from engine.export import ExportError
+    from engine.export.openvino_ir import OpenVinoMissing
     from engine.families import family_of
 
     try:
         model = load_checkpoint(args.checkpoint, config=args.config)
     except CheckpointError as exc:
         return _fail(str(exc))
-    print(json.dumps(family_of(model).report(model), indent=2))
+    report = family_of(model).report(model)
+    if args.runtime is not None:
+        try:
+            report["runtime"] = _runtime_report(args, model)
+        except (RenderError, ExportError, OpenVinoMissing) as exc:
+            return _fail(str(exc))
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def _runtime_report(args: argparse.Namespace, model) -> dict:
+    """Which runtime renders the model here at the asked precision and batch size, and why."""
+    from engine.animator import Animator
+    from engine.hardware import default_precision
+
+    precision = args.precision or default_precision("cpu")
+    animator = Animator(
+        model, "cpu", args.runtime, args.cache_dir or _default_cache_dir(), precision=precision,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    choice = animator.runtime_choice
+    return {
+        "runtime": choice.runtime,
+        "precision": precision,
+        "batch_size": args.batch_size,
+        "why": choice.reason,
+        "seconds_per_frame": {name: round(s, 4) for name, s in choice.seconds_per_frame.items()},
+    }
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -449,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": _evaluate,
         "submit": submit,
         "export": _export,
+        "quantize": _quantize,
     }
     try:
         return handlers[args.command](args)

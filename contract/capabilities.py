@@ -13,9 +13,11 @@ from pydantic import BaseModel, Field
 
 from contract.options import MOTION_OPTIONS, AnimationOptions
 
-Runtime = Literal["torch", "openvino"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Runtime = Literal["torch", "openvino"]  # where a model runs
+RuntimeChoice = Literal["auto", "torch", "openvino"]  # auto: the faster here, measured once per model
+Precision = Literal["fp32", "bf16", "fp16", "int8"]  # int8: quantized graphs, on OpenVINO only
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
+RUNTIME_CHOICES: tuple[str, ...] = get_args(RuntimeChoice)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a checkpoint's file or folder name
 

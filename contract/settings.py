@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contract.capabilities import MODEL_NAME_PATTERN, Precision, Runtime
+from contract.capabilities import MODEL_NAME_PATTERN, Precision, RuntimeChoice
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 CHECKPOINT_SUFFIXES = (".pth.tar", ".pth")
@@ -89,10 +89,13 @@ class Settings(BaseSettings):
     precision: Precision | None = Field(
         None,
         description="inference precision; unset: bf16 on cuda and on CPUs with native bf16 (AVX-512 BF16 "
-        "or AMX), fp32 on other CPUs (the worker decides: it needs torch)",
+        "or AMX), fp32 on other CPUs (the worker decides: it needs torch); int8: OpenVINO, quantized "
+        "graphs made by `animate quantize`",
     )
-    runtime: Runtime = Field(
-        "torch", description="render workers' runtime; openvino: CPU only, needs the openvino extra"
+    runtime: RuntimeChoice = Field(
+        "auto",
+        description="workers' runtime; auto: the faster of torch and openvino (CPU, with the openvino extra) "
+        "for each model, precision and batch size, measured once and cached in MODEL_CACHE_DIR",
     )
     model_cache_dir: Path = Field(
         Path("model-cache"), description="converted models (openvino), by model content, version and shape"

@@ -25,8 +25,10 @@ class Animator:
     """Holds a loaded model, prepared for inference, and animates frames with it.
 
     It takes ownership of `model`: batch norm is folded into the convolutions and the weights are
-    made channels-last, in place. `runtime` picks torch (any device) or openvino (CPU; the model's
-    graphs converted once into `cache_dir`, with `on_converted(graphs done, graphs)` meanwhile).
+    made channels-last, in place. `runtime` picks torch (any device), openvino (CPU; the model's
+    graphs converted once into `cache_dir`, with `on_converted(graphs done, graphs)` meanwhile) or
+    auto: the faster here at `precision` and `batch_size` (engine/runtimes/auto.py); `runtime`
+    then names the one chosen and `runtime_choice` says why.
     """
 
     def __init__(
@@ -37,11 +39,15 @@ class Animator:
         cache_dir: Path | None = None,
         on_converted: Callable[[int, int], None] | None = None,
         name: str = "model",
+        precision: str = "fp32",
+        batch_size: int = 1,
     ):
         self.family = family_of(model)
-        self.adapter = model_adapter(model, device, runtime, cache_dir, on_converted)
+        self.adapter, self.runtime_choice = model_adapter(
+            model, device, runtime, cache_dir, on_converted, precision, batch_size
+        )
         self.model = self.adapter.model
-        self.runtime = runtime
+        self.runtime = self.runtime_choice.runtime
         self.device = device
         self.name = name
         self.capabilities: ModelCapabilities = self.family.capabilities(self.model, name)
@@ -52,6 +58,15 @@ class Animator:
             check_options(self.name, self.capabilities, options)
         except UnsupportedChoice as exc:
             raise RenderError(str(exc), "invalid_option") from None
+
+    def check_precision(self, precision: str) -> None:
+        """RenderError (invalid_option) when the model cannot run in `precision` on its runtime:
+        int8 needs OpenVINO and the model's quantized graphs (`animate quantize`)."""
+        check = getattr(self.adapter, "check_precision", None)
+        if check is not None:
+            check(precision)
+        elif precision == "int8":
+            raise RenderError("int8 runs on the openvino runtime (quantized graphs)", "invalid_option")
 
     def _input(self, frames: torch.Tensor) -> torch.Tensor:
         return frames.to(self.device).contiguous(memory_format=torch.channels_last)
@@ -77,6 +92,7 @@ class Animator:
         """
         options = options or AnimationOptions(**option_values)
         self.check_options(options)
+        self.check_precision(precision)
         return self.adapter.prepare_source(self._input(source), precision, options)
 
     @torch.inference_mode()

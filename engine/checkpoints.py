@@ -160,8 +160,20 @@ def load_checkpoint(
     from engine.families import family_for
 
     checkpoint = Checkpoint(path)
+    identity = file_identity(checkpoint.path)
     model = family_for(checkpoint).load(checkpoint, config)
+    # what converted copies of it are found by (engine/runtimes/openvino.py); None if it changed meanwhile
+    model.checkpoint_identity = identity if identity == file_identity(checkpoint.path) else None
     return model.to(device).eval()
+
+
+def file_identity(path: Path) -> str | None:
+    """A file's path, size, modification time and inode: the same string while the file is unchanged;
+    None for a folder."""
+    if path.is_dir():
+        return None
+    stat = path.stat()
+    return f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns} {stat.st_dev}:{stat.st_ino}"
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, **extra) -> None:

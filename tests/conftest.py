@@ -1,8 +1,13 @@
 """Shared fixtures. Real media and reference outputs come from ../shared and are never copied in."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# `animate render` runs torch in the tests unless one asks otherwise (RUNTIME is its --runtime's
+# default): auto would convert each fixture for OpenVINO and time both runtimes on its first run.
+os.environ.setdefault("RUNTIME", "torch")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

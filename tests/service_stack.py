@@ -23,9 +23,13 @@ SETTLE_TIMEOUT = 15.0  # how long a stack may take to finish what a test left ru
 
 
 def clean_env(**settings: str) -> dict[str, str]:
-    """The test process's environment without any service setting of its own, plus `settings`."""
+    """The test process's environment without any service setting of its own, plus `settings`.
+
+    Workers run torch unless a test asks otherwise: RUNTIME=auto (the default) would convert each
+    model for OpenVINO and time both runtimes at every fresh worker's start, and these tests are
+    about the service (tests/integration/test_runtime_auto.py tests the choice)."""
     env = {k: v for k, v in os.environ.items() if k.upper() not in SETTING_NAMES}
-    return {**env, **settings}
+    return {**env, "RUNTIME": "torch", **settings}
 
 
 def cut_clip(source: Path, out: Path, *args: str, loops: int = 0) -> Path:

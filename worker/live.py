@@ -183,7 +183,8 @@ class LiveServer:
         if not self.sessions:
             message = (
                 f"this machine cannot serve model {model!r} live at {rate}: a frame takes "
-                f"{cost * 1000:.0f} ms here ({self.precision}, {self.device})"
+                f"{cost * 1000:.0f} ms here ({self.precision}, {self.device}, "
+                f"{self.models[model].animator.runtime})"
             )
         else:
             message = (
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.healthcheck:
         return 0 if host_is_present(settings.queue_url, channel.WORKER_PREFIX) else 1
     try:
-        models = process.start("live", settings)
+        models = process.start("live", settings, batch_size=1)
     except process.StartError as exc:
         return process.fail("live", exc)
     name = process.process_name()

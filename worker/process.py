@@ -35,11 +35,12 @@ def process_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}"
 
 
-def start(process: str, settings: Settings, runtime: str = "torch") -> dict[str, LoadedModel]:
+def start(process: str, settings: Settings, batch_size: int) -> dict[str, LoadedModel]:
     """Logging set up, the device and runtime checked and every checkpoint of WEIGHTS_DIR loaded.
 
-    Render workers pass RUNTIME as `runtime` (openvino: converted into MODEL_CACHE_DIR on first
-    use); live workers stay on torch.
+    Both kinds of worker run RUNTIME (openvino: converted into MODEL_CACHE_DIR on first use; auto:
+    the faster for each model at PRECISION and `batch_size`, measured once into MODEL_CACHE_DIR):
+    render workers at BATCH_SIZE, live workers at batch 1.
     """
     configure_logging(process, settings.log_level, settings.log_format)
     if settings.worker_device == "cuda":
@@ -47,14 +48,25 @@ def start(process: str, settings: Settings, runtime: str = "torch") -> dict[str,
 
         if not torch.cuda.is_available():
             raise StartError("WORKER_DEVICE=cuda but no CUDA device is available")
-    if runtime == "openvino" and (settings.worker_device != "cpu" or settings.precision == "fp16"):
-        raise StartError("RUNTIME=openvino runs on WORKER_DEVICE=cpu with PRECISION fp32 or bf16")
+    from engine.hardware import default_precision
+
+    precision = settings.precision or default_precision(settings.worker_device)
+    runtime = settings.runtime
+    if runtime == "openvino" and (settings.worker_device != "cpu" or precision == "fp16"):
+        raise StartError("RUNTIME=openvino runs on WORKER_DEVICE=cpu with PRECISION fp32, bf16 or int8")
+    if precision == "int8" and (runtime == "torch" or settings.worker_device != "cpu"):
+        raise StartError("PRECISION=int8 runs on WORKER_DEVICE=cpu with RUNTIME openvino or auto")
     try:
         models = load_models(
-            settings.checkpoints(), settings.worker_device, runtime, settings.model_cache_dir
+            settings.checkpoints(),
+            settings.worker_device,
+            runtime,
+            settings.model_cache_dir,
+            precision,
+            batch_size,
         )
     except OpenVinoMissing as exc:
-        raise StartError(f"RUNTIME=openvino: {exc}") from None
+        raise StartError(f"RUNTIME={runtime}: {exc}") from None
     if not models:
         raise StartError(f"no usable checkpoint (*.pth.tar, *.pth) in {settings.weights_dir}")
     return models

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.healthcheck:
         return 0 if host_is_present(settings.queue_url, WORKER_PREFIX) else 1
     try:
-        models = process.start("worker", settings, settings.runtime)
+        models = process.start("worker", settings, settings.batch_size)
     except process.StartError as exc:
         return process.fail("worker", exc)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 BATCH = "batch"  # the name of the batch dimension in shapes; static when an export fixes it
@@ -75,7 +76,23 @@ class GraphSet:
     source_features: Callable | None = None
 
 
+def source_output_shapes(
+    module: nn.Module, inputs: tuple, known: list[tuple[int, ...]] | None = None
+) -> list[tuple[int, ...]]:
+    """The shapes of a source graph's outputs: `known` (read from a converted copy's manifest, so a
+    cache hit runs no model) when given, else by running `module` once on `inputs`."""
+    if known is not None:
+        return [tuple(shape) for shape in known]
+    with torch.no_grad():
+        return [tuple(out.shape) for out in module(*inputs)]
+
+
 GraphRunner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]  # (graph, inputs) -> outputs
+
+
+def manifest_source_shapes(manifest: dict) -> list[tuple[int, ...]]:
+    """The source graph's output shapes as a manifest (engine/export/files.py) records them."""
+    return [tuple(spec["shape"]) for spec in manifest["graphs"]["source"]["outputs"]]
 
 
 def graph_set(model: nn.Module) -> GraphSet:

@@ -124,18 +124,20 @@ def lower_to_bf16(model, scopes: tuple[str, ...]) -> int:
 
 
 def compile_graph(core, model, graph: Graph, batch: int, precision: str, cache_dir: Path | None = None):
-    """Compile `model` (as converted from `graph`) for a static batch, under our precision policy.
+    """Compile `model` (as converted from `graph`, or its int8 quantization) for a static batch, under
+    our precision policy.
 
     The model is reshaped (and for bf16 lowered) in place, so pass a fresh one.
     """
-    if precision not in OPENVINO_PRECISIONS:
-        raise ValueError(f"OpenVINO runs fp32 or bf16, not {precision}")
+    if precision not in (*OPENVINO_PRECISIONS, "int8"):
+        raise ValueError(f"OpenVINO runs fp32, bf16 or int8, not {precision}")
     model.reshape(
         {spec.name: [batch if dim == BATCH else dim for dim in spec.shape] for spec in graph.inputs}
     )
     if precision == "bf16":
         lower_to_bf16(model, graph.low_precision_scopes)
     config = {
+        # int8: a quantized model (engine/export/quantize.py), its int8 nodes int8 in the graph itself
         "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION_HINT,
         "PERFORMANCE_HINT": "LATENCY",
     }

@@ -59,8 +59,9 @@ class ModelFamily(ABC):
         reconstructed from the source; None where the family has no such protocol here."""
         return None
 
-    def graphs(self, model: nn.Module):
-        """The model, prepared for inference, as export graphs (engine/export/graphs.GraphSet)."""
+    def graphs(self, model: nn.Module, source_shapes: list[tuple[int, ...]] | None = None):
+        """The model, prepared for inference, as export graphs (engine/export/graphs.GraphSet);
+        `source_shapes`, the source graph's output shapes where known, spares running it."""
         from engine.export.graphs import ExportError
 
         raise ExportError(f"{self.name} models cannot be exported or run on OpenVINO yet")

@@ -2,9 +2,11 @@
 
 On CPU, oneDNN applies a ReLU or a residual sum as a post-op of the convolution, so the activation
 is written once instead of being read and written again by a separate pass. A nearest 2x upsampling
-followed by a 3x3 convolution is computed at the low resolution (see `UpsampleConvReLU`). Elsewhere
-(a GPU, or bf16 on a CPU without bf16 kernels) the same blocks run as plain PyTorch operations.
-Built from a loaded model with batch norm already folded (engine/layers/inference.py).
+followed by a 3x3 convolution is computed at the low resolution (see `UpsampleConvReLU`). Instance
+norms (which depend on each image, so cannot be folded) run as a channels-last group norm with a
+ReLU in place (`norm_relu`). Elsewhere (a GPU, or bf16 on a CPU without bf16 kernels) the same
+blocks run as plain PyTorch operations. Built from a loaded model with batch norm already folded
+(engine/layers/inference.py).
 """
 
 import torch
@@ -20,6 +22,20 @@ def _onednn(x: torch.Tensor) -> bool:
     if x.device.type != "cpu" or exporting():
         return False
     return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16())
+
+
+def norm_relu(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """ReLU(norm(x)), in x's channels-last layout where the norm is an instance norm.
+
+    F.instance_norm returns a contiguous (NCHW) tensor, so the next convolution copies it back to
+    channels-last, and its kernel is slow on channels-last input; a group norm with one group per
+    channel is the same function (per image and channel statistics, biased variance, the same eps)
+    and keeps the layout: 10-20x faster on a 512 x 64 x 64 map (docs/BENCHMARKS.md). Exporters
+    trace the plain instance norm, which they all convert.
+    """
+    if isinstance(norm, nn.InstanceNorm2d) and not exporting():
+        return F.group_norm(x, x.shape[1], norm.weight, norm.bias, norm.eps).relu_()
+    return F.relu(norm(x))
 
 
 class ConvReLU(nn.Module):
@@ -59,6 +75,21 @@ class DownConvReLU(nn.Module):
         return F.avg_pool2d(self.conv(x), kernel_size=2)
 
 
+class ConvNormReLU(nn.Module):
+    """Convolution (one primitive), instance norm and ReLU in its layout (`norm_relu`), then
+    optionally 2x average pooling: SameBlock2d and DownBlock2d with an instance norm."""
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.Module, pool: bool = False):
+        super().__init__()
+        self.conv = ConvReLU(conv, relu=False)
+        self.norm = norm
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = norm_relu(self.conv(x), self.norm)
+        return F.avg_pool2d(out, kernel_size=2) if self.pool else out
+
+
 # An output row of parity 0 after nearest 2x upsampling reads input rows (i-1, i) with kernel rows
 # (0, 1+2); parity 1 reads rows (i, i+1) with kernel rows (0+1, 2). PHASE_TAPS[parity, tap, kernel_row].
 PHASE_TAPS = torch.tensor([[[1.0, 0, 0], [0, 1, 1]], [[1.0, 1, 0], [0, 0, 1]]])
@@ -75,7 +106,7 @@ class UpsampleConvReLU(nn.Module):
     low-resolution pixel and channel pair instead of 36, and the upsampled input never exists.
     """
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, relu: bool = True):
         super().__init__()
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
             raise ValueError("only a 3x3 convolution with padding 1 folds into the upsampling")
@@ -83,7 +114,7 @@ class UpsampleConvReLU(nn.Module):
         o, i = kernel.shape[:2]
         phases = kernel.reshape(o * i, 9) @ PHASE_MAP.to(kernel)  # (O I, a b p q): one small GEMM
         weight = phases.view(o, i, 4, 2, 2).permute(2, 0, 1, 3, 4).reshape(4 * o, i, 2, 2)  # (a b o, I, 2, 2)
-        self.conv = ConvReLU(conv, relu=True, weight=weight)
+        self.conv = ConvReLU(conv, relu=relu, weight=weight)
         self.conv.padding = [1, 1]
         self.out_channels = kernel.shape[0]
 
@@ -113,22 +144,44 @@ class UpsampleConvReLU(nn.Module):
         return torch.stack(rows, dim=3).reshape(phases.shape[0], o, 2 * h, 2 * w)  # from (N, O, H, 2, W, 2)
 
 
-class PreActResidual(nn.Module):
-    """Pre-activation residual block: norm and ReLU, conv + ReLU (second norm folded), conv + input."""
+class UpsampleConvNormReLU(nn.Module):
+    """UpBlock2d with an instance norm: upsampling and convolution at the low resolution
+    (`UpsampleConvReLU` without its ReLU), then the norm and ReLU in its layout."""
 
-    def __init__(self, norm: nn.Module, conv1: nn.Conv2d, conv2: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, norm: nn.Module):
+        super().__init__()
+        self.conv = UpsampleConvReLU(conv, relu=False)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return norm_relu(self.conv(x), self.norm)
+
+
+class PreActResidual(nn.Module):
+    """Pre-activation residual block: norm and ReLU, conv and the second norm with ReLU (inside the
+    convolution where that norm was folded into it, `norm2` None), conv + input as one primitive."""
+
+    def __init__(self, norm: nn.Module, conv1: nn.Conv2d, conv2: nn.Conv2d, norm2: nn.Module | None = None):
         super().__init__()
         self.norm = norm
-        self.conv1 = ConvReLU(conv1, relu=True)
+        self.conv1 = ConvReLU(conv1, relu=norm2 is None)
+        self.norm2 = norm2
         self.conv2 = ConvReLU(conv2, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # once here, not in each primitive that reads x
-        hidden = self.conv1(F.relu(self.norm(x)))
-        c = self.conv2
-        if _onednn(hidden):
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                hidden, x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups,
-                "add", 1.0, None, [], None,
-            )  # fmt: skip
-        return c(hidden).add_(x)
+        hidden = self.conv1(norm_relu(x, self.norm))
+        if self.norm2 is not None:
+            hidden = norm_relu(hidden, self.norm2)
+        return conv_add(self.conv2, hidden, x)
+
+
+def conv_add(conv: ConvReLU, x: torch.Tensor, other: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """conv(x) + other (then ReLU if asked) as one primitive on CPU; `conv` without its own ReLU."""
+    if _onednn(x):
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+            "add", 1.0, "relu" if relu else None, [], None,
+        )  # fmt: skip
+    out = conv(x).add_(other)
+    return F.relu_(out) if relu else out

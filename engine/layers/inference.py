@@ -1,10 +1,19 @@
 """Inference-only rewrites of a loaded model that keep its function (to float rounding)."""
 
+import copy
+
 import torch
 from torch import nn
 
 from engine.layers.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
-from engine.layers.fused import ConvReLU, DownConvReLU, PreActResidual, UpsampleConvReLU
+from engine.layers.fused import (
+    ConvNormReLU,
+    ConvReLU,
+    DownConvReLU,
+    PreActResidual,
+    UpsampleConvNormReLU,
+    UpsampleConvReLU,
+)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,25 +48,44 @@ def fold_batch_norm(model: nn.Module) -> int:
     return folded
 
 
+def per_image_norm(norm: nn.Module) -> bool:
+    """Whether `norm` is an affine instance norm without running statistics (as the families build
+    them): what engine/layers/fused.py's `norm_relu` computes in the convolutions' layout."""
+    return isinstance(norm, nn.InstanceNorm2d) and norm.affine and not norm.track_running_stats
+
+
+def _upsample_foldable(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+
+
 def _fused(block: nn.Module) -> nn.Module | None:
-    """The fused equivalent of a block whose batch norms are folded, or None to keep it as it is."""
+    """The fused equivalent of a block whose batch norms are folded or whose norms are instance
+    norms, or None to keep it as it is."""
     kind = type(block)
     if kind in (SameBlock2d, DownBlock2d, UpBlock2d) and isinstance(block.norm, nn.Identity):
         if kind is SameBlock2d:
             return ConvReLU(block.conv, relu=True)
         if kind is DownBlock2d:
             return DownConvReLU(block.conv)
-        if block.conv.kernel_size == (3, 3) and block.conv.padding == (1, 1):
+        if _upsample_foldable(block.conv):
             return UpsampleConvReLU(block.conv)
+    if kind in (SameBlock2d, DownBlock2d, UpBlock2d) and per_image_norm(block.norm):
+        if kind is not UpBlock2d:
+            return ConvNormReLU(block.conv, block.norm, pool=kind is DownBlock2d)
+        if _upsample_foldable(block.conv):
+            return UpsampleConvNormReLU(block.conv, block.norm)
     if kind is ResBlock2d and isinstance(block.norm2, nn.Identity):
         return PreActResidual(block.norm1, block.conv1, block.conv2)
+    if kind is ResBlock2d and per_image_norm(block.norm1) and per_image_norm(block.norm2):
+        return PreActResidual(block.norm1, block.conv1, block.conv2, block.norm2)
     return None
 
 
 @torch.no_grad()
 def fuse_for_inference(model: nn.Module) -> int:
-    """Replace folded blocks by engine/layers/fused.py's (ReLU and residual sums inside the convolution,
-    upsampling inside the next convolution), in place. Returns how many were replaced."""
+    """Replace folded and instance-normalised blocks by engine/layers/fused.py's (ReLU and residual
+    sums inside the convolution, upsampling inside the next convolution, instance norms in the
+    convolutions' layout), in place. Returns how many were replaced."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -74,6 +102,23 @@ def prepare_for_inference(model: nn.Module, device: str) -> nn.Module:
     fold_batch_norm(model)
     fuse_for_inference(model)
     return model.to(device=device, memory_format=torch.channels_last)
+
+
+def lowered_copy(network: nn.Module, lowered: list[nn.Module], dtype: torch.dtype) -> nn.Module:
+    """A deep copy of `network` in which the parameters and buffers of its submodules `lowered`
+    are already `dtype` and every other tensor is shared with `network`: no float32 weight is
+    copied (a deep copy of a vox-256 TPSMM copies 240 MB, then casts half of it). The copy's
+    `lowered` modules are then wrapped in LowPrecision, whose cast finds them in `dtype`."""
+    inside = {id(t) for module in lowered for t in (*module.parameters(), *module.buffers())}
+    memo: dict[int, torch.Tensor] = {}
+    for tensor in (*network.parameters(), *network.buffers()):
+        if id(tensor) not in inside or not tensor.is_floating_point():
+            memo[id(tensor)] = tensor
+        elif isinstance(tensor, nn.Parameter):
+            memo[id(tensor)] = nn.Parameter(tensor.detach().to(dtype), requires_grad=tensor.requires_grad)
+        else:
+            memo[id(tensor)] = tensor.to(dtype)
+    return copy.deepcopy(network, memo)
 
 
 class LowPrecision(nn.Module):

@@ -23,6 +23,7 @@ from engine.export.files import MANIFEST
 from engine.layers.geometry import convex_hull_area
 from engine.media.video_io import load_image, read_frames
 from engine.pipeline import RenderOptions, VideoPipeline
+from engine.runtimes.openvino import ALIASES
 from tests.conftest import FOMM, TPSMM, need_shared
 from tests.integration.test_cli import cut
 
@@ -269,7 +270,48 @@ def test_a_second_load_reads_the_cache_without_converting(ov_renderer, ov_cache)
     )
     assert again.adapter.graphs.cache_hit and again.adapter.graphs.folder == folder and steps == []
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()} == files
-    assert [p.name for p in ov_cache.iterdir()] == [folder.name]  # no stray partial folders
+    assert sorted(p.name for p in ov_cache.iterdir()) == [ALIASES, folder.name]  # no stray partial folders
+
+
+def test_a_cache_hit_by_the_checkpoint_file_neither_hashes_nor_runs_the_model(
+    ov_renderer, ov_cache, monkeypatch, tmp_path
+):
+    """The file's identity finds the converted copy: no tensor hashed, no source graph run for its
+    shapes. A file that changed (here: only its time) is hashed again and finds the same copy."""
+    from engine.families.fomm import export
+    from engine.runtimes import openvino
+
+    folder = ov_renderer.adapter.graphs.folder
+
+    def forbidden(*_):
+        raise AssertionError("a cache hit by the file runs no model and hashes no tensor")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(openvino, "model_digest", forbidden)
+        patched.setattr(export.SourceGraph, "forward", forbidden)
+        again = Animator(small_model(), runtime="openvino", cache_dir=ov_cache)
+    assert again.adapter.graphs.cache_hit and again.adapter.graphs.folder == folder
+    copy = tmp_path / "copy.pth.tar"
+    copy.write_bytes((FOMM / "fomm-small.pth.tar").read_bytes())
+    model = load_checkpoint(copy)
+    model.frame_shape = (64, 64)
+    hashed, digest = [], openvino.model_digest
+    monkeypatch.setattr(openvino, "model_digest", lambda m: hashed.append(1) or digest(m))
+    moved = Animator(model, runtime="openvino", cache_dir=ov_cache)
+    assert hashed == [1] and moved.adapter.graphs.cache_hit and moved.adapter.graphs.folder == folder
+
+
+def test_openvino_sessions_batched_equal_each_session_alone(ov_renderer, frames):
+    source, driving = frames
+    sources = [source, source.flip(3)]
+    alone = []
+    for src, frame in zip(sources, driving[:2], strict=True):
+        state = ov_renderer.prepare_source(src)
+        alone.append(ov_renderer.animate_batch(state, frame[None]))
+    states = [ov_renderer.prepare_source(src) for src in sources]
+    together = ov_renderer.animate_sessions(states, driving[:2])
+    assert_close("sessions", together, torch.cat(alone))
+    assert not torch.equal(alone[0], alone[1])
 
 
 def test_the_cache_key_follows_the_weights(ov_cache):
@@ -281,6 +323,22 @@ def test_the_cache_key_follows_the_weights(ov_cache):
         model.generator.final.bias.add_(1e-3)
     changed = cache_entry(ov_cache, graphs, model_digest(model))
     assert changed != cache_entry(ov_cache, graphs, model_digest(small_model()))
+
+
+def test_the_cache_key_follows_the_graphs_inputs(ov_cache):
+    """The same weights with and without a trained AVD network make frame graphs with and without
+    an `avd` input: two entries, or a graph would be fed an input it does not have."""
+    from engine.runtimes.openvino import cache_entry, model_digest
+
+    model = tpsmm_model()
+    assert model.avd_trained
+    digest, with_avd = model_digest(model), graph_set(model)
+    model.avd_trained = False
+    without_avd = graph_set(model)
+    assert [s.name for s in with_avd.graphs["frame"].inputs] != [
+        s.name for s in without_avd.graphs["frame"].inputs
+    ]
+    assert cache_entry(ov_cache, with_avd, digest) != cache_entry(ov_cache, without_avd, digest)
 
 
 def ir_types(model, node_type: str) -> set[str]:
@@ -452,7 +510,7 @@ def test_openvino_gives_paste_back_the_motion_torch_gives(ov_renderer, torch_ren
 def test_the_openvino_runtime_refuses_what_it_cannot_run(ov_renderer, frames, ov_cache, small_checkpoint):
     from engine.errors import RenderError
 
-    with pytest.raises(RenderError, match="fp32 or bf16"):
+    with pytest.raises(RenderError, match="fp32, bf16 or int8"):
         ov_renderer.prepare_source(frames[0], precision="fp16")
     with pytest.raises(RenderError, match="CPU only"):
         Animator(small_model(), "cuda", runtime="openvino", cache_dir=ov_cache)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.export.graphs import BATCH, Graph, GraphRunner, GraphSet, TensorSpec
+from engine.export.graphs import BATCH, Graph, GraphRunner, GraphSet, TensorSpec, source_output_shapes
 from engine.families.adapter import SourceState
 from engine.families.fomm.generator import SourceFeatures
 from engine.families.fomm.model import FirstOrderModel
@@ -121,14 +121,14 @@ def _keypoint_specs(prefix: str, batch: int | str, k: int, jacobian: bool, what:
     return specs
 
 
-def fomm_graphs(model: FirstOrderModel) -> GraphSet:
-    """The three graphs of a FOMM model; `model` should be prepared for inference (batch norm folded)."""
+def fomm_graphs(model: FirstOrderModel, source_shapes: list[tuple[int, ...]] | None = None) -> GraphSet:
+    """The three graphs of a FOMM model; `model` should be prepared for inference (batch norm folded).
+    `source_shapes`: the source graph's output shapes where known (a converted copy's manifest)."""
     h, w = model.frame_shape
     c = model.config["common_params"]["num_channels"]
     k = model.num_kp
     jacobian = model.kp_detector.num_jacobian_maps > 0
-    with torch.no_grad():
-        encoded, small = SourceGraph(model)(torch.zeros(1, c, h, w))
+    encoded, small = source_output_shapes(SourceGraph(model), (torch.zeros(1, c, h, w),), source_shapes)
     generator = model.generator
     frames = TensorSpec("frames", (BATCH, c, h, w), "float32", "RGB frames in [0, 1]")
     keypoints = Graph(
@@ -146,8 +146,8 @@ def fomm_graphs(model: FirstOrderModel) -> GraphSet:
         SourceGraph(model),
         [TensorSpec("source", (1, c, h, w), "float32", "the source image, RGB in [0, 1]")],
         [
-            TensorSpec("source_encoded", tuple(encoded.shape), "float32", "the generator's encoding"),
-            TensorSpec("source_small", tuple(small.shape), "float32", "the source at dense-motion size"),
+            TensorSpec("source_encoded", encoded, "float32", "the generator's encoding"),
+            TensorSpec("source_small", small, "float32", "the source at dense-motion size"),
         ],
         "The source image's features, computed once per job.",
         SOURCE_LOW_PRECISION_SCOPES,
@@ -160,12 +160,12 @@ def fomm_graphs(model: FirstOrderModel) -> GraphSet:
             "movement_scale", (1,), "float32", "relative mode: movement scale (1, or sqrt of hull areas)"
         ),
         TensorSpec("relative", (1,), "bool", "true: relative motion transfer; false: absolute"),
-        TensorSpec("source_encoded", tuple(encoded.shape), "float32", "from the source graph"),
-        TensorSpec("source_small", tuple(small.shape), "float32", "from the source graph"),
+        TensorSpec("source_encoded", encoded, "float32", "from the source graph"),
+        TensorSpec("source_small", small, "float32", "from the source graph"),
     ]
     frame_outputs = [TensorSpec("prediction", (BATCH, c, h, w), "float32", "animated frames in [0, 1]")]
     if generator.dense_motion_network is not None:
-        fh, fw = small.shape[2:]
+        fh, fw = small[2:]
         frame_outputs.append(
             TensorSpec(
                 "deformation",

@@ -49,7 +49,7 @@ class Fomm(ModelFamily):
 
         return reconstruct
 
-    def graphs(self, model: nn.Module):
+    def graphs(self, model: nn.Module, source_shapes: list[tuple[int, ...]] | None = None):
         from engine.families.fomm.export import fomm_graphs
 
-        return fomm_graphs(model)
+        return fomm_graphs(model, source_shapes)

@@ -1,12 +1,10 @@
 """FOMM's precision policy: which of its networks may run in bfloat16 or float16."""
 
-import copy
-
 import torch
 from torch import nn
 
 from engine.families.fomm.generator import Generator
-from engine.layers.inference import LowPrecision
+from engine.layers.inference import LowPrecision, lowered_copy
 
 # The same stacks in the exported graphs (export.py), by module path: they may run in bf16.
 SOURCE_LOW_PRECISION_SCOPES = ("generator.first", "generator.down_blocks")
@@ -23,8 +21,15 @@ def low_precision_generator(generator: Generator, dtype: torch.dtype) -> Generat
     `generator` and stays float32 like keypoints and grid sampling: in bf16 its flows moved by up
     to 0.5 px on the small reference model (docs/BENCHMARKS.md).
     """
-    motion = generator.dense_motion_network
-    lowered = copy.deepcopy(generator, memo={id(motion): motion})
+    parts = [
+        generator.first,
+        *generator.down_blocks,
+        generator.bottleneck,
+        *generator.up_blocks,
+        generator.final,
+    ]
+    # the dense motion network's weights shared with `generator`, as every float32 one
+    lowered = lowered_copy(generator, parts, dtype)
     lowered.first = LowPrecision(nn.Sequential(lowered.first, *lowered.down_blocks), dtype)
     lowered.down_blocks = nn.ModuleList()
     lowered.bottleneck = LowPrecision(

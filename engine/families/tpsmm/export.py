@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.export.graphs import BATCH, Graph, GraphRunner, GraphSet, TensorSpec
+from engine.export.graphs import BATCH, Graph, GraphRunner, GraphSet, TensorSpec, source_output_shapes
 from engine.families.adapter import SourceState
 from engine.families.tpsmm.adapter import TpsmmSource
 from engine.families.tpsmm.model import TPSMModel
 from engine.layers.geometry import hull_scale
 
-GRAPHS_VERSION = 1  # bump when the graphs below change: converted copies in caches become stale
+GRAPHS_VERSION = 2  # bump when the graphs below change: converted copies in caches become stale
 # The frame graph's convolution stacks, as engine/layers/inference.py's low_precision_tpsmm lowers them.
 FRAME_LOW_PRECISION_SCOPES = (
     "dense_motion_network.hourglass.encoder.down_blocks",
@@ -176,19 +176,19 @@ def source_features(outputs: dict[str, np.ndarray], source: torch.Tensor) -> Tps
     )
 
 
-def tpsmm_graphs(model: TPSMModel) -> GraphSet:
-    """The graphs of a TPSMM model; `model` should be prepared for inference (batch norm folded)."""
+def tpsmm_graphs(model: TPSMModel, source_shapes: list[tuple[int, ...]] | None = None) -> GraphSet:
+    """The graphs of a TPSMM model; `model` should be prepared for inference (batch norm folded).
+    `source_shapes`: the source graph's output shapes where known (a converted copy's manifest)."""
     h, w = model.frame_shape
     c = model.config["common_params"]["num_channels"]
     k = model.num_kp
     background = model.bg_predictor is not None
     avd = "avd" in model.modes
     encoder_names = _encoder_names(model)
-    with torch.no_grad():
-        source_out = SourceGraph(model)(torch.zeros(1, c, h, w), torch.zeros(1, k, 2))
-    small, heatmap, *levels = source_out
+    example = (torch.zeros(1, c, h, w), torch.zeros(1, k, 2))
+    small, heatmap, *levels = source_output_shapes(SourceGraph(model), example, source_shapes)
     source_background = levels.pop() if background else None
-    fh, fw = small.shape[2:]
+    fh, fw = small[2:]
     frames = TensorSpec("frames", (BATCH, c, h, w), "float32", "RGB frames in [0, 1]")
     points = "(x, y) in [-1, 1], 5 control points per thin-plate spline"
 
@@ -200,14 +200,10 @@ def tpsmm_graphs(model: TPSMModel) -> GraphSet:
         "Keypoints of frames: the source once per job, the initial driving frame once, then every frame.",
     )
     source_outputs = [
-        TensorSpec(
-            "source_small", tuple(small.shape), "float32", "the source at the dense motion network's size"
-        ),
-        TensorSpec(
-            "source_heatmap", tuple(heatmap.shape), "float32", "Gaussians around the source keypoints"
-        ),
+        TensorSpec("source_small", small, "float32", "the source at the dense motion network's size"),
+        TensorSpec("source_heatmap", heatmap, "float32", "Gaussians around the source keypoints"),
         *[
-            TensorSpec(name, tuple(level.shape), "float32", f"the inpainting encoder's level {i} (0: finest)")
+            TensorSpec(name, level, "float32", f"the inpainting encoder's level {i} (0: finest)")
             for i, (name, level) in enumerate(zip(encoder_names, levels, strict=True))
         ],
     ]
@@ -215,7 +211,7 @@ def tpsmm_graphs(model: TPSMModel) -> GraphSet:
         source_outputs.append(
             TensorSpec(
                 "source_background",
-                tuple(source_background.shape),
+                source_background,
                 "float32",
                 "the source's half of the background predictor's first convolution",
             )

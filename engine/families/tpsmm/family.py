@@ -10,9 +10,8 @@ from engine.families.adapter import Motion
 from engine.families.family import ModelFamily
 from engine.families.tpsmm.adapter import TpsmmAdapter
 from engine.families.tpsmm.checkpoint import OPTIONAL_PARTS, REQUIRED_PARTS, load_model
-from engine.families.tpsmm.precision import fold_resnet_norms
+from engine.families.tpsmm.fusion import prepare_tpsmm
 from engine.layers.geometry import normalized_arrangement
-from engine.layers.inference import prepare_for_inference
 
 DISTINCTIVE_PARTS = ("inpainting_network", "dense_motion_network")  # not nested in a generator
 
@@ -30,9 +29,7 @@ class Tpsmm(ModelFamily):
         return load_model(parts, stored_frame_shape(checkpoint, config))
 
     def prepare(self, model: nn.Module, device: str) -> nn.Module:
-        model.eval()
-        fold_resnet_norms(model)
-        return prepare_for_inference(model, device)
+        return prepare_tpsmm(model, device)
 
     def adapter(self, model: nn.Module, device: str) -> TpsmmAdapter:
         return TpsmmAdapter(self.prepare(model, device))
@@ -53,7 +50,7 @@ class Tpsmm(ModelFamily):
             "background_predictor": model.background_motion,
         }
 
-    def graphs(self, model: nn.Module):
+    def graphs(self, model: nn.Module, source_shapes: list[tuple[int, ...]] | None = None):
         from engine.families.tpsmm.export import tpsmm_graphs
 
-        return tpsmm_graphs(model)
+        return tpsmm_graphs(model, source_shapes)

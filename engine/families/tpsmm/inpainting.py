@@ -66,7 +66,7 @@ class InpaintingNetwork(nn.Module):
                 out = torch.cat([out, skip], dim=1)
         deformed = deform(source_image, deformation)
         visible = occlusion[-1]
-        out = torch.sigmoid(self.final(out * (1 - visible) + skip))
+        out = torch.sigmoid(self.final(torch.addcmul(skip, out, 1 - visible)))  # out * (1 - visible) + skip
         return {
             "prediction": out * (1 - visible) + deformed * visible,
             "deformed": deformed,
