@@ -113,6 +113,15 @@ class _FirstFrame:
     def feed(self, packet: av.Packet) -> None:
         """Decode `packet`; FrameTooLarge when the decoder refuses a frame over its bound."""
         self.fed += 1
+        self._decode(packet)
+
+    def drain(self) -> None:
+        """At the end of the packets, the frames the decoder still holds back (frame threading and
+        reordering delay them): a clip of one frame has its frame only here."""
+        if self.context is not None and self.frame is None and self.fed > 0:
+            self._decode(None)
+
+    def _decode(self, packet: av.Packet | None) -> None:
         previous = av.logging.get_level()
         av.logging.set_level(av.logging.ERROR)
         try:
@@ -161,6 +170,7 @@ def read_container(
             raise FrameTooLarge(width, height, max_pixels)
         first = _FirstFrame(video, max_pixels)
         timing = _read_packets(container, video, max_packets, first)
+        first.drain()
         first.check()
         if first.frame is not None:
             width, height = first.frame.width, first.frame.height

@@ -197,6 +197,7 @@ def _flooded_batch(stack: LiveStack, source: Path, clip: Path, portrait: Path, f
             live_share = (_cpu_seconds(stack.live.pid) - live_cpu) / (time.monotonic() - started)
         finally:
             rates = [flood.close() for flood in floods]
+    stack.wait_idle()  # the worker releases a closed session's slot a moment after the client leaves
     return seconds, rates, live_share
 
 

@@ -289,7 +289,7 @@ def test_cancel_running_job(stack, portrait, long_clip):
 def test_stopping_worker_hands_its_job_back(stack, portrait, long_clip):
     """With a stop grace shorter than the job (tests/e2e/test_worker_shutdown.py has both cases)."""
     assert stack.stop_worker() == 0
-    stack.start_worker(WORKER_STOP_GRACE="8")
+    stack.start_worker(WORKER_STOP_GRACE="4")
     job = _submit(stack, portrait, long_clip)
     stack.wait_for(job["id"], _started)
     assert stack.stop_worker() == 0

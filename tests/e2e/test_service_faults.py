@@ -160,7 +160,7 @@ def test_a_video_that_breaks_mid_stream_fails_the_job_with_video_decode_error(st
     data = whole.read_bytes()
     broken.write_bytes(data[: len(data) * 6 // 10])  # the header promises 100 frames; the data stops early
     job = _submit(stack, media, broken)
-    assert job["inputs"]["driving"]["frames"] == 100
+    assert 0 < job["inputs"]["driving"]["frames"] < 100  # the packets counted, not the header's promise
     done = stack.wait_finished(job["id"])
     assert done["status"] == "failed" and done["error"]["code"] == "video_decode_error", done
     assert _files(stack, job["id"]) == ["driving.mp4", "source.png"]

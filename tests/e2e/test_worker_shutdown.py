@@ -151,7 +151,7 @@ def test_the_pubsub_listener_stops_at_once_every_time(tmp_path):
             [QUEUE_NAME],
             connection=redis.Redis(port=redis_server.port),
             serializer=JSONSerializer,
-            engine=None,  # unused by the listener
+            context=None,  # unused by the listener
             heartbeat_interval=1,
         )
         for attempt in range(40):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from engine.errors import InvalidImage, RenderCanceled
 from engine.media.video_io import load_image, probe_video, read_frames
-from tests.hostile_media import burst_mkv, gradient, h264_growing, image_bytes, scan_bomb, vfr_clip
+from tests.hostile_media import burst_mkv, gradient, h264_growing, image_bytes, make_clip, scan_bomb, vfr_clip
 from tests.service_stack import ROOT
 
 pytestmark = pytest.mark.slow
@@ -33,6 +33,15 @@ def test_the_frames_counted_are_the_frames_decoded(tmp_path, make, name, frames,
     info = probe_video(clip)
     assert (info.frames, round(info.frames / info.fps, 3)) == (frames, seconds)
     assert sum(1 for _ in read_frames(clip, 32, 32, info)) == frames
+
+
+def test_a_one_frame_video_is_measured_and_read(tmp_path):
+    """H.264 holds a frame back until the decoder is drained: a clip of one frame gives none unless the
+    probe drains its decoder at the end of the packets."""
+    clip = make_clip(tmp_path / "one.mp4", 0.1, 64, 10, "-preset", "medium")  # frame threads: a delay
+    info = probe_video(clip)
+    assert (info.width, info.height, info.frames) == (64, 64, 1)
+    assert sum(1 for _ in read_frames(clip, 32, 32, info)) == 1
 
 
 def test_a_stream_whose_frames_grow_is_not_decoded_past_its_first_size(tmp_path):

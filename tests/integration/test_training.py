@@ -22,6 +22,7 @@ from engine.train.evaluate import evaluate, score_video
 from engine.train.losses import equivariance_losses
 from engine.train.trainer import Trainer, read_training_config
 from engine.train.transforms import RandomWarp
+from tests.conftest import ROOT
 from engine.train.vgg19 import Vgg19Error, Vgg19Features, load_vgg19
 
 ANIMATE = [sys.executable, "-m", "cli.main"]
@@ -362,8 +363,6 @@ def test_bad_training_inputs_exit_2_with_one_line(data_dir, tmp_path):
 
 
 def test_bundled_starter_model_loads_with_its_config():
-    from conftest import ROOT
-
     model = load_checkpoint(ROOT / "weights" / "starter.pth.tar")
     config = read_training_config(ROOT / "engine" / "train" / "configs" / "starter-64.yaml")
     assert model.frame_shape == tuple(config["dataset_params"]["frame_shape"][:2]) == (64, 64)
