@@ -22,8 +22,8 @@ from engine.train.evaluate import evaluate, score_video
 from engine.train.losses import equivariance_losses
 from engine.train.trainer import Trainer, read_training_config
 from engine.train.transforms import RandomWarp
-from tests.conftest import ROOT
 from engine.train.vgg19 import Vgg19Error, Vgg19Features, load_vgg19
+from tests.conftest import ROOT
 
 ANIMATE = [sys.executable, "-m", "cli.main"]
 TINY_MODEL = {
