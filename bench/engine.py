@@ -403,11 +403,8 @@ def quantize_model(workdir: Path, family: str, batch: int = 4) -> dict:
     return json.loads(result.stdout)
 
 
-CLIP_FRAMES = {
-    "fomm": 60,
-    "tpsmm": 30,
-    "liveportrait": 30,
-}  # the whole-process race's clip, as the issue states its targets
+# the whole-process race's clip, as the issues state their targets
+CLIP_FRAMES = {"fomm": 60, "tpsmm": 30, "liveportrait": 30}
 
 
 def make_inputs(workdir: Path, families: list[str], clip_frames: int | None) -> None:
