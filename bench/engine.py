@@ -1,5 +1,7 @@
 """Engine benchmark at the published vox-256 widths (random weights) on 256x256 frames, for FOMM
-and for TPSMM (the widths of the published TPSMM vox-256: 10 thin-plate splines).
+and for TPSMM (the widths of the published TPSMM vox-256: 10 thin-plate splines), and at the
+published LivePortrait widths (human model: 256x256 network input, 512x512 frames in and out; its
+published loop takes the 256x256 crops and decodes 512x512).
 
 Each measurement runs in its own process so its peak memory is its own. Prints a Markdown table:
 seconds per frame (wall and CPU), frames per second, GFLOP per frame (the published loop's and our
@@ -20,7 +22,7 @@ out/bench-model-cache, not timed (a worker's first start pays them once). int8 (
 fails, so the report gives its speed and why it was not kept.
 
     .venv/bin/python bench/engine.py [--device cpu|cuda] [--frames 16] [--repeat 1] [--quick]
-        [--families fomm,tpsmm] [--runtimes torch,openvino,auto] [--precisions fp32,bf16,int8]
+        [--families fomm,tpsmm,liveportrait] [--runtimes torch,openvino,auto] [--precisions fp32,bf16,int8]
         [--clip-frames N] [--threads N] [--whole-process-only]
 """
 
@@ -75,6 +77,51 @@ TPSMM_VOX_256 = {
     "avd_network_params": {"id_bottle_size": 128, "pose_bottle_size": 128},
 }
 
+# The published LivePortrait human model_params (src/config/models.yaml, and the code defaults it
+# leaves out: ConvNeXt-V2 tiny's depths and widths, the decoder's 64 output channels).
+LIVEPORTRAIT_PUBLISHED = {
+    "appearance_feature_extractor_params": {
+        "image_channel": 3, "block_expansion": 64, "num_down_blocks": 2, "max_features": 512,
+        "reshape_channel": 32, "reshape_depth": 16, "num_resblocks": 6,
+    },
+    "motion_extractor_params": {
+        "num_kp": 21, "backbone": "convnextv2_tiny", "depths": [3, 3, 9, 3], "dims": [96, 192, 384, 768],
+    },
+    "warping_module_params": {
+        "num_kp": 21, "block_expansion": 64, "max_features": 512, "num_down_blocks": 2,
+        "reshape_channel": 32, "estimate_occlusion_map": True,
+        "dense_motion_params": {
+            "block_expansion": 32, "max_features": 1024, "num_blocks": 5, "reshape_depth": 16, "compress": 4,
+        },
+    },
+    "spade_generator_params": {
+        "upscale": 2, "block_expansion": 64, "max_features": 512, "num_down_blocks": 2, "out_channels": 64,
+    },
+    "stitching_retargeting_module_params": {
+        "stitching": {"input_size": 126, "hidden_sizes": [128, 128, 64], "output_size": 65},
+        "lip": {"input_size": 65, "hidden_sizes": [128, 128, 64], "output_size": 63},
+        "eye": {"input_size": 66, "hidden_sizes": [256, 256, 128, 128, 64], "output_size": 63},
+    },
+}  # fmt: skip
+FAMILIES = ("fomm", "tpsmm", "liveportrait")
+INPUT_SIDE = 256  # what every published loop's networks take
+FRAME_SIDE = {"fomm": 256, "tpsmm": 256, "liveportrait": 512}  # what a job feeds our engine
+
+
+def checkpoint_path(workdir: Path, family: str) -> Path:
+    """The bench model as a user drops it into weights/: a file, or LivePortrait's folder."""
+    return workdir / (family if family == "liveportrait" else f"{family}.pth.tar")
+
+
+def save_model(workdir: Path, family: str) -> None:
+    from engine import save_checkpoint
+    from engine.families.liveportrait import save_liveportrait
+
+    if family == "liveportrait":
+        save_liveportrait(vox_model(family), checkpoint_path(workdir, family))
+    else:
+        save_checkpoint(checkpoint_path(workdir, family), vox_model(family))
+
 
 def peak_mb(device: str) -> float:
     import torch
@@ -117,35 +164,23 @@ def vox_model(family: str = "fomm"):
     """Published vox-256 widths, random weights, non-trivial batch-norm statistics as in a trained model."""
     import torch
 
-    from engine.families import tpsmm
+    from engine.families import liveportrait, tpsmm
     from engine.families.fomm import build_model
 
     torch.manual_seed(0)
-    if family == "tpsmm":
+    if family == "liveportrait":
+        model = liveportrait.build_model(LIVEPORTRAIT_PUBLISHED).eval()
+    elif family == "tpsmm":
         model = tpsmm.build_model(TPSMM_VOX_256, (256, 256)).eval()
     else:
         model = build_model(VOX_256, (256, 256)).eval()
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
                 module.num_batches_tracked.fill_(1)  # so a saved copy loads with its AVD network trained
     return model
-
-
-def published_frame(model, source, kp_source, kp_initial, driving_frame):
-    """One frame as the published demo computes it (relative motion), everything recomputed."""
-    from engine.families.fomm import normalize_kp
-    from engine.families.tpsmm import relative_kp
-
-    kp = model.kp_detector(driving_frame)
-    if model.family == "tpsmm":
-        kp_norm = relative_kp(kp_source, kp, kp_initial)
-        motion = model.dense_motion_network(source_image=source, kp_driving=kp_norm, kp_source=kp_source)
-        return model.inpainting_network(source, motion)["prediction"]
-    kp_norm = normalize_kp(kp_source, kp, kp_initial, True, True, True)
-    return model.generator(source, kp_source=kp_source, kp_driving=kp_norm)["prediction"]
 
 
 def measure_matmul_peak(device: str, precisions: tuple[str, ...]) -> dict:
@@ -185,16 +220,18 @@ def gflop_per_frame(family: str, prepared: bool) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from bench.reference_demo import published_step
     from engine.animator import Animator
 
     custom = {torch.ops.mkldnn._convolution_pointwise: _pointwise_conv_flops}
     model = vox_model(family)
-    source, frame = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
+    side = FRAME_SIDE[family] if prepared else INPUT_SIDE
+    source, frame = torch.rand(1, 3, side, side), torch.rand(1, 3, side, side)
     with torch.no_grad():
         if not prepared:
-            kp_source = model.kp_detector(source)
+            step = published_step(model, source, frame)
             with FlopCounterMode(display=False) as counter:
-                published_frame(model, source, kp_source, kp_source, frame)
+                step(frame)
             return counter.get_total_flops() / 1e9
         renderer = Animator(model)
         state = renderer.prepare_source(source)
@@ -208,18 +245,19 @@ def run_plain_loop(family: str, frames: int, device: str) -> dict:
     """The published demo's loop: one frame at a time, float32, the whole model every frame."""
     import torch
 
+    from bench.reference_demo import published_step
+
     torch.manual_seed(1)
     model = vox_model(family).to(device)
-    source = torch.rand(1, 3, 256, 256, device=device)
-    driving = torch.rand(frames + 1, 3, 256, 256, device=device)
+    source = torch.rand(1, 3, INPUT_SIDE, INPUT_SIDE, device=device)
+    driving = torch.rand(frames + 1, 3, INPUT_SIDE, INPUT_SIDE, device=device)
     with torch.no_grad():
-        kp_source = model.kp_detector(source)
-        kp_initial = model.kp_detector(driving[:1])
-        published_frame(model, source, kp_source, kp_initial, driving[:1])  # warm-up
+        step = published_step(model, source, driving[:1])
+        step(driving[:1])  # warm-up
         synchronize(device)
         start, cpu = time.perf_counter(), time.process_time()
         for t in range(1, frames + 1):
-            published_frame(model, source, kp_source, kp_initial, driving[t : t + 1]).cpu()
+            step(driving[t : t + 1]).cpu()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"seconds_per_frame": seconds / frames, "cpu_per_frame": cpu / frames, "peak_mb": peak_mb(device)}
 
@@ -241,10 +279,11 @@ def run_engine(family: str, frames: int, batch: int, precision: str, device: str
     model = vox_model(family).to(device)
     renderer = Animator(model, device, runtime, MODEL_CACHE, precision=precision, batch_size=batch)
     load_seconds = time.perf_counter() - started
-    source = torch.rand(1, 3, 256, 256)
+    side = FRAME_SIDE[family]
+    source = torch.rand(1, 3, side, side)
     state = renderer.prepare_source(source, precision=precision)
     batches = max(1, frames // batch)
-    driving = np.random.default_rng(1).integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8)
+    driving = np.random.default_rng(1).integers(0, 256, (batch, side, side, 3), dtype=np.uint8)
     with torch.inference_mode():
         for _ in range(3 if device == "cuda" else 1):  # warm-up (and the initial frame)
             to_frames(renderer.animate_batch(state, to_tensor(driving, device)))
@@ -322,7 +361,7 @@ def render_command(
 ) -> list[str]:
     return [
         sys.executable, "-m", "cli.main", "render", "--source", str(workdir / "source.png"),
-        "--driving", str(workdir / clip), "--checkpoint", str(workdir / f"{family}.pth.tar"),
+        "--driving", str(workdir / clip), "--checkpoint", str(checkpoint_path(workdir, family)),
         "--out", str(workdir / f"out-{family}-{runtime}-{precision}.mp4"), "--precision", precision,
         "--crop", "none", "--device", device, "--runtime", runtime, "--cache-dir", str(MODEL_CACHE),
     ]  # fmt: skip
@@ -332,7 +371,7 @@ def reference_command(workdir: Path, family: str) -> list[str]:
     """The family's published demo's way (bench/reference_demo.py), as a whole process."""
     return [
         sys.executable, str(ROOT / "bench" / "reference_demo.py"),
-        "--checkpoint", str(workdir / f"{family}.pth.tar"), "--source", str(workdir / "source.png"),
+        "--checkpoint", str(checkpoint_path(workdir, family)), "--source", str(workdir / "source.png"),
         "--driving", str(workdir / f"clip-{family}.mp4"),
         "--out", str(workdir / f"out-reference-{family}.mp4"),
     ]  # fmt: skip
@@ -346,7 +385,7 @@ def quantize_command(workdir: Path, family: str, batch: int) -> list[str]:
     """`animate quantize` on the shared clips, into the bench's model cache."""
     clips = ROOT.parent / "shared" / "media" / "clips"
     return [
-        sys.executable, "-m", "cli.main", "quantize", "--checkpoint", str(workdir / f"{family}.pth.tar"),
+        sys.executable, "-m", "cli.main", "quantize", "--checkpoint", str(checkpoint_path(workdir, family)),
         "--calibration", *(str(clips / f"{name}.mp4") for name in CALIBRATION),
         "--held-out", *(str(clips / f"{name}.mp4") for name in HELD_OUT),
         "--frames", "4", "--batch-size", str(batch), "--cache-dir", str(MODEL_CACHE),
@@ -364,17 +403,16 @@ def quantize_model(workdir: Path, family: str, batch: int = 4) -> dict:
     return json.loads(result.stdout)
 
 
-CLIP_FRAMES = {"fomm": 60, "tpsmm": 30}  # the whole-process race's clip, as the issue states its targets
+# the whole-process race's clip, as the issues state their targets
+CLIP_FRAMES = {"fomm": 60, "tpsmm": 30, "liveportrait": 30}
 
 
 def make_inputs(workdir: Path, families: list[str], clip_frames: int | None) -> None:
     import numpy as np
     from PIL import Image
 
-    from engine import save_checkpoint
-
     for family in families:
-        save_checkpoint(workdir / f"{family}.pth.tar", vox_model(family))
+        save_model(workdir, family)
     for family in families:
         make_clip(workdir / f"clip-{family}.mp4", clip_frames or CLIP_FRAMES[family])
     make_clip(workdir / "one.mp4", 1)
@@ -392,7 +430,7 @@ def print_fixed_cost(
     print("|---|---|---|---|")
     for family in families:
         for runtime in runtimes:
-            checkpoint = str(workdir / f"{family}.pth.tar")
+            checkpoint = str(checkpoint_path(workdir, family))
             loads = [child(["load", family, checkpoint, runtime], device) for _ in range(repeat)]
             starts = [
                 timed_process(render_command(workdir, family, runtime, "fp32", "one.mp4", device))
@@ -478,7 +516,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each whole process (medians)")
     parser.add_argument("--child", nargs="+")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, fp32 only (also its peak)")
-    parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: fomm, tpsmm")
+    parser.add_argument("--families", default="fomm,tpsmm", help="comma-separated: " + ", ".join(FAMILIES))
     parser.add_argument(
         "--clip-frames", type=int, help="frames of the whole-process clip (default: fomm 60, tpsmm 30)"
     )
@@ -514,8 +552,8 @@ def main() -> None:
         return
 
     families = args.families.split(",")
-    if not set(families) <= {"fomm", "tpsmm"}:
-        sys.exit("bench: --families takes fomm and/or tpsmm")
+    if not set(families) <= set(FAMILIES):
+        sys.exit(f"bench: --families takes {', '.join(FAMILIES)}")
     if device == "cuda":
         import torch
 

@@ -38,6 +38,10 @@ class ModelCapabilities(BaseModel):
         description="the motion options it offers (fields of POST /animate); the others keep their defaults",
     )
     background_motion: bool = Field(False, description="whether it can move the background")
+    refusals: dict[str, str] = Field(
+        default_factory=dict,
+        description="why some options are not offered, by option (a file the model lacks)",
+    )
     runtime: str | None = Field(None, examples=["torch"], description="where this worker runs it")
     precision: str | None = Field(None, examples=["fp32"], description="what this worker runs it in")
     ms_per_frame: float | None = Field(
@@ -73,5 +77,7 @@ def check_options(name: str, model: ModelCapabilities, options: AnimationOptions
         if field == "mode" or field in model.options:
             continue
         if getattr(options, field) != getattr(defaults, field):
-            reason = NOT_OFFERED.get(field, f"does not offer it (a {model.family} model)")
+            reason = model.refusals.get(field) or NOT_OFFERED.get(
+                field, f"does not offer it (a {model.family} model)"
+            )
             raise UnsupportedChoice(field, "unsupported_option", f"{field}: model {name!r} {reason}")

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 from engine import load_checkpoint, save_checkpoint
-from tests.conftest import FOMM, TPSMM, need_shared
+from tests.conftest import FOMM, SHARED, TPSMM, need_shared
+
+LIVEPORTRAIT = SHARED / "liveportrait" / "liveportrait-shared"
 
 
 def _resaved_at_64(path: Path, folder: Path) -> Path:
@@ -22,6 +24,17 @@ def _resaved_at_64(path: Path, folder: Path) -> Path:
     out = folder / path.name
     save_checkpoint(out, model)
     return out
+
+
+def liveportrait_at_64(folder: Path) -> Path:
+    """The shared random-weight LivePortrait folder (published layout) taking 64x64 crops, so it
+    renders 128x128: small enough for the unit tier."""
+    from engine.families.liveportrait import load_liveportrait, save_liveportrait
+
+    model = load_liveportrait(need_shared(LIVEPORTRAIT))
+    model.input_shape = (64, 64)
+    save_liveportrait(model, folder / "liveportrait")
+    return folder / "liveportrait"
 
 
 @torch.no_grad()
@@ -55,6 +68,22 @@ def tpsmm_published_loop(model, source: torch.Tensor, driving: torch.Tensor) -> 
     return torch.cat(out)
 
 
+@torch.no_grad()
+def liveportrait_published_loop(model, source: torch.Tensor, driving: torch.Tensor) -> torch.Tensor:
+    """The published LivePortrait animate loop, frame by frame (relative, expression-friendly,
+    stitching): kp_info of each frame, its motion from the first frame's, warp and decode."""
+    source_info = model.get_kp_info(source)
+    f_s, x_s = model.extract_feature_3d(source), model.transform_keypoint(source_info)
+    initial = model.get_kp_info(driving[:1])
+    out = []
+    for t in range(driving.shape[0]):
+        x_d = model.transfer_motion(
+            source_info, model.get_kp_info(driving[t : t + 1]), driving_initial=initial
+        )
+        out.append(model.warp_decode(f_s, x_s, x_d)["out"])
+    return torch.cat(out)
+
+
 @dataclass(frozen=True)
 class FamilyCase:
     name: str  # the registered family's name
@@ -84,5 +113,16 @@ CASES = [
             {"mode": "avd"},
             {"mode": "absolute", "background_motion": True},
         ],
+    ),
+    FamilyCase(
+        "liveportrait",
+        liveportrait_at_64,
+        liveportrait_published_loop,
+        [
+            {"mode": "relative"},
+            {"mode": "absolute", "region": "expression"},
+            {"stitching": False, "multiplier": 1.5, "driving_option": "pose-friendly"},
+        ],
+        keypoint_network="motion_extractor",
     ),
 ]

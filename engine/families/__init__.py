@@ -8,12 +8,14 @@ from torch import nn
 from engine.checkpoints import Checkpoint
 from engine.families.family import ModelFamily
 from engine.families.fomm.family import Fomm
+from engine.families.liveportrait.family import LivePortrait
 from engine.families.tpsmm.family import Tpsmm
 from engine.state_dict import CheckpointError
 
 FAMILIES: tuple[ModelFamily, ...] = (
     Tpsmm(),
     Fomm(),
+    LivePortrait(),
 )
 
 

@@ -54,6 +54,11 @@ class ModelFamily(ABC):
     def options(self, model: nn.Module) -> tuple[str, ...]:
         """The motion options (contract.options.MOTION_OPTIONS) the model offers besides `mode`."""
 
+    def refusals(self, model: nn.Module) -> dict[str, str]:
+        """Why the model does not offer some motion options, by option, where there is more to say
+        than that it does not (a file it lacks, say): the refusal's reason."""
+        return {}
+
     def reconstructor(self, model: nn.Module, device: str) -> Callable | None:
         """For `animate eval`: (source (1, 3, H, W), driving (N, 3, H, W)) -> the driving frames
         reconstructed from the source; None where the family has no such protocol here."""
@@ -80,6 +85,7 @@ class ModelFamily(ABC):
             modes=list(self.modes(model)),
             options=list(options),
             background_motion="background_motion" in options,
+            refusals=self.refusals(model),
         )
 
     def report(self, model: nn.Module) -> dict:

@@ -62,14 +62,30 @@ async function loadModels() {
   showModelOptions();
 }
 
-// What the chosen model can do: its modes (the default first) and background motion.
+// What the chosen model can do: its modes (the default first), background motion and motion options.
 function showModelOptions() {
   const model = chosenModel();
   const modes = model ? model.modes : ["relative", "absolute"];
   $("upload-mode").replaceChildren(...modes.map((mode) => new Option(MODE_NAMES[mode] || mode, mode)));
   $("upload-background-label").hidden = !(model && model.background_motion);
   if ($("upload-background-label").hidden) $("upload-background").checked = false;
+  for (const label of motionOptionLabels()) {
+    label.hidden = !(model && model.options.includes(label.dataset.option));
+  }
   suggestPasteBack();
+}
+
+// The motion options some models offer (GET /models lists them per model): one labelled control each.
+function motionOptionLabels() {
+  return document.querySelectorAll("label[data-option]");
+}
+
+function appendMotionOptions(form) {
+  for (const label of motionOptionLabels()) {
+    if (label.hidden) continue;
+    const control = label.querySelector("input, select");
+    form.append(label.dataset.option, control.type === "checkbox" ? String(control.checked) : control.value);
+  }
 }
 
 function chosenModel() {
@@ -122,6 +138,7 @@ async function submitJob(event) {
   if ($("model").value) form.append("model", $("model").value);
   form.append("mode", $("upload-mode").value || "relative");
   if ($("upload-background").checked) form.append("background_motion", "true");
+  appendMotionOptions(form);
   form.append("crop", $("upload-crop").value);
   form.append("paste_back", String($("upload-paste-back").checked));
   form.append("format", $("upload-format").value);

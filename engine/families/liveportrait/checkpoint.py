@@ -7,7 +7,9 @@ entries `retarget_shoulder`, `retarget_mouth` and `retarget_eye` are the state d
 stitching, lip and eye MLPs (keys possibly prefixed `module.`); the rest of that file is not read.
 Every file is untrusted: loaded with `weights_only=True`, memory-mapped, and checked key by key
 and shape by shape before any tensor is used. Widths, depths and the keypoint count are read off
-the tensors; a `models.yaml` in the published layout may override what they cannot tell.
+the tensors; a `models.yaml` in the published layout may override what they cannot tell, and
+its top-level `input_shape: [H, W]` (ours, not published) gives the crop size the networks take
+(default the published 256x256).
 """
 
 import copy
@@ -111,6 +113,21 @@ def read_config(path: Path) -> dict:
     return params
 
 
+def read_input_shape(path: Path, multiple: int) -> tuple[int, int]:
+    """The folder's `input_shape` ([H, W], multiples of `multiple`) from its models.yaml, else 256x256."""
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    shape = data.get("input_shape") if isinstance(data, dict) else None
+    if shape is None:
+        return PUBLISHED_INPUT_SHAPE
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(v, int) and 16 <= v <= 4096 and v % multiple == 0 for v in shape)
+    ):
+        raise CheckpointError(f"{path.name}: input_shape {shape!r} is not [H, W], multiples of {multiple}")
+    return tuple(shape)
+
+
 def _model_params(parts: dict[str, dict], config: dict | str | Path | None) -> dict:
     """The config read off the tensors, overridden by `config`; its networks checked to fit together."""
     params = infer_config(parts)
@@ -163,6 +180,7 @@ def load_liveportrait(
             load_state(getattr(model, part), parts[part], part)
         for part, entry in PART_ENTRIES.items():
             load_state(model.stitching_retargeting_module[part], parts[part], f"{STITCHING_FILE}[{entry!r}]")
+    model.input_shape = read_input_shape(root / CONFIG_FILE, model.size_multiple)
     return model.to(device).eval()
 
 
@@ -179,7 +197,11 @@ def save_liveportrait(model: LivePortraitModel, folder: str | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data, path.with_name(path.name + ".tmp"))
         path.with_name(path.name + ".tmp").replace(path)
-    (root / CONFIG_FILE).write_text(yaml.safe_dump({"model_params": model.config}, sort_keys=False))
+    (root / CONFIG_FILE).write_text(
+        yaml.safe_dump(
+            {"model_params": model.config, "input_shape": list(model.input_shape)}, sort_keys=False
+        )
+    )
 
 
 def describe(model: LivePortraitModel) -> dict:

@@ -41,6 +41,7 @@ class LivePortraitModel(nn.Module):
     "eye"]`), under their published names; `config` is the published `model_params` structure."""
 
     family = "liveportrait"
+    modes = ("relative", "absolute")  # contract.options.Mode's names, the default first
 
     def __init__(
         self,
@@ -64,6 +65,12 @@ class LivePortraitModel(nn.Module):
     @property
     def num_kp(self) -> int:
         return self.config["motion_extractor_params"]["num_kp"]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of the frames it animates: its output's size. Frames come in at that size too and
+        are resized to `input_shape`, as the published pipeline crops at 512 and feeds 256."""
+        return self.output_shape()
 
     @property
     def dtype(self) -> torch.dtype:
