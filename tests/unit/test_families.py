@@ -65,7 +65,7 @@ def test_options_it_does_not_offer_are_refused_naming_them(case):
     for field in MOTION_OPTIONS:
         if field == "mode" or field in animator.capabilities.options:
             continue
-        value = defaults.model_fields[field].annotation
+        value = AnimationOptions.model_fields[field].annotation
         other = {bool: not getattr(defaults, field), float: 2.0}.get(value)
         if other is None:  # a choice: any other of its values
             other = next(c for c in value.__args__ if c != getattr(defaults, field))
