@@ -1,6 +1,7 @@
 """The Redis channel between the API and live workers: key names, message framing, presence, admission.
 
-Both sides import this module (it needs only redis), so the wire format lives in one place. A live
+Both sides import this module (it needs only redis and contract.images), so the wire format and
+the frame bound live in one place. A live
 session `<sid>` (a UUID4 chosen by the API) has these keys, all with short TTLs so that nothing
 outlives two dead ends:
 
@@ -28,6 +29,7 @@ from typing import Any
 
 from redis import Redis
 
+from contract.images import ImageRefused, check_jpeg, jpeg_header
 from contract.queue import PRESENCE_TTL
 
 PREFIX = "animate:live:"
@@ -136,3 +138,16 @@ def candidates(workers: list[dict[str, Any]], model: str) -> list[dict[str, Any]
     """Live workers serving `model`, the least loaded first."""
     serving = [w for w in workers if any(m["name"] == model for m in w.get("models", []))]
     return sorted(serving, key=lambda w: w["sessions"] / max(w["capacity"], 1))
+
+
+def frame_refusal(data: bytes) -> tuple[str, str] | None:
+    """(code, message) when a driving JPEG's markers show it unreadable or over the frame bound, None
+    when within: the API and the live worker refuse a frame by this one rule, decoding nothing."""
+    header = jpeg_header(data)
+    if header is None or not (header.width and header.height and header.scans):
+        return "invalid_frame", "a driving frame is not a readable JPEG"
+    try:
+        check_jpeg(header, MAX_FRAME_PIXELS, FRAME_SCAN_ALLOWANCE, "a driving frame")
+    except ImageRefused as exc:
+        return "frame_too_large", exc.message
+    return None

@@ -40,7 +40,6 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from contract import live_channel as channel
-from contract.images import ImageRefused, check_jpeg, jpeg_header
 from service.auth import caller, owner_of
 from service.context import ServiceContext
 from service.errors import ApiError, error_response
@@ -184,13 +183,8 @@ def check_frame(data: bytes) -> None:
         raise SessionError("frame_too_large", f"a driving frame is over {channel.MAX_FRAME_BYTES // 1024} KB")
     if sniff_image(data[:16]) != "jpeg":
         raise SessionError("unsupported_media_type", "driving frames must be JPEG images")
-    header = jpeg_header(data)
-    if header is None or not (header.width and header.height and header.scans):
-        raise SessionError("invalid_frame", "a driving frame is not a readable JPEG")
-    try:
-        check_jpeg(header, channel.MAX_FRAME_PIXELS, channel.FRAME_SCAN_ALLOWANCE, "a driving frame")
-    except ImageRefused as exc:
-        raise SessionError("frame_too_large", exc.message) from None
+    if refusal := channel.frame_refusal(data):
+        raise SessionError(*refusal)
 
 
 async def check_source(data: bytes, ctx: ServiceContext, owner: str | None) -> None:

@@ -29,7 +29,6 @@ import redis
 import torch
 
 from contract import live_channel as channel
-from contract.images import ImageRefused, check_jpeg, jpeg_header
 from engine.pipeline import to_tensor
 from engine.subject.autocrop import image_crop
 from engine.subject.cutout import cut_out
@@ -60,13 +59,8 @@ def decode_image(data: bytes) -> np.ndarray:
 
 def check_frame_cost(data: bytes) -> None:
     """SessionEnded unless the driving JPEG's markers show a decoding cost within the frame bound."""
-    header = jpeg_header(data)
-    if header is None or not (header.width and header.height and header.scans):
-        raise SessionEnded("invalid_frame", "a driving frame is not a decodable JPEG")
-    try:
-        check_jpeg(header, channel.MAX_FRAME_PIXELS, channel.FRAME_SCAN_ALLOWANCE, "a driving frame")
-    except ImageRefused as exc:
-        raise SessionEnded("frame_too_large", exc.message) from None
+    if refusal := channel.frame_refusal(data):
+        raise SessionEnded(*refusal)
 
 
 def driving_input(data: bytes, height: int, width: int) -> np.ndarray:
