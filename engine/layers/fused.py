@@ -38,6 +38,29 @@ def norm_relu(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     return F.relu(norm(x))
 
 
+class PackedWeights:
+    """oneDNN's blocked copies of one convolution's weight, one per dtype, made on its first call.
+
+    Given a plain weight, every oneDNN convolution first reorders it into the blocked layout its
+    kernel reads, on every call: at the hourglasses' low resolutions, whose weights are largest
+    (a 1024 -> 4 x 1024 phase kernel is 64 MB in float32), that reorder cost 5x the convolution
+    (docs/BENCHMARKS.md). The copies are a cache, not state: copying or pickling a module starts
+    an empty one, and the plain weight stays what exporters, GPUs and state dicts read.
+    """
+
+    def __init__(self) -> None:
+        self.by_dtype: dict[torch.dtype, torch.Tensor] = {}
+
+    def __deepcopy__(self, memo: dict) -> "PackedWeights":
+        return PackedWeights()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.by_dtype = {}
+
+
 class ConvReLU(nn.Module):
     """A convolution (zero padding), optionally followed by ReLU, as one primitive on CPU."""
 
@@ -53,11 +76,23 @@ class ConvReLU(nn.Module):
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
+        self.packed = PackedWeights()
+
+    def onednn_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight in oneDNN's layout for input like `x` (packed on the first call; a later
+        batch size reuses it, which oneDNN's kernels accept as it is)."""
+        packed = self.packed.by_dtype.get(x.dtype)
+        if packed is None and self.weight.dtype == x.dtype:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight.detach(), self.padding, self.stride, self.dilation, self.groups, list(x.shape)
+            )
+            self.packed.by_dtype[x.dtype] = packed
+        return self.weight if packed is None else packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _onednn(x):
             return torch.ops.mkldnn._convolution_pointwise(
-                x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+                x, self.onednn_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
                 "relu" if self.relu else "none", [], "",
             )  # fmt: skip
         out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -180,7 +215,7 @@ def conv_add(conv: ConvReLU, x: torch.Tensor, other: torch.Tensor, relu: bool = 
     """conv(x) + other (then ReLU if asked) as one primitive on CPU; `conv` without its own ReLU."""
     if _onednn(x):
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+            x, other, conv.onednn_weight(x), conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
             "add", 1.0, "relu" if relu else None, [], None,
         )  # fmt: skip
     out = conv(x).add_(other)

@@ -1,5 +1,7 @@
 """The fused inference model computes the published function; bf16 keeps the flows; live batches agree."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,27 @@ def test_sessions_with_different_options_are_not_batched_together(small_model):
     states = [renderer.prepare_source(source), renderer.prepare_source(source, mode="absolute")]
     with pytest.raises(ValueError, match="must share"):
         renderer.animate_sessions(states, driving[:2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weights_packed_for_onednn_once_give_the_same_output_at_any_batch(dtype):
+    from engine.hardware import onednn_bf16
+
+    if dtype == torch.bfloat16 and not onednn_bf16():
+        pytest.skip("this CPU has no native bf16 kernels, so bf16 does not use oneDNN's fused convolutions")
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 48, 3, padding=1).to(dtype)
+    fused = ConvReLU(conv, relu=True)
+    x = torch.randn(4, 32, 6, 6, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = F.relu(conv(x))
+        first = fused(x)
+        packed = fused.packed.by_dtype[dtype]
+        assert packed.is_mkldnn and fused.weight.layout == torch.strided, "the plain weight stays"
+        single = fused(x[:1].contiguous(memory_format=torch.channels_last))
+        assert fused.packed.by_dtype[dtype] is packed, "packed once, reused at another batch size"
+        copied = copy.deepcopy(fused)
+        assert copied.packed.by_dtype == {}, "a copy starts an empty cache"
+        again = copied(x)
+    assert torch.equal(first, again) and torch.equal(first[:1], single)
+    assert float((first.float() - expected.float()).abs().max()) < (1e-4 if dtype == torch.float32 else 5e-2)
