@@ -9,7 +9,6 @@ Then the "expression-friendly" rescaling, stitching or eye/lip retargeting (the 
 
 import numpy as np
 import torch
-from scipy.spatial import ConvexHull, QhullError
 
 from engine.families.liveportrait.regions import REGIONS, driving_expression_mask
 
@@ -20,7 +19,10 @@ LIP_NORMALIZE_THRESHOLD = 0.03  # the published lip_normalize_threshold on the s
 def calc_motion_multiplier(kp_source: torch.Tensor, kp_driving_initial: torch.Tensor) -> float:
     """sqrt of the ratio of the volumes of the keypoints' 3-D convex hulls, source over the first
     driving frame's, (1, K, 3) each. Where either hull is flat (which the published code does not
-    survive), 1: the motion is left unscaled."""
+    survive), 1: the motion is left unscaled. SciPy is imported here, not with the module: every
+    process that loads the family registry would pay its 0.3 s, FOMM's and TPSMM's included."""
+    from scipy.spatial import ConvexHull, QhullError
+
     try:
         source = ConvexHull(kp_source.detach().cpu().double().numpy().reshape(-1, 3)).volume
         driving = ConvexHull(kp_driving_initial.detach().cpu().double().numpy().reshape(-1, 3)).volume

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, instance_norm, warp
+from engine.layers.inference import joining
 
 
 def deform(image: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
@@ -61,12 +62,13 @@ class InpaintingNetwork(nn.Module):
         out = deform(encoder_maps[-1], deformation) * occlusion[0]
         for i in range(self.num_down_blocks):
             out = self.up_blocks[i](self.resblock[2 * i + 1](self.resblock[2 * i](out)))
-            skip = deform(encoder_maps[-(i + 2)], deformation) * occlusion[i + 1]
+            skip = joining(deform(encoder_maps[-(i + 2)], deformation) * occlusion[i + 1], out)
             if i < self.num_down_blocks - 1:
                 out = torch.cat([out, skip], dim=1)
         deformed = deform(source_image, deformation)
         visible = occlusion[-1]
-        out = torch.sigmoid(self.final(torch.addcmul(skip, out, 1 - visible)))  # out * (1 - visible) + skip
+        blended = torch.addcmul(skip, out, joining(1 - visible, out))  # out * (1 - visible) + skip
+        out = torch.sigmoid(self.final(blended))
         return {
             "prediction": out * (1 - visible) + deformed * visible,
             "deformed": deformed,

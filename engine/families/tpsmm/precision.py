@@ -2,7 +2,8 @@
 
 The parts that may be lowered, each measured alone (docs/BENCHMARKS.md, "TPSMM's bf16 policy"):
 - `inpainting_decoder`: the residual and up blocks of each level and the final convolution, about
-  85 % of a frame's time: 1.7x faster in bf16 with native kernels; one cast in and out per level.
+  85 % of a frame's time: 1.7x faster in bf16 with native kernels; the levels pass bf16 on, and
+  only the warped skip features are cast to join them.
 - `dense_motion_hourglass`: the hourglass whose last level mixes the thin-plate splines into the
   flow: 5 % of a bf16 frame, and the flow moves by 0.0024 px at most (the small trained model,
   real 64 px frames).
@@ -31,10 +32,12 @@ def _lower_each(blocks: nn.ModuleList, dtype: torch.dtype) -> None:
 
 def _lower_decoder(inpainting: InpaintingNetwork, dtype: torch.dtype) -> None:
     """Each level's two residual blocks and up block as one LowPrecision, in the first residual
-    block's place (the others become identities, which `decode` calls in the same order)."""
+    block's place (the others become identities, which `decode` calls in the same order). Levels
+    hand each other `dtype`: `decode` brings each level's skip features to it, and the final
+    convolution's input is blended in it."""
     for i, up in enumerate(inpainting.up_blocks):
         first, second = inpainting.resblock[2 * i], inpainting.resblock[2 * i + 1]
-        inpainting.resblock[2 * i] = LowPrecision(nn.Sequential(first, second, up), dtype)
+        inpainting.resblock[2 * i] = LowPrecision(nn.Sequential(first, second, up), dtype, keep_output=True)
         inpainting.resblock[2 * i + 1] = nn.Identity()
         inpainting.up_blocks[i] = nn.Identity()
     inpainting.final = LowPrecision(inpainting.final, dtype)
