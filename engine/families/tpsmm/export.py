@@ -21,12 +21,13 @@ from engine.families.tpsmm.adapter import TpsmmSource
 from engine.families.tpsmm.model import TPSMModel
 from engine.layers.geometry import hull_scale
 
-GRAPHS_VERSION = 2  # bump when the graphs below change: converted copies in caches become stale
+GRAPHS_VERSION = 3  # bump when the graphs below change: converted copies in caches become stale
 # The frame graph's convolution stacks, as engine/layers/inference.py's low_precision_tpsmm lowers them.
 FRAME_LOW_PRECISION_SCOPES = (
     "dense_motion_network.hourglass.encoder.down_blocks",
     "dense_motion_network.hourglass.decoder.up_blocks",
     "dense_motion_network.up",
+    "dense_motion_network.occlusion",
     "inpainting_network.resblock",
     "inpainting_network.up_blocks",
     "inpainting_network.final",

@@ -10,7 +10,10 @@ The parts that may be lowered, each measured alone (docs/BENCHMARKS.md, "TPSMM's
 - `inpainting_encoder`: the source's features, once per job.
 - `occlusion_up`: the dense motion network's up blocks, which only make the two finest occlusion
   masks: no measurable gain, no loss.
-All are lowered. The keypoints, the splines, the contribution and occlusion heads, warps and blends
+- `occlusion_heads`: the 7x7 convolutions to one channel before each occlusion mask's sigmoid:
+  oneDNN computes 16 output channels at a time, so in float32 they were a fifth of the non-decoder
+  time; 5-10x faster in bf16 with AMX, and they move no flow (docs/BENCHMARKS.md).
+All are lowered. The keypoints, the splines, the contribution head, the sigmoids, warps and blends
 stay float32.
 """
 
@@ -21,7 +24,13 @@ from engine.families.tpsmm.dense_motion import DenseMotionNetwork
 from engine.families.tpsmm.inpainting import InpaintingNetwork
 from engine.layers.inference import LowPrecision, lowered_copy
 
-PARTS = ("dense_motion_hourglass", "occlusion_up", "inpainting_encoder", "inpainting_decoder")
+PARTS = (
+    "dense_motion_hourglass",
+    "occlusion_up",
+    "occlusion_heads",
+    "inpainting_encoder",
+    "inpainting_decoder",
+)
 LOW_PRECISION_PARTS = PARTS
 
 
@@ -53,6 +62,8 @@ def _lowered_parts(
         motion += [*dense_motion.hourglass.encoder.down_blocks, *dense_motion.hourglass.decoder.up_blocks]
     if "occlusion_up" in parts:
         motion += list(dense_motion.up)
+    if "occlusion_heads" in parts:
+        motion += list(dense_motion.occlusion)
     if "inpainting_encoder" in parts:
         painting += [inpainting.first, *inpainting.down_blocks]
     if "inpainting_decoder" in parts:
@@ -76,6 +87,8 @@ def low_precision_tpsmm(
         _lower_each(dense_motion.hourglass.decoder.up_blocks, dtype)
     if "occlusion_up" in parts:
         _lower_each(dense_motion.up, dtype)
+    if "occlusion_heads" in parts:
+        _lower_each(dense_motion.occlusion, dtype)
     if "inpainting_encoder" in parts:
         inpainting.first = LowPrecision(inpainting.first, dtype)
         _lower_each(inpainting.down_blocks, dtype)
