@@ -145,7 +145,7 @@ class LowPrecision(nn.Module):
 def joining(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`x` in the dtype and memory layout of `like`, which it is about to be concatenated or
     blended with: a mixed-layout concatenation, and the copy back when the next stack casts it,
-    cost more than the arithmetic around them (a fifth of a bf16 TPSMM frame)."""
+    cost more than the arithmetic around them (a fifth of a bf16 frame of a decoder with skips)."""
     layout = (
         torch.channels_last
         if like.dim() == 4

@@ -20,7 +20,7 @@ def calc_motion_multiplier(kp_source: torch.Tensor, kp_driving_initial: torch.Te
     """sqrt of the ratio of the volumes of the keypoints' 3-D convex hulls, source over the first
     driving frame's, (1, K, 3) each. Where either hull is flat (which the published code does not
     survive), 1: the motion is left unscaled. SciPy is imported here, not with the module: every
-    process that loads the family registry would pay its 0.3 s, FOMM's and TPSMM's included."""
+    process that loads the family registry would pay its 0.3 s, whatever family it serves."""
     from scipy.spatial import ConvexHull, QhullError
 
     try:
