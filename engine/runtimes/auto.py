@@ -4,8 +4,9 @@ Which runtime wins depends on the CPU (AMX, AVX-512 BF16, AVX2), the family, the
 the batch (docs/BENCHMARKS.md has each the other way round somewhere), so it is measured: both
 adapters animate a few random frames at the asked batch and precision, the faster is kept and the
 choice is written in the model cache, keyed by the model (its checkpoint file's identity, or its
-content), the precision, the batch, this CPU, the thread count and the libraries' versions. Later
-processes read the choice and build only the winner. CPU only: on a GPU the runtime is torch.
+content), the precision, the batch, this CPU, the thread count, the libraries' versions and
+CHOICE_VERSION. Later processes read the choice and build only the winner. CPU only: on a GPU the
+runtime is torch.
 """
 
 import hashlib
@@ -28,6 +29,9 @@ from engine.hardware import cpu_flags, cpu_model
 log = logging.getLogger("worker")
 CHOICES = "runtime-choice"  # the cache's folder of measured choices
 TIMED_RUNS = 2  # after one warm-up (which compiles OpenVINO's graphs for the batch)
+# Bumped when our own code makes a runtime faster or slower (2: the torch path's packed weights),
+# so that choices measured before an upgrade are measured again instead of trusted.
+CHOICE_VERSION = 2
 
 
 @dataclass
@@ -62,7 +66,7 @@ def choice_path(cache_dir: Path, model: nn.Module, family: ModelFamily, precisio
     key = [
         identity, family.name, model.config, list(model.frame_shape), precision, batch,
         cpu_model(), sorted(cpu_flags()), os.cpu_count(), torch.get_num_threads(),
-        torch.__version__, runtime_version(),
+        torch.__version__, runtime_version(), CHOICE_VERSION,
     ]  # fmt: skip
     name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
     return Path(cache_dir) / CHOICES / f"{name}.json"

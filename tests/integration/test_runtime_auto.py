@@ -68,3 +68,18 @@ def test_inspect_says_which_runtime_renders_the_model(measured, checkpoint, cach
     runtime = json.loads(result.stdout)["runtime"]
     assert runtime["runtime"] == measured.runtime and runtime["batch_size"] == 2
     assert set(runtime["seconds_per_frame"]) == {"torch", "openvino"}
+
+
+def test_a_choice_made_by_another_version_of_the_engine_is_measured_again(
+    measured, checkpoint, cache, monkeypatch
+):
+    import engine.runtimes
+
+    measuring = engine.runtimes.seconds_per_frame
+    timed = []
+    monkeypatch.setattr("engine.runtimes.seconds_per_frame", lambda *a: timed.append(a) or measuring(*a))
+    before = set((cache / auto.CHOICES).iterdir())
+    monkeypatch.setattr(auto, "CHOICE_VERSION", auto.CHOICE_VERSION + 1)
+    Animator(load_checkpoint(checkpoint), runtime="auto", cache_dir=cache, batch_size=2)
+    assert len(timed) == 2, "both runtimes measured again, not the old choice read"
+    assert len(set((cache / auto.CHOICES).iterdir()) - before) == 1
