@@ -130,12 +130,11 @@ def test_sessions_with_different_options_are_not_batched_together(small_model):
         renderer.animate_sessions(states, driving[:2])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_weights_packed_for_onednn_once_give_the_same_output_at_any_batch(dtype):
-    from engine.hardware import onednn_bf16
+BF16_NATIVE = pytest.param(torch.bfloat16, marks=pytest.mark.native_bf16)
 
-    if dtype == torch.bfloat16 and not onednn_bf16():
-        pytest.skip("this CPU has no native bf16 kernels, so bf16 does not use oneDNN's fused convolutions")
+
+@pytest.mark.parametrize("dtype", [torch.float32, BF16_NATIVE])
+def test_weights_packed_for_onednn_once_give_the_same_output_at_any_batch(dtype):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(32, 48, 3, padding=1).to(dtype)
     fused = ConvReLU(conv, relu=True)
