@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         task = asyncio.create_task(_sweep_forever(ctx))
         duties = background.start(ctx)
         yield
+        await ctx.open_uploads.drained()
         await background.stop(duties)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

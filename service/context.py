@@ -1,6 +1,6 @@
 """What the routes work with: the settings, the Redis-backed queue and the job store."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from redis import Redis
@@ -10,6 +10,7 @@ from contract.settings import Settings
 from contract.storage import JobStore, open_store
 from service.auth import parse_keys
 from service.check_slots import CheckSlots
+from service.open_uploads import OpenUploads
 from service.probe import Prober
 from service.readiness import StoreReadiness
 
@@ -24,6 +25,7 @@ class ServiceContext:
     api_keys: dict[str, bytes]  # owner -> SHA-256 of the key; empty: keys are off
     prober: Prober  # reads uploaded videos in limited child processes
     upload_checks: CheckSlots  # uploads and live sources being checked at once, fairly between tenants
+    open_uploads: OpenUploads = field(default_factory=OpenUploads)  # waited for on shutdown
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServiceContext":

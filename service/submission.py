@@ -139,28 +139,29 @@ async def submit(request: Request, ctx: ServiceContext, owner: str | None) -> tu
     if await run_in_threadpool(ctx.queue.waiting) >= settings.max_queued:
         raise ApiError(429, "queue_full", "too many jobs are waiting; retry later", {"Retry-After": "30"})
     job_id = new_job_id()
-    folder = ctx.store.staging(job_id)
-    current_job_id.set(job_id)
-    claimed = False
-    try:
-        limits = settings.max_file_bytes
-        form = await receive_form(request, folder, limits, TEXT_FIELDS, settings.max_upload_bytes)
-        if key is not None:
-            earlier = await run_in_threadpool(
-                idempotency.claim, ctx.redis, owner, key, form.digest, job_id, settings.result_ttl
-            )
-            if earlier is not None:
-                await _discard(ctx, job_id)
-                return await run_in_threadpool(_replay, ctx, earlier, owner), True
-            claimed = True
-        async with ctx.upload_checks.slot(owner, settings.probe_timeout_seconds):
-            return await run_in_threadpool(_check_and_queue, ctx, job_id, form, owner), False
-    except BaseException:
-        if claimed:  # first: nothing that fails below may keep a retry from being judged afresh
-            with contextlib.suppress(redis.exceptions.RedisError):
-                await run_in_threadpool(idempotency.release, ctx.redis, owner, key, job_id)
-        await _discard(ctx, job_id)
-        raise
+    with ctx.open_uploads.open(job_id):  # until accepted or its files removed, even when cancelled
+        folder = ctx.store.staging(job_id)
+        current_job_id.set(job_id)
+        claimed = False
+        try:
+            limits = settings.max_file_bytes
+            form = await receive_form(request, folder, limits, TEXT_FIELDS, settings.max_upload_bytes)
+            if key is not None:
+                earlier = await run_in_threadpool(
+                    idempotency.claim, ctx.redis, owner, key, form.digest, job_id, settings.result_ttl
+                )
+                if earlier is not None:
+                    await _discard(ctx, job_id)
+                    return await run_in_threadpool(_replay, ctx, earlier, owner), True
+                claimed = True
+            async with ctx.upload_checks.slot(owner, settings.probe_timeout_seconds):
+                return await run_in_threadpool(_check_and_queue, ctx, job_id, form, owner), False
+        except BaseException:
+            if claimed:  # first: nothing that fails below may keep a retry from being judged afresh
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    await run_in_threadpool(idempotency.release, ctx.redis, owner, key, job_id)
+            await _discard(ctx, job_id)
+            raise
 
 
 async def _discard(ctx: ServiceContext, job_id: str) -> None:
