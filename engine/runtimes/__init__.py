@@ -16,6 +16,7 @@ from engine.families.family import ModelFamily
 from engine.runtimes.auto import (
     Choice,
     choice_path,
+    pick,
     read_choice,
     seconds_per_frame,
     static_choice,
@@ -94,7 +95,7 @@ def auto_adapter(
     timings = {
         name: seconds_per_frame(a, model.frame_shape, precision, batch) for name, a in adapters.items()
     }
-    winner = min(timings, key=timings.get)
+    winner = pick(timings)
     choice = Choice(winner, timings, f"measured at batch {batch}, {precision}")
     write_choice(path, choice)
     return adapters[winner], choice

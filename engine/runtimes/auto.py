@@ -2,11 +2,11 @@
 
 Which runtime wins depends on the CPU (AMX, AVX-512 BF16, AVX2), the family, the precision and
 the batch (docs/BENCHMARKS.md has each the other way round somewhere), so it is measured: both
-adapters animate a few random frames at the asked batch and precision, the faster is kept and the
-choice is written in the model cache, keyed by the model (its checkpoint file's identity, or its
-content), the precision, the batch, this CPU, the thread count, the libraries' versions and
-CHOICE_VERSION. Later processes read the choice and build only the winner. CPU only: on a GPU the
-runtime is torch.
+adapters animate a few random frames at the asked batch and precision, the faster is kept (OpenVINO
+only by a clear margin, `pick`) and the choice is written in the model cache, keyed by the model
+(its checkpoint file's identity, or its content), the precision, the batch, this CPU, the thread
+count, the libraries' versions and CHOICE_VERSION. Later processes read the choice and build only
+the winner. CPU only: on a GPU the runtime is torch.
 """
 
 import hashlib
@@ -29,9 +29,15 @@ from engine.hardware import cpu_flags, cpu_model
 log = logging.getLogger("worker")
 CHOICES = "runtime-choice"  # the cache's folder of measured choices
 TIMED_RUNS = 2  # after one warm-up (which compiles OpenVINO's graphs for the batch)
-# Bumped when our own code makes a runtime faster or slower (2: the torch path's packed weights),
-# so that choices measured before an upgrade are measured again instead of trusted.
-CHOICE_VERSION = 2
+# Bumped when our own code makes a runtime faster or slower, or the rule that picks changes (2: the
+# torch path's packed weights; 3: OPENVINO_MARGIN), so that choices made before an upgrade are
+# measured again instead of trusted.
+CHOICE_VERSION = 3
+# OpenVINO is kept only where it takes at most this fraction of torch's time a frame. Its process
+# start costs 1-2 s more (reading and compiling the graphs), and two timed batches cannot resolve a
+# few percent: OpenVINO measured 0.3 % and 7.5 % faster lost the whole-process race to torch
+# by 17 % and 8 % (docs/BENCHMARKS.md, round 3 on two hosts).
+OPENVINO_MARGIN = 0.9
 
 
 @dataclass
@@ -86,6 +92,13 @@ def write_choice(path: Path, choice: Choice) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.write_text(json.dumps(choice.__dict__, indent=2))
     partial.replace(path)
+
+
+def pick(seconds_per_frame: dict[str, float]) -> str:
+    """The runtime to keep from measured seconds a frame: torch unless OpenVINO is clearly faster."""
+    if seconds_per_frame["openvino"] <= OPENVINO_MARGIN * seconds_per_frame["torch"]:
+        return "openvino"
+    return "torch"
 
 
 @torch.inference_mode()

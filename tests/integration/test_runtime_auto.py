@@ -35,7 +35,7 @@ def measured(checkpoint, cache) -> Animator:
 def test_auto_measures_both_runtimes_and_keeps_the_faster(measured, cache):
     choice = measured.runtime_choice
     assert set(choice.seconds_per_frame) == {"torch", "openvino"}
-    assert measured.runtime == min(choice.seconds_per_frame, key=choice.seconds_per_frame.get)
+    assert measured.runtime == auto.pick(choice.seconds_per_frame)
     assert isinstance(measured.adapter, OpenVinoAdapter) == (measured.runtime == "openvino")
     (record,) = (cache / auto.CHOICES).iterdir()
     assert json.loads(record.read_text())["runtime"] == measured.runtime
@@ -83,3 +83,13 @@ def test_a_choice_made_by_another_version_of_the_engine_is_measured_again(
     Animator(load_checkpoint(checkpoint), runtime="auto", cache_dir=cache, batch_size=2)
     assert len(timed) == 2, "both runtimes measured again, not the old choice read"
     assert len(set((cache / auto.CHOICES).iterdir()) - before) == 1
+
+
+@pytest.mark.parametrize(
+    ("openvino", "torch", "kept"),
+    [(1.014, 1.097, "torch"), (0.4229, 0.4243, "torch"), (0.80, 1.00, "openvino"), (1.2, 1.0, "torch")],
+)
+def test_openvino_is_kept_only_when_clearly_faster(openvino, torch, kept):
+    """Within the noise of a short measurement, torch's cheaper start wins (the first two: measured
+    choices that then lost the whole-process race)."""
+    assert auto.pick({"openvino": openvino, "torch": torch}) == kept
