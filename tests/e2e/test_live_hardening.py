@@ -23,6 +23,7 @@ from tests.live_stack import LiveStack, Received, driving_jpegs, receive, receiv
 pytestmark = pytest.mark.slow
 TARGET_FPS = 1  # a 256 px frame of the small networks takes ~40 ms in fp32: two sessions use 8 % of a second
 FLOOD_FPS = 100  # frames a second each flooding session sends: faster than any frame renders here
+WINDOW_SECONDS = 4.0  # the shortest span the live worker's CPU is measured over: several frames
 
 
 @pytest.fixture(scope="module")
@@ -133,15 +134,16 @@ def test_a_source_over_the_limit_gets_its_documented_close(idle):
     assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (1009, "source_too_large")
 
 
-class Flood:
-    """A live session sending FLOOD_FPS frames a second, far faster than it is answered, and reading
-    its answers. (Faster still would only measure the test's own CPU, which shares this machine.)"""
+class Sender:
+    """A live session sending `fps` frames a second and reading its answers. Flooding, it sends far
+    faster than it is answered (faster still would only measure the test's own CPU, which shares this
+    machine)."""
 
-    def __init__(self, ws: ClientConnection, source: bytes, frames: list[bytes]):
+    def __init__(self, ws: ClientConnection, source: bytes, frames: list[bytes], fps: float):
         self.ws = ws
         self.ws.send(source)
         receive_until(self.ws, Received(), lambda r: r.of_type("ready"))
-        self.frames, self.answers, self.stop = frames, 0, threading.Event()
+        self.frames, self.fps, self.answers, self.stop = frames, fps, 0, threading.Event()
         self.threads = [threading.Thread(target=self.send), threading.Thread(target=self.read)]
         self.started = time.monotonic()
         for thread in self.threads:
@@ -149,7 +151,7 @@ class Flood:
 
     def send(self) -> None:
         index = 0
-        while not self.stop.wait(1 / FLOOD_FPS):
+        while not self.stop.wait(1 / self.fps):
             try:
                 self.ws.send(self.frames[index % len(self.frames)])
             except ConnectionClosed:
@@ -185,18 +187,21 @@ def _batch_seconds(stack: LiveStack, source: Path, clip: Path) -> float:
     return done["timings"]["render"]
 
 
-def _flooded_batch(stack: LiveStack, source: Path, clip: Path, portrait: Path, frames: list[bytes]):
-    """A batch job's render time while two sessions flood, their answers a second and the live
-    worker's CPU seconds a second meanwhile."""
+def _batch_beside_sessions(
+    stack: LiveStack, source: Path, clip: Path, portrait: Path, frames: list[bytes], fps: float
+) -> tuple[float, list[float], float]:
+    """A batch job's render time while two sessions each send `fps` frames a second, their answers a
+    second, and the live worker's CPU seconds a second over the job and at least WINDOW_SECONDS."""
     with stack.connect("wide") as first, stack.connect("wide") as second:
-        floods = [Flood(ws, portrait.read_bytes(), frames) for ws in (first, second)]
+        senders = [Sender(ws, portrait.read_bytes(), frames, fps) for ws in (first, second)]
         try:
             time.sleep(2)
             live_cpu, started = _cpu_seconds(stack.live.pid), time.monotonic()
             seconds = _batch_seconds(stack, source, clip)
+            time.sleep(max(0.0, started + WINDOW_SECONDS - time.monotonic()))
             live_share = (_cpu_seconds(stack.live.pid) - live_cpu) / (time.monotonic() - started)
         finally:
-            rates = [flood.close() for flood in floods]
+            rates = [sender.close() for sender in senders]
     stack.wait_idle()  # the worker releases a closed session's slot a moment after the client leaves
     return seconds, rates, live_share
 
@@ -206,16 +211,23 @@ def test_flooding_sessions_are_held_to_their_rate_and_leave_batch_jobs_their_pac
 ):
     """Two sessions sending as fast as they could slowed another tenant's batch job tenfold (2.5 s to
     24 s): the live worker rendered every frame it could. Held to their admitted rate, the sessions
-    use what admission counted on (2 x TARGET_FPS frames a second) and no more, however fast they
-    send. Other work shares this machine: each time is the better of two, the slowdown bound loose."""
+    use what admission counted on and no more, however fast they send: the live worker's CPU while
+    they flood is held to what it is while they send at that rate, beside the same batch job on the
+    same machine. (A fixed bound of 0.4 core failed on a CI host whose flooding sessions took 0.41
+    while answering within their rate: what a frame costs depends on the CPU.) Other work shares
+    this machine: each time is the better of two, the bounds loose."""
     source = tmp_path / "source.png"
     source.write_bytes(image_bytes(gradient(64, 64), "PNG"))
     clip = make_clip(tmp_path / "clip.mp4", 6.0, 64, 30)
-    alone, flooded = [], []
+    alone, flooded, paced_shares, flooded_shares = [], [], [], []
     for _ in range(2):
         alone.append(_batch_seconds(idle, source, clip))
-        seconds, rates, live_share = _flooded_batch(idle, source, clip, portrait, frames)
+        paced_shares.append(_batch_beside_sessions(idle, source, clip, portrait, frames, TARGET_FPS)[2])
+        seconds, rates, live_share = _batch_beside_sessions(idle, source, clip, portrait, frames, FLOOD_FPS)
         flooded.append(seconds)
+        flooded_shares.append(live_share)
         assert all(rate <= 1.25 * TARGET_FPS + 0.5 for rate in rates), f"answers a second: {rates}"
-        assert live_share < 0.4, f"the live worker used {live_share:.2f} of a core while flooded"
+    assert min(flooded_shares) < 1.5 * max(paced_shares) + 0.1, (
+        f"the live worker used {flooded_shares} of a core while flooded, {paced_shares} at the admitted rate"
+    )
     assert min(flooded) < 5 * min(alone) + 1, f"the batch job took {flooded} s against {alone} s alone"
