@@ -41,8 +41,10 @@ def _torch_pin() -> str:
 
 
 def _pip(venv: Path, *args: str) -> None:
+    """Installs without byte-compiling (most of torch, 18 s a stage, would never run here); what the
+    stages import is compiled once, when first imported (`_stage_env`)."""
     subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *args],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile", *args],
         check=True,
         timeout=INSTALL_TIMEOUT,
         stdout=subprocess.DEVNULL,
@@ -55,6 +57,12 @@ def wheel(tmp_path_factory) -> Path:
     command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
     subprocess.run([*command, "--wheel-dir", str(out), str(ROOT)], check=True, timeout=300)
     return next(out.glob("animate-*.whl"))
+
+
+def _stage_env(**settings: str) -> dict[str, str]:
+    """clean_env, letting the stage's Python write the bytecode it compiles (an environment may
+    forbid it, and then every process would compile torch's modules again)."""
+    return {k: v for k, v in clean_env(**settings).items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def _venv(tmp_path_factory, name: str) -> Path:
@@ -94,7 +102,7 @@ def _run(venv: Path, *args: str, env: dict[str, str], cwd: Path) -> subprocess.C
 
 def _modules_loaded(venv: Path, modules: str, cwd: Path) -> set[str]:
     code = f"import sys, {modules}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
-    done = _run(venv, "-c", code, env=clean_env(), cwd=cwd)
+    done = _run(venv, "-c", code, env=_stage_env(), cwd=cwd)
     assert done.returncode == 0, done.stderr
     return set(done.stdout.split())
 
@@ -102,7 +110,7 @@ def _modules_loaded(venv: Path, modules: str, cwd: Path) -> set[str]:
 def test_api_stage_runs_without_torch(api_venv, redis_server, tmp_path):
     loaded = _modules_loaded(api_venv, "service.app", tmp_path)
     assert "torch" not in loaded and "fastapi" in loaded
-    missing = _run(api_venv, "-c", "import torch", env=clean_env(), cwd=tmp_path)
+    missing = _run(api_venv, "-c", "import torch", env=_stage_env(), cwd=tmp_path)
     assert missing.returncode != 0, "torch is not installed in the API stage"
 
     # The stage's CMD (uvicorn with the connection limits of issue 15), and the plain factory entry point.
@@ -112,7 +120,7 @@ def test_api_stage_runs_without_torch(api_venv, redis_server, tmp_path):
         [str(api_venv / "bin" / "uvicorn"), "service.app:create_app", "--factory"],
     ):
         port = free_port()
-        env = clean_env(REDIS_URL=redis_server.url, DATA_DIR=str(tmp_path / "data"), PORT=str(port))
+        env = _stage_env(REDIS_URL=redis_server.url, DATA_DIR=str(tmp_path / "data"), PORT=str(port))
         if "uvicorn" in command[0]:
             command += ["--port", str(port)]
         api = subprocess.Popen(
@@ -141,9 +149,9 @@ def test_worker_stage_runs_without_the_http_layer(
 ):
     loaded = _modules_loaded(worker_venv, f"{module}, worker.jobs, cli.main", tmp_path)
     assert "torch" in loaded and not loaded & HTTP_PACKAGES, loaded & HTTP_PACKAGES
-    assert _run(worker_venv, "-m", module, "--help", env=clean_env(), cwd=tmp_path).returncode == 0
+    assert _run(worker_venv, "-m", module, "--help", env=_stage_env(), cwd=tmp_path).returncode == 0
 
-    env = clean_env(
+    env = _stage_env(
         REDIS_URL=redis_server.url, DATA_DIR=str(tmp_path / "data"), WEIGHTS_DIR=str(small_checkpoint.parent)
     )
     assert _run(worker_venv, "-m", module, "--healthcheck", env=env, cwd=tmp_path).returncode == 1
