@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Every tier: unit, integration (ffmpeg, the CLI, OpenVINO, venv builds) and end to end (Redis, the
-# API, workers, a browser). About 15 minutes on 2 cores.
+# API, workers, a browser). About 15 minutes on 2 cores (docs/BENCHMARKS.md, "CPUs the suite runs on").
 test: setup browser
 	$(BIN)/python -m pytest -q
 

@@ -371,6 +371,16 @@ def render_command(
     ]  # fmt: skip
 
 
+def auto_choice(workdir: Path, family: str, precision: str) -> str:
+    """The runtime auto rendered with: `animate inspect` reads the choice the renders cached."""
+    command = [
+        sys.executable, "-m", "cli.main", "inspect", str(checkpoint_path(workdir, family)),
+        "--runtime", "auto", "--precision", precision, "--cache-dir", str(MODEL_CACHE),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    return json.loads(result.stdout)["runtime"]["runtime"] if result.returncode == 0 else "unknown"
+
+
 def reference_command(workdir: Path, family: str) -> list[str]:
     """The family's published demo's way (bench/reference_demo.py), as a whole process."""
     return [
@@ -507,6 +517,8 @@ def print_whole_process(
             label = f"{family}, published demo's way (bench/reference_demo.py)"
         else:
             label = f"{family}, `animate render --runtime {name[1]} --precision {name[2]}`"
+            if name[1] == "auto":
+                label += f" (chose {auto_choice(workdir, family, name[2])})"
         each = " ".join(f"{w:.1f}" for w, _ in values)
         print(
             f"| {label} | {wall:.1f} | {cpu:.1f} | {ref_wall / wall:.2f}x | {ref_cpu / cpu:.2f}x | {each} |"

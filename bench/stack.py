@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from contract import live_channel  # noqa: E402
 from contract.queue import connect, live_workers  # noqa: E402
-from service.launcher import EmbeddedRedis, free_port, stop_process, wait_until  # noqa: E402
+from service.launcher import EmbeddedRedis, LaunchError, free_port, stop_process, wait_until  # noqa: E402
 
 SMALL = ROOT.parent / "shared" / "fomm" / "fomm-small.pth.tar"
 START_TIMEOUT = 180.0
@@ -50,7 +50,8 @@ class BenchStack:
             "DEFAULT_MODEL": "bench",
             **{name: str(value) for name, value in settings.items()},
         }
-        self.log = (folder / "service.log").open("ab")
+        self.log_path = folder / "service.log"
+        self.log = self.log_path.open("ab")
         self.render_workers = render_workers
         self.live_worker = live_worker
         self.api: subprocess.Popen | None = None
@@ -66,10 +67,11 @@ class BenchStack:
         command = ["-m", "uvicorn", "service.app:create_app", "--factory", "--port", str(self.port)]
         self.api = self._spawn(*command, "--no-access-log")
         if self.live_worker:
-            self.workers.append(self._spawn("-m", "worker.live"))
+            live = self._spawn("-m", "worker.live")
+            self.workers.append(live)
             client = connect(self.redis.url)
             pattern = live_channel.WORKER_PREFIX + "*"
-            wait_until(lambda: any(client.scan_iter(match=pattern)), START_TIMEOUT, "the live worker")
+            self._wait(lambda: any(client.scan_iter(match=pattern)), "the live worker", live)
         for _ in range(self.render_workers):
             self.start_render_worker()
         wait_until(self._answers, 60, "the API", self.api)
@@ -77,10 +79,21 @@ class BenchStack:
 
     def start_render_worker(self) -> None:
         """One more render worker; returns once every render worker has registered with RQ."""
-        self.workers.append(self._spawn("-m", "worker.run"))
+        worker = self._spawn("-m", "worker.run")
+        self.workers.append(worker)
         client = connect(self.redis.url)
         wanted = len(self.workers) - int(self.live_worker)
-        wait_until(lambda: len(live_workers(client)) == wanted, START_TIMEOUT, "the render workers")
+        self._wait(lambda: len(live_workers(client)) == wanted, "the render workers", worker)
+
+    def _wait(self, check, what: str, process: subprocess.Popen) -> None:
+        """wait_until, failing as soon as `process` exits (a worker with no model it can serve, e.g.
+        int8 without quantized graphs), with the end of the service log, which says why."""
+        try:
+            wait_until(check, START_TIMEOUT, what, process)
+        except LaunchError as exc:
+            self.log.flush()
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise LaunchError(f"{exc}; the service log ends:\n" + "\n".join(tail)) from None
 
     def stop_render_workers(self) -> None:
         """Only the API (and a live worker) stay: POSTs are answered, nothing renders."""
