@@ -9,6 +9,7 @@ import ast
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -72,18 +73,30 @@ def _venv(tmp_path_factory, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def api_venv(tmp_path_factory, wheel) -> Path:
-    venv = _venv(tmp_path_factory, "api-stage")
-    _pip(venv, f"{wheel}[{_stage_extras()['api']}]")
-    return venv
+def stage_venvs(tmp_path_factory, wheel) -> dict[str, Path]:
+    """Both stages' environments, installed side by side: pip keeps one core busy, and there are two."""
+    extras = _stage_extras()
+    api, worker = _venv(tmp_path_factory, "api-stage"), _venv(tmp_path_factory, "worker-stage")
+
+    def install_worker() -> None:
+        _pip(worker, _torch_pin())
+        _pip(worker, f"{wheel}[{extras['worker']}]")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        installs = [pool.submit(_pip, api, f"{wheel}[{extras['api']}]"), pool.submit(install_worker)]
+        for install in installs:
+            install.result()
+    return {"api": api, "worker": worker}
 
 
 @pytest.fixture(scope="module")
-def worker_venv(tmp_path_factory, wheel) -> Path:
-    venv = _venv(tmp_path_factory, "worker-stage")
-    _pip(venv, _torch_pin())
-    _pip(venv, f"{wheel}[{_stage_extras()['worker']}]")
-    return venv
+def api_venv(stage_venvs) -> Path:
+    return stage_venvs["api"]
+
+
+@pytest.fixture(scope="module")
+def worker_venv(stage_venvs) -> Path:
+    return stage_venvs["worker"]
 
 
 @pytest.fixture(scope="module")
