@@ -640,6 +640,7 @@ def print_engine_rows(
     batches = (1, 4) if args.quick else (1, 4, 16, 64) if device == "cuda" else (1, 4, 16)
     notes: list[str] = []
     for family in families:
+        checkpoint = str(checkpoint_path(workdir, family))
         plain = child(["plain", family, str(args.frames)], device)
         spf = plain["seconds_per_frame"]
         print(
@@ -651,7 +652,6 @@ def print_engine_rows(
                 for batch in batches if (runtime, precision) != ("torch", "int8") else ():
                     frames = str(max(args.frames, batch))
                     try:
-                        checkpoint = str(checkpoint_path(workdir, family))
                         r = child(
                             ["engine", family, checkpoint, frames, str(batch), precision, runtime], device
                         )
